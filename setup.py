@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="causvid",
+    version="0.1.0",
+    description="Autoregressive (block-causal, KV-cached) video diffusion on Wan2.1: CausVid, Self-Forcing, Causal Forcing",
+    packages=find_packages(include=["causvid", "causvid.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.5",
+        "diffusers>=0.35",  # per-token timesteps in WanTransformer3DModel (the test reference), AutoencoderKLWan
+        "transformers>=4.50",
+        "safetensors>=0.4",
+        "omegaconf>=2.3",
+        "lmdb>=1.4",
+        "einops>=0.7",
+        "imageio>=2.30",
+        "imageio-ffmpeg>=0.4",
+        "tqdm>=4.60",
+        "tokenizers>=0.15",
+        "sentencepiece>=0.1.99",
+        "ftfy>=6.0",
+    ],
+    extras_require={
+        # flash-attn needs a CUDA toolchain to build; the model falls back to PyTorch attention without it.
+        "flash": ["flash-attn>=2.5"],
+        "wandb": ["wandb"],
+        "test": ["pytest>=7.0"],
+    },
+)
