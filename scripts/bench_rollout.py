@@ -15,7 +15,7 @@ import time
 import torch
 
 from causvid.models.wan import WanDiT
-from causvid.pipelines.rollout import causal_rollout
+from causvid.pipelines.rollout import causal_rollout, few_step_sampler
 
 
 def parse_args(argv=None):
@@ -41,10 +41,9 @@ def timed_rollout(model, noise, context, args, use_cache):
     sync = torch.cuda.synchronize if noise.is_cuda else (lambda: None)
     sync()
     last = time.perf_counter()
-    for _ in causal_rollout(model, noise, context, num_frame_per_block=args.num_frame_per_block,
-                            denoising_steps=args.steps, local_attn_size=args.local_attn_size,
-                            sink_size=args.sink_size, use_cache=use_cache,
-                            generator=torch.Generator(noise.device).manual_seed(0)):
+    sampler = few_step_sampler(args.steps, generator=torch.Generator(noise.device).manual_seed(0))
+    for _ in causal_rollout(model, noise, context, num_frame_per_block=args.num_frame_per_block, sampler=sampler,
+                            local_attn_size=args.local_attn_size, sink_size=args.sink_size, use_cache=use_cache):
         sync()
         now = time.perf_counter()
         times.append(now - last)

@@ -1,0 +1,23 @@
+"""Tiny random Wan2.1 components written in the exact on-disk layouts of the real releases.
+
+`write_tiny_wan(folder, layout)` produces a folder that every loader and CLI accepts exactly as it accepts
+`Wan-AI/Wan2.1-T2V-1.3B` (layout "wan") or `Wan-AI/Wan2.1-T2V-1.3B-Diffusers` (layout "diffusers"), so the
+whole inference path can be smoke-tested on any machine without downloads.
+"""
+from pathlib import Path
+
+from .dit import random_dit, write_diffusers_dit, write_wan_dit
+from .text_encoder import write_tiny_text_encoder
+from .vae import write_tiny_vae
+
+
+def write_tiny_wan(folder, layout: str = "wan", preset: str = "tiny", seed: int = 0) -> Path:
+    """DiT (+ config.json), VAE and umT5 encoder + tokenizer, random weights. Text width matches the DiT's."""
+    if layout not in ("wan", "diffusers"):
+        raise ValueError(f"layout must be 'wan' or 'diffusers', got {layout!r}")
+    folder = Path(folder)
+    dit = random_dit(preset, seed=seed)
+    (write_wan_dit if layout == "wan" else write_diffusers_dit)(dit, folder)
+    write_tiny_vae(folder, layout=layout, seed=seed)
+    write_tiny_text_encoder(folder, layout=layout, seed=seed, d_model=dit.config.text_dim)
+    return folder
