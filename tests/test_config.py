@@ -1,0 +1,262 @@
+"""The config schema, the shipped configs (real and tiny) and the derived step lists."""
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from causvid.config import (
+    Config, ConfigError, denoising_steps, first_block_steps, generator_is_causal, guidance_scale, load_config,
+    real_score_path, save_config, trainer_name, warp_shift,
+)
+from causvid.flow import WAN_NEGATIVE_PROMPT
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+NAMES = [
+    # CausVid
+    "wan_causal_dmd", "wan_causal_dmd_warp_4step_cfg2", "wan_causal_ode", "wan_bidirectional_dmd",
+    "wan_bidirectional_dmd_from_scratch",
+    # Self-Forcing
+    "self_forcing_dmd",
+    # Causal-Forcing
+    "ar_diffusion_tf_framewise", "ar_diffusion_tf_chunkwise", "causal_ode_framewise", "causal_ode_chunkwise",
+    "causal_forcing_dmd_framewise", "causal_forcing_dmd_chunkwise", "causal_forcing_dmd_framewise_1step",
+    "causal_forcing_dmd_framewise_2step", "causal_cd_framewise", "causal_cd_chunkwise",
+]
+# What the tiny mirrors may change or add relative to the real files.
+TINY_CHANGED = {"wan_model_path", "image_or_video_shape", "num_training_frames", "batch_size", "log_iters",
+                "ema_start_step", "total_batch_size", "data_path", "output_path", "generator_ckpt"}
+
+
+def _write(tmp_path, text, name="x.yaml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _raw(path):
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shipped configs
+
+
+def test_shipped_config_sets():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(NAMES)
+    assert sorted(p.stem for p in (CONFIGS / "tiny").glob("*.yaml")) == sorted(NAMES)
+
+
+ALL_FILES = [CONFIGS / f"{n}.yaml" for n in NAMES] + [CONFIGS / "tiny" / f"{n}.yaml" for n in NAMES]
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_shipped_config_loads(path):
+    cfg = load_config(path)
+    # every key of the file made it through unchanged (modulo int -> float in float fields)
+    for key, value in _raw(path).items():
+        got = OmegaConf.to_container(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        if isinstance(value, dict):
+            assert {k: got[k] for k in value} == value
+        else:
+            assert got == value, key
+    denoising_steps(cfg), first_block_steps(cfg), trainer_name(cfg), real_score_path(cfg)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tiny_mirrors_real(name):
+    real, tiny = _raw(CONFIGS / f"{name}.yaml"), _raw(CONFIGS / "tiny" / f"{name}.yaml")
+    assert set(real) <= set(tiny) and set(tiny) - set(real) <= TINY_CHANGED
+    for key in set(real) - TINY_CHANGED:
+        assert tiny[key] == real[key], key
+    cfg = load_config(CONFIGS / "tiny" / f"{name}.yaml")
+    frames = 4 if "framewise" in name else 6
+    assert list(cfg.image_or_video_shape) == [1, frames, 16, 4, 4]
+    assert cfg.num_training_frames == frames and cfg.batch_size == 1 and cfg.log_iters <= 10
+    assert cfg.wan_model_path == "runs/tiny/wan"
+    for key in ("data_path", "output_path", "generator_ckpt"):
+        assert cfg[key] is None or cfg[key].startswith("runs/tiny/"), key
+    header = (CONFIGS / "tiny" / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
+    assert header.startswith(f"# Tiny CPU mirror of configs/{name}.yaml")
+
+
+def test_real_values():
+    cv = load_config(CONFIGS / "wan_causal_dmd.yaml")
+    assert (cv.model_name, cv.generator_name, cv.num_frame_per_block) == ("wan", "causal_wan", 3)
+    assert cv.real_guidance_scale == 3.5 and cv.timestep_shift == 8.0 and cv.backward_simulation is False
+    assert dict(cv.real_score_grad) == {"model": False} and cv.negative_prompt == WAN_NEGATIVE_PROMPT
+    assert load_config(CONFIGS / "wan_causal_ode.yaml").batch_size == 2
+    assert load_config(CONFIGS / "wan_bidirectional_dmd.yaml").backward_simulation is True  # absent -> default
+
+    sf = load_config(CONFIGS / "self_forcing_dmd.yaml")
+    assert (sf.lr, sf.lr_critic, sf.beta1, sf.ema_weight, sf.ema_start_step) == (2e-6, 4e-7, 0.0, 0.99, 200)
+    assert sf.real_name == "Wan2.1-T2V-14B" and sf.model_kwargs.timestep_shift == 5.0
+    assert (sf.total_batch_size, sf.log_iters, sf.trainer) == (64, 50, "score_distillation")
+
+    cf = load_config(CONFIGS / "causal_cd_chunkwise.yaml")
+    assert (cf.trainer, cf.discrete_cd_N, cf.spatial_sf, cf.is_causal, cf.grad_accum) == \
+        ("consistency_distillation", 48, True, True, 1)
+    ar = load_config(CONFIGS / "ar_diffusion_tf_framewise.yaml")
+    assert ar.teacher_forcing and ar.num_frame_per_block == 1 and ar.denoising_step_list is None
+    assert ar.ema_start_step == 2000000000 and ar.wandb_key == "{your key}"
+    one = load_config(CONFIGS / "causal_forcing_dmd_framewise_1step.yaml")
+    assert list(one.denoising_step_list) == [1000]
+    assert list(one.denoising_step_list_first_chunk) == [1000, 750, 500, 250]
+
+
+def test_resolvers():
+    cv = load_config(CONFIGS / "wan_bidirectional_dmd.yaml")
+    assert not generator_is_causal(cv) and guidance_scale(cv) == 3.5 and trainer_name(cv) == "score_distillation"
+    assert trainer_name(load_config(CONFIGS / "wan_causal_ode.yaml")) == "ode"
+    sf = load_config(CONFIGS / "self_forcing_dmd.yaml")
+    assert generator_is_causal(sf) and guidance_scale(sf) == 3.0 and warp_shift(sf) == 5.0
+    assert real_score_path(sf) == str(Path("wan_models/Wan2.1-T2V-14B"))
+    assert real_score_path(load_config(CONFIGS / "tiny" / "wan_causal_dmd.yaml")) == str(Path("runs/tiny/wan"))
+    assert real_score_path(load_config(overrides=["real_model_path=/x/teacher"])) == "/x/teacher"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defaults and overrides
+
+
+def test_defaults_come_from_schema():
+    cfg = load_config()
+    assert cfg == OmegaConf.structured(Config)
+    # Self-Forcing's default_config.yaml values
+    assert (cfg.num_training_frames, cfg.weight_decay, cfg.same_step_across_blocks, cfg.context_noise) == \
+        (21, 0.01, True, 0)
+    assert (cfg.height, cfg.width, cfg.num_frames, cfg.gc_interval, cfg.causal) == (480, 832, 81, 100, True)
+    assert cfg.negative_prompt == WAN_NEGATIVE_PROMPT and cfg.wan_model_path == "wan_models/Wan2.1-T2V-1.3B"
+    assert cfg.model_kwargs.timestep_shift is None and cfg.model_kwargs.local_attn_size == -1
+    assert cfg.grad_accum == 1 and cfg.total_batch_size is None and cfg.denoising_step_list is None
+    # a file that omits a key gets the schema's value
+    assert load_config(CONFIGS / "wan_causal_dmd.yaml").ema_weight == 0.0
+
+
+def test_structured_result():
+    cfg = load_config(CONFIGS / "self_forcing_dmd.yaml")
+    with pytest.raises(OmegaConfBaseException):
+        cfg.denoising_step_lst  # noqa: B018
+    with pytest.raises(OmegaConfBaseException):
+        cfg.batch_size = "two"
+    cfg.lr = 3e-6
+    assert cfg.lr == 3e-6
+
+
+def test_overrides_win(tmp_path):
+    path = _write(tmp_path, "lr: 1.0e-04\nmodel_kwargs:\n  sink_size: 1\n  local_attn_size: 12\n")
+    cfg = load_config(path, ["lr=1e-5", "model_kwargs.sink_size=3", "denoising_step_list=[1000,500]"])
+    assert cfg.lr == 1e-5 and cfg.model_kwargs.sink_size == 3 and cfg.model_kwargs.local_attn_size == 12
+    assert list(cfg.denoising_step_list) == [1000.0, 500.0]
+    assert load_config(path).lr == 1e-4
+
+
+def test_base_layer(tmp_path):
+    base = _write(tmp_path, "lr: 1.0e-04\nbatch_size: 4\n", "base.yaml")
+    path = _write(tmp_path, "lr: 1.0e-03\n")
+    cfg = load_config(path, base=base)
+    assert cfg.lr == 1e-3 and cfg.batch_size == 4
+    assert load_config(path, base={"batch_size": 8}).batch_size == 8
+
+
+def test_save_roundtrip(tmp_path):
+    cfg = load_config(CONFIGS / "causal_forcing_dmd_framewise_2step.yaml", ["model_kwargs.sink_size=2"])
+    out = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(out) == cfg
+    assert WAN_NEGATIVE_PROMPT in out.read_text(encoding="utf-8")  # readable, not escaped
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_typo_names_file_and_closest_key(tmp_path):
+    path = _write(tmp_path, "denoising_step_lst: [1000, 757, 522, 0]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg == f"{path}: unknown key 'denoising_step_lst' (did you mean 'denoising_step_list'?)"
+    assert "\n" not in msg
+
+
+def test_nested_typo(tmp_path):
+    path = _write(tmp_path, "model_kwargs:\n  sink_sze: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'model_kwargs\.sink_sze' \(did you mean "
+                                          r"'model_kwargs\.sink_size'\?\)") as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_typo_in_override():
+    with pytest.raises(ConfigError, match=r"override 'lrr=1e-5': unknown key 'lrr' \(did you mean 'lr'\?\)"):
+        load_config(overrides=["lrr=1e-5"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(overrides=["lr"])
+
+
+@pytest.mark.parametrize("text, key, value, expected", [
+    ("lr: fast\n", "lr", "'fast' (str)", "float"),
+    ("batch_size: 1.5\n", "batch_size", "1.5 (float)", "int"),
+    ("image_or_video_shape: [1, x, 16, 4, 4]\n", "image_or_video_shape[1]", "'x' (str)", "int"),
+    ("generator_grad:\n  model: maybe\n", "generator_grad.model", "'maybe' (str)", "bool"),
+    ("model_kwargs: 5\n", "model_kwargs", "5 (int)", "a mapping (ModelKwargs)"),
+    ("model_kwargs:\n  sink_size: [3]\n", "model_kwargs.sink_size", "[3] (list)", "int"),
+    ("lr: null\n", "lr", "null", "float"),
+    ("denoising_step_list: 1000\n", "denoising_step_list", "1000 (int)", "list[float] or null"),
+])
+def test_wrong_type(tmp_path, text, key, value, expected):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: key '{key}' has value {value}, expected {expected}"
+
+
+def test_inconsistent_values(tmp_path):
+    with pytest.raises(ConfigError, match="num_frame_per_block=3"):
+        load_config(_write(tmp_path, "num_frame_per_block: 3\nimage_or_video_shape: [1, 4, 16, 4, 4]\n"))
+    with pytest.raises(ConfigError, match="denoising_step_list"):
+        load_config(overrides=["denoising_step_list=[500,1000]"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'nope.yaml'}"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    path = _write(tmp_path, "lr: 1.0e-05\ndenoising_step_list: [1000, 750\nseed: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: invalid YAML at line 3"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(_write(tmp_path, "- 1\n- 2\n"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step lists
+
+
+def test_denoising_steps_causvid():
+    assert denoising_steps(load_config(CONFIGS / "wan_causal_dmd.yaml")) == [1000, 757, 522]
+    assert denoising_steps(load_config(CONFIGS / "wan_bidirectional_dmd.yaml")) == [1000, 757, 522]
+    # CausVid's warp uses timestep_shift (8): the warp_4step_cfg2 list
+    warped = denoising_steps(load_config(CONFIGS / "wan_causal_dmd_warp_4step_cfg2.yaml"))
+    assert warped == pytest.approx([1000, 960, 888.9, 727.3], abs=0.1)
+    assert denoising_steps(load_config(CONFIGS / "ar_diffusion_tf_chunkwise.yaml")) is None
+
+
+def test_denoising_steps_self_forcing():
+    cfg = load_config(CONFIGS / "self_forcing_dmd.yaml")
+    assert denoising_steps(cfg) == pytest.approx([1000, 937.5, 833.3, 625], abs=0.1)
+    assert first_block_steps(cfg) is None
+    # model_kwargs.timestep_shift wins over timestep_shift for the warp
+    cfg = load_config(CONFIGS / "self_forcing_dmd.yaml", ["timestep_shift=8.0"])
+    assert denoising_steps(cfg) == pytest.approx([1000, 937.5, 833.3, 625], abs=0.1)
+    cfg = load_config(CONFIGS / "self_forcing_dmd.yaml", ["model_kwargs.timestep_shift=8.0"])
+    assert denoising_steps(cfg) == pytest.approx([1000, 960, 888.9, 727.3], abs=0.1)
+
+
+def test_first_block_steps():
+    cfg = load_config(CONFIGS / "causal_forcing_dmd_framewise_2step.yaml")
+    assert denoising_steps(cfg) == pytest.approx([1000, 833.3], abs=0.1)
+    assert first_block_steps(cfg) == pytest.approx([1000, 937.5, 833.3, 625], abs=0.1)
+    assert denoising_steps(load_config(CONFIGS / "causal_forcing_dmd_framewise_1step.yaml")) == [1000]
