@@ -1,0 +1,161 @@
+"""Prompt files for the inference CLIs.
+
+A prompt file holds one prompt per line, as in CausVid / Self-Forcing's
+``TextDataset``.  Lines are stripped; blank lines are skipped (with a single
+warning saying how many).  Every problem with the file itself is reported as a
+one-line :class:`PromptFileError` that names the file.
+
+Line splitting follows Python's text mode (``\\n``, ``\\r\\n`` and a lone
+``\\r`` end a line); other Unicode separators such as U+2028 stay inside the
+prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Sequence, TypeVar
+
+import torch.utils.data
+
+__all__ = ["PromptFileError", "read_prompt_file", "PromptDataset", "shard_for_rank"]
+
+_BOM = b"\xef\xbb\xbf"
+
+T = TypeVar("T")
+
+
+class PromptFileError(ValueError):
+    """A prompt file can't be used: missing, a folder, empty, or not UTF-8."""
+
+
+def _normalise_newlines(data):
+    """Map \\r\\n and a lone \\r to \\n (works on str and bytes)."""
+    if isinstance(data, bytes):
+        return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_prompt_file(path: str | os.PathLike) -> list[str]:
+    """Read one prompt per line from a UTF-8 text file.
+
+    * lines are stripped of surrounding whitespace; the text inside a line is
+      kept intact, however long it is;
+    * blank (or whitespace-only) lines are skipped, with one ``UserWarning``
+      giving their count;
+    * a UTF-8 byte-order mark at the start is accepted and dropped.
+
+    Raises :class:`PromptFileError` (a ``ValueError``) with a one-line message
+    naming the file when it is missing, is a folder, can't be read, is empty,
+    has only blank lines, or is not valid UTF-8 (the message then gives the line
+    number and the byte offset within the file, and suggests re-encoding).
+    """
+    name = os.fspath(path)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if os.path.isdir(name):
+        raise PromptFileError(f"prompt file {name!r} is a directory, expected a text file with one prompt per line")
+    if not os.path.exists(name):
+        raise PromptFileError(f"prompt file {name!r} not found")
+    try:
+        with open(name, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PromptFileError(f"prompt file {name!r} can't be read: {e.strerror or e}") from None
+
+    skip = len(_BOM) if data.startswith(_BOM) else 0
+    body = data[skip:]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = skip + e.start  # offset in the file as stored, BOM included
+        line = _normalise_newlines(data[:offset]).count(b"\n") + 1
+        bad = body[e.start : e.start + 1]
+        raise PromptFileError(
+            f"prompt file {name!r} is not valid UTF-8: byte 0x{bad.hex()} at line {line} "
+            f"(byte offset {offset}); re-encode it as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 in.txt > out.txt`"
+        ) from None
+
+    text = _normalise_newlines(text)
+    if not text.strip():
+        what = "is empty" if not text else "contains only blank lines"
+        raise PromptFileError(f"prompt file {name!r} {what}; expected one prompt per line")
+
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()  # the final newline ends the last line; it doesn't start a new one
+    prompts = [line.strip() for line in lines]
+    blank = sum(1 for p in prompts if not p)
+    if blank:
+        warnings.warn(
+            f"prompt file {name!r}: skipped {blank} blank line{'s' if blank != 1 else ''}",
+            UserWarning,
+            stacklevel=2,
+        )
+        prompts = [p for p in prompts if p]
+    return prompts
+
+
+def shard_for_rank(items: Sequence[T], rank: int, world_size: int) -> list[tuple[int, T]]:
+    """The items of one rank, as ``[(global_index, item), ...]``.
+
+    Rank ``r`` gets the items at global indices ``r, r + world, r + 2*world, ...``
+    (the strided order of ``DistributedSampler(shuffle=False)`` used by the
+    original CausVid / Self-Forcing inference scripts to split prompts across
+    torchrun ranks).  The global index is kept so outputs can be named without
+    colliding across ranks: ``for idx, prompt in shard_for_rank(prompts, r, w)``.
+
+    Unlike ``DistributedSampler`` nothing is padded: when ``len(items)`` is not a
+    multiple of ``world_size`` the last ranks get one item fewer, and no prompt
+    is generated twice.  A rank may get no items at all.
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+    return [(i, items[i]) for i in range(rank, len(items), world_size)]
+
+
+class PromptDataset(torch.utils.data.Dataset):
+    """Prompts as a map-style dataset: item ``i`` is ``{"prompts": str, "idx": int}``.
+
+    ``idx`` is the prompt's global index: by default its position in
+    ``prompts``; pass ``indices`` to keep the global numbering of a shard, or
+    build one directly with :meth:`from_shard`.
+    """
+
+    def __init__(self, prompts: Sequence[str], indices: Sequence[int] | None = None):
+        if isinstance(prompts, (str, bytes)):
+            raise TypeError(
+                "PromptDataset expects a list of prompts, not a single string; "
+                "use PromptDataset.from_file(path) to read a prompt file"
+            )
+        self.prompts = list(prompts)
+        bad = [type(p).__name__ for p in self.prompts if not isinstance(p, str)]
+        if bad:
+            raise TypeError(f"PromptDataset: prompts must be str, got {bad[0]}")
+        if indices is None:
+            self.indices = list(range(len(self.prompts)))
+        else:
+            self.indices = [int(i) for i in indices]
+            if len(self.indices) != len(self.prompts):
+                raise ValueError(
+                    f"PromptDataset: {len(self.indices)} indices for {len(self.prompts)} prompts"
+                )
+
+    @classmethod
+    def from_shard(cls, pairs: Sequence[tuple[int, str]]) -> "PromptDataset":
+        """From the ``[(global_index, prompt), ...]`` of :func:`shard_for_rank`."""
+        pairs = list(pairs)
+        return cls([p for _, p in pairs], indices=[i for i, _ in pairs])
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "PromptDataset":
+        return cls(read_prompt_file(path))
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"prompts": self.prompts[i], "idx": self.indices[i]}
