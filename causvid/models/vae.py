@@ -16,6 +16,7 @@ Layouts: pixels are ``[B, T, 3, H, W]`` in ``[-1, 1]`` with ``T = 1 + 4k``; late
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -168,6 +169,13 @@ def infer_vae_config(state_dict: dict[str, torch.Tensor], file: str | os.PathLik
     return config
 
 
+def _is_vae_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("_class_name") == "AutoencoderKLWan"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _resolve(path: str | os.PathLike) -> tuple[str, Path]:
     """Return ("wan", pth_file) or ("diffusers", folder) for a user path, or raise FileNotFoundError."""
     p = Path(path)
@@ -184,7 +192,8 @@ def _resolve(path: str | os.PathLike) -> tuple[str, Path]:
     if (p / WAN_VAE_PTH).is_file():
         return "wan", p / WAN_VAE_PTH
     for folder in (p / "vae", p):
-        if (folder / _DIFFUSERS_CONFIG).is_file() and (folder / _DIFFUSERS_WEIGHTS).is_file():
+        # A Wan folder's own config.json + safetensors are the DiT's: only a VAE config counts here.
+        if (folder / _DIFFUSERS_WEIGHTS).is_file() and _is_vae_config(folder / _DIFFUSERS_CONFIG):
             return "diffusers", folder
     raise FileNotFoundError(
         f"No Wan VAE found in folder {os.fspath(p)!r}: looked for {WAN_VAE_PTH}, "

@@ -18,7 +18,9 @@ Sampler = Callable[[Callable, torch.Tensor, int], torch.Tensor]
 
 
 def _randn_like(x, generator):
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
+    """Noise drawn on the generator's device (a CPU generator gives the same noise for a CUDA rollout)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x.device, x.dtype)
 
 
 def few_step_sampler(steps: Sequence[float], first_block_steps: Sequence[float] = None,

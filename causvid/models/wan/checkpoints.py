@@ -114,6 +114,23 @@ def _load_torch(path: Path, use_ema: bool) -> dict:
     return obj
 
 
+def dit_folder(path) -> Path:
+    """The folder holding the DiT: `transformer/` of a diffusers folder, else the folder itself."""
+    path = Path(path)
+    return path / "transformer" if (path / "transformer").is_dir() else path
+
+
+def read_folder_config(path) -> dict:
+    """The DiT's config.json of a Wan or diffusers folder, or None when it has none."""
+    file = dit_folder(path) / "config.json"
+    if not file.exists():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{file}: invalid JSON ({err})") from err
+
+
 def read_checkpoint(path, use_ema: bool = False) -> tuple:
     """(state dict in Wan names, config.json dict or None, the file the weights came from)."""
     path = Path(path)
@@ -121,17 +138,11 @@ def read_checkpoint(path, use_ema: bool = False) -> tuple:
         raise CheckpointError(f"{path}: no such file or folder")
     config = None
     if path.is_dir():
-        if (path / "transformer").is_dir():
-            path = path / "transformer"
+        path, config = dit_folder(path), read_folder_config(path)
         weights = next((path / name for name in WEIGHT_FILES if (path / name).exists()), None)
         if weights is None:
             found = sorted(p.name for p in path.iterdir())[:20]
             raise CheckpointError(f"{path}: no {' or '.join(WEIGHT_FILES)} in this folder (found: {found})")
-        if (path / "config.json").exists():
-            try:
-                config = json.loads((path / "config.json").read_text())
-            except ValueError as err:
-                raise CheckpointError(f"{path / 'config.json'}: invalid JSON ({err})") from err
     else:
         weights = path
     if weights.name.endswith(".index.json"):

@@ -167,6 +167,14 @@ class WanDiT(nn.Module):
                     nn.init.normal_(m.weight, std=0.02)
         nn.init.zeros_(self.head.head.weight)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embedding.weight.device
+
     def new_cache(self, batch_size: int, max_frames: int = None, local_attn_size: int = -1,
                   sink_size: int = 0) -> KVCache:
         """A streaming cache for this model: global (max_frames) or a rolling window of local_attn_size frames."""

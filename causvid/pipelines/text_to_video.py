@@ -1,0 +1,140 @@
+"""Prompts in, decoded frames out: the components of a Wan text-to-video model and the streaming generator
+the inference CLIs drive.
+
+`load_components` reads the Wan folder (text encoder, VAE, and the DiT unless a checkpoint replaces it) the
+same way for the real 1.3B / 14B releases and for the tiny folders of `scripts/make_tiny_wan.py`.
+`VideoGenerator.stream` yields pixel frames block by block as the causal rollout finishes each block, so the
+first frames can be written (or shown) before the video is complete.
+"""
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from causvid.config import denoising_steps, first_block_steps, warp_shift
+from causvid.models.text_encoder import WanTextEncoder
+from causvid.models.vae import WanVAE
+from causvid.models.wan import WanDiT
+from causvid.models.wan.checkpoints import config_from_json, read_folder_config
+from causvid.pipelines.rollout import bidirectional_sample, causal_rollout, few_step_sampler, ode_sampler
+
+
+@dataclass
+class Components:
+    dit: WanDiT
+    text_encoder: WanTextEncoder
+    vae: WanVAE
+
+
+def _wan_folder(path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Wan model folder {path} not found (set wan_model_path in the config or pass "
+                                "--wan_model_path; download with: hf download Wan-AI/Wan2.1-T2V-1.3B "
+                                "--local-dir wan_models/Wan2.1-T2V-1.3B)")
+    return path
+
+
+def load_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None, device=None) -> WanDiT:
+    """The DiT: the Wan folder's own weights, or a checkpoint (published .pt, Wan or diffusers folder) whose
+    sizes the tensors give and whose head count and text length come from the Wan folder's config.json."""
+    if checkpoint is None:
+        return WanDiT.from_pretrained(wan_folder, dtype=dtype, device=device)
+    sizes = config_from_json(read_folder_config(wan_folder), wan_folder)
+    sizes = {k: v for k, v in sizes.items() if k in ("num_heads", "text_len")}
+    return WanDiT.from_pretrained(checkpoint, use_ema=use_ema, dtype=dtype, device=device, **sizes)
+
+
+def load_components(wan_model_path, checkpoint=None, use_ema=False, dtype=torch.float32, device="cpu") -> Components:
+    wan = _wan_folder(wan_model_path)
+    dit = load_dit(wan, checkpoint, use_ema, dtype, device).eval().requires_grad_(False)
+    text_encoder = WanTextEncoder.from_pretrained(wan, dtype=dtype, device=device, text_len=dit.config.text_len)
+    vae = WanVAE.from_pretrained(wan, dtype=dtype, device=device)
+    return Components(dit, text_encoder, vae)
+
+
+@dataclass
+class Timing:
+    """Seconds from the start of a video to its first block (latents, then pixels) and to the end."""
+    first_block_latent: float = None
+    first_block_pixels: float = None
+    total_latent: float = 0.0  # time spent in the DiT rollout
+    total: float = 0.0
+    pixel_frames: int = 0
+
+    def fps(self, with_vae: bool) -> float:
+        seconds = self.total if with_vae else self.total_latent
+        return self.pixel_frames / seconds if seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        return (f"first block {self.first_block_latent:.3f} s (latents) / {self.first_block_pixels:.3f} s (pixels); "
+                f"{self.fps(False):.2f} FPS without VAE, {self.fps(True):.2f} FPS with VAE decode")
+
+
+@dataclass
+class VideoGenerator:
+    """Generation settings from a config (the seeds' keys) bound to loaded components."""
+    components: Components
+    config: object
+    causal: bool = True
+    device: str = "cpu"
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def latent_shape(self):
+        return tuple(self.config.image_or_video_shape[1:])  # [F, C, h, w]
+
+    def sampler(self, generator):
+        steps = denoising_steps(self.config)
+        if steps:  # a distilled few-step model
+            return few_step_sampler(steps, first_block_steps(self.config), generator=generator), 1.0
+        # a many-step model (AR-diffusion teacher): Wan's UniPC with CFG in Wan's form (SF/CF's
+        # causal diffusion inference reads guidance_scale the same way)
+        return ode_sampler(self.config.num_inference_steps, warp_shift(self.config)), self.config.guidance_scale
+
+    def noise(self, num_frames, seed, index, rollout=0):
+        """Per-video noise from (seed, prompt index, rollout): the same video whatever the rank count or order
+        (never one noise tensor shared by every prompt, as CausVid's script does)."""
+        gen = torch.Generator().manual_seed(hash((seed, index, rollout)) & 0x7FFF_FFFF_FFFF_FFFF)
+        _, c, h, w = self.latent_shape
+        return torch.randn(1, num_frames, c, h, w, generator=gen).to(self.device, self.components.dit.dtype), gen
+
+    def stream(self, prompt: str, num_frames: int = None, seed: int = 0, index: int = 0, rollout: int = 0,
+               initial_latent=None, local_attn_size: int = None, sink_size: int = None):
+        """Yield (latent block, its new pixel frames [1, n, 3, H, W] in [-1, 1]) as each block is finished."""
+        cfg, comp = self.config, self.components
+        num_frames = num_frames or self.latent_shape[0]
+        start_time = time.perf_counter()
+        self.timing = Timing()
+        noise, gen = self.noise(num_frames, seed, index, rollout)
+        context = comp.text_encoder.encode([prompt]).to(noise.dtype)
+        sampler, guidance = self.sampler(gen)
+        negative = comp.text_encoder.encode([cfg.negative_prompt]).to(noise.dtype) if guidance != 1.0 else None
+        if self.causal:
+            window = cfg.model_kwargs.local_attn_size if local_attn_size is None else local_attn_size
+            sink = cfg.model_kwargs.sink_size if sink_size is None else sink_size
+            blocks = causal_rollout(comp.dit, noise, context, num_frame_per_block=cfg.num_frame_per_block,
+                                    sampler=sampler, negative_context=negative, guidance_scale=guidance,
+                                    context_noise=cfg.context_noise, local_attn_size=window, sink_size=sink,
+                                    initial_latent=initial_latent, generator=gen)
+        else:
+            blocks = iter([(0, bidirectional_sample(comp.dit, noise, context, sampler=sampler,
+                                                     negative_context=negative, guidance_scale=guidance))])
+        decoder = comp.vae.stream_decoder()
+        vae_seconds = 0.0
+        with torch.no_grad():
+            for _, latent in blocks:
+                now = time.perf_counter()
+                if self.timing.first_block_latent is None:
+                    self.timing.first_block_latent = now - start_time
+                pixels = decoder.decode(latent)
+                done = time.perf_counter()
+                vae_seconds += done - now
+                if self.timing.first_block_pixels is None:
+                    self.timing.first_block_pixels = done - start_time
+                self.timing.pixel_frames += pixels.shape[1]
+                yield latent, pixels
+                start_time += time.perf_counter() - done  # time spent by the consumer is not ours
+        self.timing.total = time.perf_counter() - start_time
+        self.timing.total_latent = self.timing.total - vae_seconds
