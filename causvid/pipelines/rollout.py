@@ -17,24 +17,40 @@ from causvid.flow import add_noise, cfg, flow_to_x0, model_timesteps, sampling_s
 Sampler = Callable[[Callable, torch.Tensor, int], torch.Tensor]
 
 
-def _randn_like(x, generator):
-    """Noise drawn on the generator's device (a CPU generator gives the same noise for a CUDA rollout)."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x.device, x.dtype)
+# noise_fn(like, tag) -> standard normal noise shaped like `like`; `tag` names the draw (block, step), so
+# training can key every draw to its sample (causvid.training.rng) while inference uses one generator.
+NoiseFn = Callable[[torch.Tensor, tuple], torch.Tensor]
+
+
+def generator_noise(generator: torch.Generator = None) -> NoiseFn:
+    """Noise from one torch.Generator, drawn on its device (a CPU generator gives the same noise on CUDA)."""
+    def noise(like, tag):
+        device = generator.device if generator is not None else like.device
+        return torch.randn(like.shape, generator=generator, device=device).to(like.device, like.dtype)
+    return noise
 
 
 def few_step_sampler(steps: Sequence[float], first_block_steps: Sequence[float] = None,
-                     generator: torch.Generator = None) -> Sampler:
+                     generator: torch.Generator = None, noise_fn: NoiseFn = None,
+                     exit_step: Callable[[int], int] = None) -> Sampler:
     """The distilled students' sampler (CausVid / Self-Forcing inference): predict x0 at each listed
     timestep, re-noise it with fresh noise to the next one. `first_block_steps` replaces the list for block 0
-    (Causal-Forcing's 1/2-step models give the first block 4 steps)."""
+    (Causal-Forcing's 1/2-step models give the first block 4 steps).
+
+    exit_step(block_index) -> i: Self-Forcing training. Stop at step i and return its x0; the steps before it
+    run without gradient, so the generator's gradient comes from the exit step alone.
+    """
+    noise_fn = noise_fn or generator_noise(generator)
+
     def sample(flow_fn, x, block_index):
         block_steps = first_block_steps if (block_index == 0 and first_block_steps) else steps
-        for i, step in enumerate(block_steps):
+        last = len(block_steps) - 1 if exit_step is None else exit_step(block_index)
+        for i, step in enumerate(block_steps[:last + 1]):
             t = torch.full(x.shape[:2], float(step), device=x.device)
-            x0 = flow_to_x0(flow_fn(x, t), x, t)
-            if i + 1 < len(block_steps):
-                x = add_noise(x0, _randn_like(x0, generator), torch.full_like(t, float(block_steps[i + 1])))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and (exit_step is None or i == last)):
+                x0 = flow_to_x0(flow_fn(x, t), x, t)
+            if i < last:
+                x = add_noise(x0, noise_fn(x0, (block_index, i)), torch.full_like(t, float(block_steps[i + 1])))
         return x0
     return sample
 
@@ -54,7 +70,7 @@ def causal_rollout(model, noise: torch.Tensor, context: torch.Tensor, *, num_fra
                    sampler: Sampler, negative_context: torch.Tensor = None, guidance_scale: float = 1.0,
                    context_noise: float = 0.0, local_attn_size: int = -1, sink_size: int = 0,
                    initial_latent: torch.Tensor = None, use_cache: bool = True,
-                   generator: torch.Generator = None) -> Iterator[tuple]:
+                   generator: torch.Generator = None, noise_fn: NoiseFn = None) -> Iterator[tuple]:
     """Yield (start_frame, clean latents [B, n, C, H, W]) block by block, for noise [B, F, C, H, W].
 
     negative_context + guidance_scale: classifier-free guidance in Wan's form (many-step AR diffusion), with
@@ -67,6 +83,7 @@ def causal_rollout(model, noise: torch.Tensor, context: torch.Tensor, *, num_fra
         raise ValueError(f"{first} given + {frames - first} generated latent frames do not split into blocks "
                          f"of num_frame_per_block={num_frame_per_block}")
     guided = negative_context is not None and guidance_scale != 1.0
+    noise_fn = noise_fn or generator_noise(generator)
     streams = [_Stream(model, context, batch, frames, num_frame_per_block, local_attn_size, sink_size, use_cache)]
     if guided:
         streams.append(_Stream(model, negative_context, batch, frames, num_frame_per_block, local_attn_size,
@@ -85,9 +102,10 @@ def causal_rollout(model, noise: torch.Tensor, context: torch.Tensor, *, num_fra
         x0 = sampler(flow_fn, noise[:, start:start + num_frame_per_block], index)
         t_ctx = torch.full(x0.shape[:2], float(context_noise), device=x0.device)
         # The refresh input: the clean block, noised to context_noise when that is > 0 (Self-Forcing training).
-        ctx = add_noise(x0, _randn_like(x0, generator), t_ctx) if context_noise > 0 else x0
-        for s in streams:
-            s.commit(ctx, t_ctx, start)
+        with torch.no_grad():  # the refresh pass only writes the cache: no graph
+            ctx = add_noise(x0, noise_fn(x0, (index, "context")), t_ctx) if context_noise > 0 else x0.detach()
+            for s in streams:
+                s.commit(ctx, t_ctx, start)
         yield start, x0
 
 

@@ -267,8 +267,11 @@ class WanDiT(nn.Module):
             raise ValueError("local_attn_size needs causal=True (or a cache): a bidirectional window is not defined")
 
         ctx = None if context is None else self.embed_text(context)
+        # No activation checkpointing with a cache: the recomputation in backward would read and write the
+        # cache as it is then, not as it was (and a cached call holds one block's tokens, which is cheap).
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled() and cache is None
         for layer, block in enumerate(self.blocks):
-            if self.gradient_checkpointing and torch.is_grad_enabled():
+            if recompute:
                 tokens = checkpoint(block, tokens, e0, ctx, rope, mask, cache, layer, use_reentrant=False)
             else:
                 tokens = block(tokens, e0, ctx, rope, mask, cache, layer)

@@ -1,0 +1,149 @@
+"""The only file that knows about processes and sharding: process-group setup, FSDP2 wrapping, the sharded
+EMA, and gathering full state dicts.
+
+Training always runs in a process group (a single process gets a group of one), so one code path serves
+`python train.py` and `torchrun --nnodes N --nproc_per_node M train.py`. Every trained DiT is sharded with
+FSDP2 (`fully_shard` per transformer block, then the root); gloo on CPU, NCCL on GPU.
+"""
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the torchrun group (env RANK / WORLD_SIZE / MASTER_ADDR ...) or make a group of one."""
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        backend = "nccl" if cuda else "gloo"
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        else:  # plain `python train.py`
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return Dist(rank, world, local_rank, device)
+
+
+def shard(model: torch.nn.Module, mixed_precision: bool) -> torch.nn.Module:
+    """FSDP2: each transformer block is its own shard unit, then the rest of the model. Parameters stay fp32
+    (the optimizer's master copy); with mixed precision on CUDA, compute runs in bf16 and gradients are
+    reduced in fp32."""
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if mixed_precision and torch.cuda.is_available() else MixedPrecisionPolicy()
+    for block in model.blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def sharded_parameters(model: torch.nn.Module):
+    """named_parameters() in the sharded state. After a forward without backward (a no-grad rollout) FSDP2
+    leaves the root's parameters gathered; reshard first so every rank sees its own shards."""
+    if hasattr(model, "reshard"):
+        model.reshard()
+    return model.named_parameters()
+
+
+class ShardedEMA:
+    """Exponential moving average of a (sharded) model, kept shard by shard: each rank averages only its own
+    slice of every parameter, so an update costs no gather. The full EMA is assembled only when saved."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {name: local(p).detach().float().clone() for name, p in sharded_parameters(model)}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for name, p in sharded_parameters(model):
+            self.shadow[name].lerp_(local(p).float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def full_state_dict(self, model: torch.nn.Module) -> dict:
+        """Every rank must call this (it gathers); the result is complete on every rank, on CPU. Each shadow
+        shard is swapped into its parameter for the gather (FSDP's own sharding, padding included), then the
+        parameter is put back."""
+        out = {}
+        for name, p in sharded_parameters(model):
+            if not isinstance(p, DTensor):
+                out[name] = self.shadow[name].cpu().clone()
+                continue
+            shard = p.to_local()
+            kept = shard.clone()
+            shard.copy_(self.shadow[name])
+            out[name] = p.full_tensor().float().cpu().clone()  # a view of the shard on one rank
+            shard.copy_(kept)
+        return out
+
+    def load_full_state_dict(self, model: torch.nn.Module, state: dict) -> None:
+        for name, p in sharded_parameters(model):
+            full = state[name].float()
+            if isinstance(p, DTensor):
+                full = distribute_tensor(full.to(p.device), p.device_mesh, p.placements).to_local()
+            if full.shape != local(p).shape:
+                raise ValueError(f"EMA entry {name}: shard {tuple(full.shape)} vs parameter {tuple(local(p).shape)}")
+            self.shadow[name] = full.to(local(p).device).clone()
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model) -> dict:
+    """Full (unsharded) state dict on rank 0 (empty elsewhere); every rank must call."""
+    return get_model_state_dict(model, options=_FULL)
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    return get_optimizer_state_dict(model, optimizer, options=_FULL)
+
+
+def load_full_model_state(model, state: dict) -> None:
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
+def load_full_optimizer_state(model, optimizer, state: dict) -> None:
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def mean_across_ranks(value: float, device) -> float:
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def any_rank(flag: bool, device) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier():
+    dist.barrier()

@@ -1,0 +1,65 @@
+"""Training losses as small functions of tensors (no models, no optimizers): the trainer's stages call the
+models and hand the results here.
+
+Conventions as in `causvid.flow`: x_t = (1 - s) x0 + s noise with s = t / 1000, the DiT predicts the flow
+noise - x0. Latents are [B, F, C, H, W]; per-frame quantities are [B, F].
+"""
+import torch
+
+from causvid.flow import shift_sigma
+
+
+def shifted_timesteps(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """Map uniform draws u in [0, 1) to timesteps in [0, 1000) on the shifted schedule."""
+    return shift_sigma(u, shift) * 1000.0
+
+
+def blockwise(values: torch.Tensor, num_frame_per_block: int) -> torch.Tensor:
+    """Make per-frame values [B, F] equal within each block by repeating each block's first value."""
+    batch, frames = values.shape
+    first = values[:, ::num_frame_per_block]
+    return first.repeat_interleave(num_frame_per_block, dim=1)[:, :frames]
+
+
+def training_weight(t: torch.Tensor) -> torch.Tensor:
+    """Self-Forcing's diffusion-loss weight over the 1000-step grid: a bump centred at t = 500,
+    exp(-2 ((t - 500) / 1000)^2), shifted to start at 0 and scaled so that it averages 1 over t in [0, 1000)."""
+    grid = torch.arange(1000, dtype=torch.float64)
+    bump = lambda x: torch.exp(-2 * ((x - 500.0) / 1000.0) ** 2)  # noqa: E731
+    low = bump(grid).min()
+    scale = 1000.0 / (bump(grid) - low).sum()
+    return ((bump(t.double()) - low) * scale).to(t.dtype)
+
+
+def flow_matching_loss(pred_flow: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,
+                       weight: torch.Tensor = None) -> torch.Tensor:
+    """Mean squared error to the flow target noise - x0; `weight` [B, F] weighs frames (mean over the rest)."""
+    err = (pred_flow.float() - (noise - x0).float()).pow(2).mean(dim=(2, 3, 4))  # [B, F]
+    return (err * weight).mean() if weight is not None else err.mean()
+
+
+def ode_regression_loss(pred_x0: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """MSE to the ODE endpoint over frames whose input timestep is not 0: CausVid's frames at t = 0 are clean
+    context, not a prediction to learn."""
+    err = (pred_x0.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # [B, F]
+    keep = (t != 0).float()
+    return (err * keep).sum() / keep.sum().clamp(min=1)
+
+
+def dmd_gradient(x: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> torch.Tensor:
+    """Distribution-matching gradient (DMD): fake - real score difference in x0 space, normalised per sample
+    by mean |x - real_x0| so its scale does not depend on how far the sample is from the data."""
+    norm = (x.double() - real_x0.double()).abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
+    grad = (fake_x0.double() - real_x0.double()) / norm
+    return torch.nan_to_num(grad)
+
+
+def dmd_loss(x: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> torch.Tensor:
+    """0.5 * ||x - stopgrad(x - grad)||^2 (mean): its gradient in x is the DMD gradient (up to the mean)."""
+    grad = dmd_gradient(x.detach(), real_x0, fake_x0)
+    return 0.5 * torch.nn.functional.mse_loss(x.double(), (x.double() - grad).detach())
+
+
+def critic_flow_loss(pred_flow: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """The fake score's denoising loss on generator samples x0 (flow parameterisation)."""
+    return flow_matching_loss(pred_flow, noise, x0)

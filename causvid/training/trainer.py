@@ -1,0 +1,254 @@
+"""The one training loop for every stage (diffusion / teacher forcing, ODE regression, DMD).
+
+Per step: the generator is updated (every `dfake_gen_update_ratio`-th step when there is a critic), then the
+critic; each update accumulates `grad_accum` micro-batches, clips the gradient norm and steps AdamW. Then the
+EMA, logging, checkpoints. Which samples a step reads and every random draw are functions of (seed, step,
+global sample index), so the numbers do not depend on the process count, on accumulation or on resuming.
+"""
+import math
+import resource
+import signal
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from causvid.config import real_score_path, save_config
+from causvid.data.datasets import LatentLMDBDataset, ODERegressionLMDBDataset
+from causvid.data.prompts import read_prompt_file
+from causvid.pipelines.text_to_video import load_dit
+from causvid.training import distributed as D
+from causvid.training import rng
+from causvid.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from causvid.training.stages import Models, make_stage
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg, logdir, *, no_save=False, no_visualize=False, disable_wandb=False, resume=None,
+                 text_encoder=None):
+        self.cfg, self.logdir = cfg, Path(logdir)
+        self.no_save, self.no_visualize = no_save, no_visualize
+        self.stage = make_stage(cfg)  # config errors surface before anything is loaded
+        self.dataset = self._dataset()  # so do missing datasets
+        self.dist = D.init_distributed()
+        device = self.dist.device
+        wan = cfg.wan_model_path
+        generator = load_dit(wan, cfg.generator_ckpt, device=device)
+        self.text_encoder = text_encoder or _load_text_encoder(wan, device, generator.config.text_len)
+        generator.gradient_checkpointing = bool(cfg.gradient_checkpointing)
+        self.models = Models(D.shard(generator.train(), cfg.mixed_precision))
+        params = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.optimizers = {"generator": torch.optim.AdamW(self.models.generator.parameters(), **params)}
+        if self.stage.has_critic:
+            fake = load_dit(wan, device=device)
+            fake.gradient_checkpointing = bool(cfg.gradient_checkpointing)
+            real = load_dit(real_score_path(cfg), device=device).eval().requires_grad_(False)
+            self.models.fake_score = D.shard(fake.train(), cfg.mixed_precision)
+            self.models.real_score = D.shard(real, cfg.mixed_precision)
+            self.optimizers["critic"] = torch.optim.AdamW(
+                self.models.fake_score.parameters(), lr=cfg.lr_critic or cfg.lr, weight_decay=cfg.weight_decay,
+                betas=(cfg.beta1 if cfg.beta1_critic is None else cfg.beta1_critic,
+                       cfg.beta2 if cfg.beta2_critic is None else cfg.beta2_critic))
+        self.negative = None
+        if self.stage.needs_negative:
+            self.negative = self.text_encoder.encode([cfg.negative_prompt]).to(device)
+        self.ema = None
+        self.step = 0
+        self.stop_requested = False
+        self.history = []  # (step, logs) of this process's run
+        if resume is not None:
+            self._resume(resume)
+        self.wandb = None if disable_wandb else _wandb_run(cfg, self.logdir, self.dist.is_main)
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def _dataset(self):
+        path = self.cfg.data_path
+        if path is None or not Path(path).exists():
+            raise FileNotFoundError(f"data_path {path!r} not found (the {type(self.stage).__name__} needs "
+                                    f"{'a prompt file' if self.stage.data == 'prompts' else 'an LMDB'})")
+        if self.stage.data == "prompts":
+            return [{"prompts": p} for p in read_prompt_file(path)]
+        return ODERegressionLMDBDataset(path) if self.stage.data == "ode" else LatentLMDBDataset(path)
+
+    def batch(self, step: int, micro: int) -> dict:
+        """This rank's micro-batch: global sample positions, the dataset rows they map to, prompt embeddings."""
+        size, n = self.cfg.batch_size, len(self.dataset)
+        first = ((step * self.cfg.grad_accum + micro) * self.dist.world_size + self.dist.rank) * size
+        positions = list(range(first, first + size))
+        rows = [self.dataset[_row(p, n, self.cfg.seed)] for p in positions]
+        device = self.dist.device
+        batch = {"samples": positions, "prompts": [r["prompts"] for r in rows],
+                 "context": self.text_encoder.encode([r["prompts"] for r in rows]).to(device)}
+        if self.negative is not None:
+            batch["negative"] = self.negative.expand(size, -1, -1)
+        if self.stage.data == "ode":
+            batch["ode"] = torch.stack([r["ode_latent"] for r in rows]).to(device)
+        elif self.stage.data == "latents":
+            batch["clean"] = torch.stack([r["clean_latent"] for r in rows]).to(device)
+        return batch
+
+    # -- one update -------------------------------------------------------------------------------------------
+    def _update(self, name, model, loss_fn) -> float:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(self.cfg.grad_accum):
+            batch = self.batch(self.step, micro)
+            with torch.autocast(self.dist.device.type, torch.bfloat16,
+                                enabled=bool(self.cfg.mixed_precision) and self.dist.device.type == "cuda"):
+                loss = loss_fn(self.models, batch, self.step) / self.cfg.grad_accum
+            loss.backward()
+            total += loss.item()
+        total = D.mean_across_ranks(total, self.dist.device)
+        if not math.isfinite(total):  # stop before the bad gradient touches the weights
+            last = latest_checkpoint(self.logdir)
+            raise TrainingDiverged(f"{name} loss is {total} at step {self.step}; weights left as after step "
+                                   f"{self.step - 1}; last good checkpoint: {last or 'none'}")
+        torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
+        optimizer.step()
+        return total
+
+    def train_step(self) -> dict:
+        cfg, logs = self.cfg, {}
+        if not self.stage.has_critic or self.step % cfg.dfake_gen_update_ratio == 0:
+            logs["generator_loss"] = self._update("generator", self.models.generator, self.stage.generator_loss)
+        if self.stage.has_critic:
+            logs["critic_loss"] = self._update("critic", self.models.fake_score, self.stage.critic_loss)
+        if cfg.ema_weight > 0 and self.step >= cfg.ema_start_step:
+            if self.ema is None:
+                self.ema = D.ShardedEMA(self.models.generator, cfg.ema_weight)
+            else:
+                self.ema.update(self.models.generator)
+        self.step += 1
+        return logs
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def train(self) -> list:
+        cfg = self.cfg
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        end = cfg.max_iters if cfg.max_iters is not None else float("inf")
+        bar = tqdm(total=None if end == float("inf") else end, initial=self.step, disable=not self.dist.is_main)
+        started, start_step = time.perf_counter(), self.step
+        try:
+            while self.step < end:
+                logs = self.train_step()
+                self.history.append((self.step, logs))
+                self._log(logs)
+                bar.update(1)
+                stop = D.any_rank(self.stop_requested, self.dist.device)
+                if self.step % cfg.log_iters == 0 or stop or self.step >= end:
+                    self.save()
+                    self._visualize()
+                if stop:
+                    self._print(f"SIGTERM: saved step {self.step}, stopping")
+                    break
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            bar.close()
+        seconds = time.perf_counter() - started
+        self._print(f"done: {self.step - start_step} steps in {seconds:.1f} s "
+                    f"({(self.step - start_step) / max(seconds, 1e-9):.2f} steps/s), peak memory {_peak_memory()}")
+        return self.history
+
+    def _on_sigterm(self, *_):
+        self.stop_requested = True
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def save(self):
+        if self.no_save:
+            return
+        models = {"generator": D.full_model_state(self.models.generator),
+                  "generator_ema": self.ema.full_state_dict(self.models.generator) if self.ema else None,
+                  "critic": D.full_model_state(self.models.fake_score) if self.models.fake_score else None}
+        optim = {name: D.full_optimizer_state(self._model_of(name), opt) for name, opt in self.optimizers.items()}
+        if self.dist.is_main:
+            state = {"step": self.step, "optimizers": optim, "ema_started": self.ema is not None,
+                     "samples_seen": self.step * self.cfg.grad_accum * self.dist.world_size * self.cfg.batch_size}
+            path = save_checkpoint(self.logdir, self.step, models, state)
+            save_config(self.cfg, self.logdir / "config.yaml")
+            self._print(f"saved {path}")
+        D.barrier()
+
+    def _model_of(self, name):
+        return self.models.generator if name == "generator" else self.models.fake_score
+
+    def _resume(self, resume):
+        folder = latest_checkpoint(self.logdir) if resume == "latest" else Path(resume)
+        if folder is None:
+            self._print(f"resume: no checkpoint in {self.logdir}, starting from step 0")
+            return
+        models, state = load_checkpoint(folder)
+        D.load_full_model_state(self.models.generator, models["generator"])
+        if self.models.fake_score is not None:
+            D.load_full_model_state(self.models.fake_score, models["critic"])
+        for name, opt in self.optimizers.items():
+            D.load_full_optimizer_state(self._model_of(name), opt, state["optimizers"][name])
+        if state["ema_started"]:
+            self.ema = D.ShardedEMA(self.models.generator, self.cfg.ema_weight)
+            self.ema.load_full_state_dict(self.models.generator, models["generator_ema"])
+        self.step = state["step"]
+        self._print(f"resumed from {folder} at step {self.step}")
+
+    # -- output -----------------------------------------------------------------------------------------------
+    def _print(self, text):
+        if self.dist.is_main:
+            tqdm.write(text)
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            with open(self.logdir / "log.txt", "a") as f:
+                f.write(text + "\n")
+
+    def _log(self, logs):
+        self._print(f"step {self.step} " + " ".join(f"{k} {v:.6f}" for k, v in logs.items()))
+        if self.wandb is not None:
+            self.wandb.log(logs, step=self.step)
+
+    def _visualize(self):
+        output = getattr(self.stage, "last_output", None)
+        if self.no_visualize or output is None or not self.dist.is_main:
+            return
+        from causvid.models.vae import WanVAE
+        from causvid.video_io import write_video
+        if not hasattr(self, "_vae"):
+            self._vae = WanVAE.from_pretrained(self.cfg.wan_model_path, device=self.dist.device)
+        with torch.no_grad():
+            pixels = self._vae.decode(output[:1].float())
+        write_video(self.logdir / "samples" / f"step_{self.step:06d}.mp4", pixels[0])
+
+
+def _row(position: int, n: int, seed: int) -> int:
+    """Dataset row of a global sample position: a fresh permutation of the data every epoch."""
+    epoch, offset = divmod(position, n)
+    return int(torch.randperm(n, generator=rng.generator(seed, "epoch", epoch))[offset])
+
+
+def _load_text_encoder(wan, device, text_len):
+    from causvid.models.text_encoder import WanTextEncoder
+    return WanTextEncoder.from_pretrained(wan, device=device, dtype=torch.float32, text_len=text_len)
+
+
+def _peak_memory() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (CUDA)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (peak RSS)"
+
+
+_PLACEHOLDERS = {"", "WANDB_KEY", "{your key}", "your key"}
+
+
+def _wandb_run(cfg, logdir, is_main):
+    """A wandb run when the config carries a real key (not the shipped placeholders) and wandb is installed."""
+    if not is_main or cfg.wandb_key is None or cfg.wandb_key in _PLACEHOLDERS:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        print("wandb is configured but not installed (pip install wandb); logging to text only")
+        return None
+    wandb.login(host=cfg.wandb_host, key=cfg.wandb_key)
+    return wandb.init(entity=cfg.wandb_entity, project=cfg.wandb_project, name=cfg.wandb_name, dir=str(logdir),
+                      config=dict(cfg))

@@ -1,0 +1,239 @@
+"""The trainer on tiny models and data (CPU): every stage runs, losses fall on a fixed batch, two processes
+(FSDP2 over gloo) equal one, accumulation equals a bigger batch, the sharded EMA equals an unsharded one,
+Self-Forcing's gradient is the exit step's alone, killed runs resume exactly, bad input fails before a step."""
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from causvid.config import load_config
+from causvid.flow import flow_to_x0
+from causvid.training import distributed as D
+from causvid.training.stages import DMDStage, Models
+from causvid.training.trainer import Trainer, TrainingDiverged
+from causvid.tiny_wan.dit import random_dit
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny"
+
+
+def overrides(data, dataset, **kw):
+    base = {"wan_model_path": data / "wan", "real_model_path": data / "wan", "data_path": data / dataset,
+            "generator_ckpt": "null", "gradient_checkpointing": "false", "log_iters": 1000, **kw}
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def trainer(data, name, dataset, logdir, **kw):
+    cfg = load_config(TINY / f"{name}.yaml", overrides=overrides(data, dataset, **kw))
+    return Trainer(cfg, logdir, no_visualize=True, no_save=True)
+
+
+def losses(history, key="generator_loss"):
+    return [logs[key] for _, logs in history if key in logs]
+
+
+@pytest.mark.parametrize("name,dataset", [
+    ("ar_diffusion_tf_chunkwise", "latents"),      # Causal Forcing stage 1: teacher forcing, chunkwise
+    ("ar_diffusion_tf_framewise", "latents"),
+    ("wan_causal_ode", "ode4"),                    # CausVid ODE layout
+    ("causal_ode_chunkwise", "ode6"),              # Causal Forcing ODE layout (TF context)
+    ("causal_forcing_dmd_chunkwise", "prompts.txt"),  # Self-Forcing-style rollout DMD
+    ("causal_forcing_dmd_framewise_2step", "prompts.txt"),  # first-chunk step list
+    ("wan_causal_dmd", "latents"),                 # CausVid-style DMD on noised data latents
+    ("wan_bidirectional_dmd", "prompts.txt"),      # bidirectional DMD, backward simulation
+])
+def test_each_stage_runs_with_finite_losses(tiny_run_data, tmp_path, name, dataset):
+    t = trainer(tiny_run_data, name, dataset, tmp_path, max_iters=2, dfake_gen_update_ratio=1)
+    history = t.train()
+    assert len(history) == 2
+    for _, logs in history:
+        assert logs and all(math.isfinite(v) for v in logs.values())
+    if t.stage.has_critic:
+        assert len(losses(history, "critic_loss")) == 2 and len(losses(history)) == 2
+
+
+@pytest.mark.parametrize("name,dataset", [("ar_diffusion_tf_chunkwise", "latents"),
+                                          ("causal_ode_chunkwise", "ode6")])
+def test_loss_falls_on_a_fixed_batch(tiny_run_data, tmp_path, name, dataset):
+    t = trainer(tiny_run_data, name, dataset, tmp_path, max_iters=12, lr=3e-3, weight_decay=0)
+    fixed = t.batch(0, 0)
+    loss_fn = t.stage.generator_loss
+    t.batch = lambda step, micro: fixed
+    t.stage.generator_loss = lambda models, batch, step: loss_fn(models, batch, 0)  # same noise, same t
+    curve = losses(t.train())
+    assert curve[-1] < 0.5 * curve[0], curve
+
+
+def run_worker(args, nproc=None, env=None):
+    cmd = [sys.executable, str(ROOT / "tests" / "train_worker.py")] if nproc is None else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+         str(ROOT / "tests" / "train_worker.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_close_states(a, b, tol=1e-5):
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= tol, worst
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tiny_run_data, tmp_path):
+    """FSDP2 over gloo: losses, final generator and the exported EMA match one process (DMD with a critic)."""
+    common = overrides(tiny_run_data, "prompts.txt", max_iters=2, dfake_gen_update_ratio=1, ema_weight=0.5,
+                       ema_start_step=0)
+    config = TINY / "causal_forcing_dmd_chunkwise.yaml"
+    run_worker([config, tmp_path / "one", tmp_path / "one.pt", *common, "batch_size=2"])
+    run_worker([config, tmp_path / "two", tmp_path / "two.pt", *common, "batch_size=1"], nproc=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for (s1, l1), (s2, l2) in zip(one["history"], two["history"]):
+        assert s1 == s2 and all(abs(l1[k] - l2[k]) <= 1e-5 * max(1.0, abs(l1[k])) for k in l1)
+    assert_close_states(one["generator"], two["generator"])
+    assert_close_states(one["ema"], two["ema"])
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(tiny_run_data, tmp_path):
+    runs = {}
+    for name, kw in (("batch2", {"batch_size": 2}), ("accum2", {"batch_size": 1, "grad_accum": 2})):
+        t = trainer(tiny_run_data, "causal_ode_chunkwise", "ode6", tmp_path / name, max_iters=3, lr=1e-3, **kw)
+        runs[name] = (losses(t.train()), D.full_model_state(t.models.generator))
+    assert runs["batch2"][0] == pytest.approx(runs["accum2"][0], rel=1e-5)
+    assert_close_states(runs["batch2"][1], runs["accum2"][1])
+
+
+def test_sharded_ema_equals_an_unsharded_ema(tiny_run_data, tmp_path):
+    t = trainer(tiny_run_data, "ar_diffusion_tf_framewise", "latents", tmp_path, max_iters=1, lr=1e-3,
+                ema_weight=0.7, ema_start_step=1)
+    expected = None
+    for step in range(4):
+        t.cfg.max_iters = step + 1
+        t.train()
+        weights = {k: v.float().clone() for k, v in D.full_model_state(t.models.generator).items()}
+        if step >= 1:  # the EMA starts (as a copy) at ema_start_step, then averages
+            expected = weights if expected is None else {k: 0.7 * expected[k] + 0.3 * weights[k] for k in weights}
+    assert_close_states(t.ema.full_state_dict(t.models.generator), expected, tol=1e-6)
+
+
+def test_self_forcing_gradient_comes_from_the_exit_step_alone(tiny_run_data):
+    cfg = load_config(TINY / "causal_forcing_dmd_chunkwise.yaml", overrides=["same_step_across_blocks=false"])
+    stage = DMDStage(cfg)
+    model = random_dit("tiny", seed=11, text_len=16)
+    context = torch.randn(1, 16, 32)
+    batch = {"samples": [3], "context": context}
+    step = 5
+    calls = []
+    forward = model.forward
+
+    def recording(x, t, ctx, **kw):
+        calls.append((x.detach().clone(), t.clone(), kw.get("start_frame")))
+        return forward(x, t, ctx, **kw)
+
+    model.forward = recording
+    weights = torch.randn(1, 6, 16, 4, 4)
+    (stage.generate(Models(model), batch, step) * weights).sum().backward()
+    rollout_grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    model.forward = forward
+    model.zero_grad()
+
+    # by hand: for each block only its exit call with gradient (the last call before the refresh at t = 0),
+    # the clean block written into the cache without gradient
+    blocks = {}
+    for x, t, start in calls:
+        blocks.setdefault(start, []).append((x, t))
+    cache, outputs = model.new_cache(1, max_frames=6), []
+    if len(blocks[0]) > 2:  # the prompt's cross-attention K/V were made by a no-grad step: no gradient either
+        with torch.no_grad():
+            model(*blocks[0][0], context, cache=cache, start_frame=0)
+    for start in sorted(blocks):
+        (x_exit, t_exit), (clean, t_ctx) = blocks[start][-2], blocks[start][-1]
+        outputs.append(flow_to_x0(model(x_exit, t_exit, context, cache=cache, start_frame=start), x_exit, t_exit))
+        with torch.no_grad():
+            model(clean, t_ctx, context, cache=cache, start_frame=start)
+    (torch.cat(outputs, dim=1) * weights).sum().backward()
+    exits = [len(v) - 1 for v in blocks.values()]
+    assert len(set(exits)) > 1 or max(exits) > 1  # some block exits after several steps: the test has teeth
+    assert sum(g is not None for g in rollout_grads) > len(rollout_grads) // 2
+    for a, p in zip(rollout_grads, model.parameters()):
+        assert (a is None) == (p.grad is None)
+        assert a is None or torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def read_losses(logdir):
+    out = {}
+    for line in (Path(logdir) / "log.txt").read_text().splitlines():
+        m = re.match(r"step (\d+) generator_loss (\S+)", line)
+        if m:
+            out[int(m.group(1))] = float(m.group(2))
+    return out
+
+
+def start_train(tiny_run_data, logdir, resume=False):
+    args = [sys.executable, str(ROOT / "train.py"), "--config_path", str(TINY / "ar_diffusion_tf_framewise.yaml"),
+            "--logdir", str(logdir), "--no_visualize", "--disable-wandb"] + (["--resume"] if resume else [])
+    args += overrides(tiny_run_data, "latents", max_iters=8, log_iters=2, lr=1e-3)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def wait_for_step(logdir, step, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (Path(logdir) / "log.txt").exists() and max(read_losses(logdir), default=0) >= step:
+            return
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} never logged")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_exactly(tiny_run_data, tmp_path, sig):
+    reference = tmp_path / "reference"
+    assert start_train(tiny_run_data, reference).wait(timeout=600) == 0
+    expected = read_losses(reference)
+    assert sorted(expected) == list(range(1, 9))
+
+    run = tmp_path / "killed"
+    proc = start_train(tiny_run_data, run)
+    wait_for_step(run, 3, proc)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=300)
+    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)  # SIGTERM: saves, then exits cleanly
+    assert start_train(tiny_run_data, run, resume=True).wait(timeout=600) == 0
+    resumed = read_losses(run)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-9), step
+
+
+def cli(argv):
+    from causvid.training.cli import main
+    return main(argv)
+
+
+def test_clear_errors_before_any_step(tiny_run_data, tmp_path, capsys):
+    config = str(TINY / "causal_ode_chunkwise.yaml")
+    base = ["--config_path", config, "--logdir", str(tmp_path), "--disable-wandb"]
+    assert cli(base + overrides(tiny_run_data, "ode6") + ["num_frame_per_blok=3"]) == 2
+    assert "did you mean 'num_frame_per_block'" in capsys.readouterr().err
+    assert cli(base + overrides(tiny_run_data, "ode6", generator_ckpt=tmp_path / "missing.pt")) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert cli(base + overrides(tiny_run_data, "no_such_lmdb")) == 2
+    assert "no_such_lmdb" in capsys.readouterr().err
+    assert not (tmp_path / "log.txt").exists()  # nothing ran
+
+
+def test_non_finite_loss_stops_naming_the_step(tiny_run_data, tmp_path):
+    t = trainer(tiny_run_data, "causal_ode_chunkwise", "ode6", tmp_path, max_iters=5)
+    original = t.stage.generator_loss
+    t.stage.generator_loss = lambda m, b, s: original(m, b, s) * (float("nan") if s == 2 else 1.0)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 2"):
+        t.train()
+    assert t.step == 2  # steps 0 and 1 done; the weights never saw step 2's gradient
