@@ -237,3 +237,23 @@ def test_non_finite_loss_stops_naming_the_step(tiny_run_data, tmp_path):
     with pytest.raises(TrainingDiverged, match="loss is nan at step 2"):
         t.train()
     assert t.step == 2  # steps 0 and 1 done; the weights never saw step 2's gradient
+
+
+def test_checkpoint_is_the_published_layout_and_samples_are_written(tiny_run_data, tmp_path):
+    from causvid.models.wan import WanDiT
+
+    cfg = load_config(TINY / "causal_ode_chunkwise.yaml", overrides=overrides(
+        tiny_run_data, "ode6", max_iters=2, log_iters=1, ema_weight=0.5, ema_start_step=0))
+    t = Trainer(cfg, tmp_path, no_visualize=False)
+    t.train()
+    weights = D.full_model_state(t.models.generator)
+    ema = t.ema.full_state_dict(t.models.generator)
+    exported = tmp_path / "checkpoint_model_000002" / "model.pt"
+    assert sorted(torch.load(exported)) == ["generator", "generator_ema"]
+    sizes = dict(num_heads=2, text_len=16)
+    for use_ema, expected in ((False, weights), (True, ema)):
+        loaded = WanDiT.from_pretrained(exported, use_ema=use_ema, **sizes).state_dict()
+        assert all(torch.equal(loaded[k], expected[k].float()) for k in expected)
+    from causvid.video_io import video_info
+    assert video_info(tmp_path / "samples" / "step_000002.mp4")[:3] == (21, 32, 32)  # 6 latent frames decoded
+    assert "step 2 generator_loss" in (tmp_path / "log.txt").read_text()

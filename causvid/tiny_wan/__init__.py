@@ -21,3 +21,22 @@ def write_tiny_wan(folder, layout: str = "wan", preset: str = "tiny", seed: int 
     write_tiny_vae(folder, layout=layout, seed=seed)
     write_tiny_text_encoder(folder, layout=layout, seed=seed, d_model=dit.config.text_dim)
     return folder
+
+
+def write_tiny_training_data(root, frames: int = 6, rows: int = 6, seed: int = 0) -> Path:
+    """A tiny Wan folder plus a dataset for every training stage: a latent LMDB (`latents`), ODE LMDBs in
+    CausVid's 4-slot (`ode4`) and Causal Forcing's 6-slot (`ode6`) layouts, and a prompt file (`prompts.txt`);
+    4x4 latents (32x32 pixels)."""
+    import torch
+
+    from causvid.data.lmdb import LatentLMDBWriter
+
+    root = Path(root)
+    write_tiny_wan(root / "wan", seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    for name, slots in (("latents", 1), ("ode4", 4), ("ode6", 6)):
+        with LatentLMDBWriter(root / name) as writer:
+            for i in range(rows):
+                writer.append(torch.randn(slots, frames, 16, 4, 4, generator=gen), f"a red square moving left {i}")
+    (root / "prompts.txt").write_text("\n".join(f"a blue circle moving up {i}" for i in range(rows)) + "\n")
+    return root
