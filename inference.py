@@ -12,7 +12,6 @@ encoded as latent frame 0, cached at t = 0, and the rest of the video follows it
 import sys
 from pathlib import Path
 
-import torch
 
 from causvid.data.prompts import read_prompt_file
 from causvid.pipelines.cli import base_parser, build_generator, my_prompts, output_folder, progress, report, run, write_stream

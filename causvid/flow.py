@@ -17,7 +17,7 @@ Schedules are returned as float64 CPU tensors: the originals compute them in flo
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 

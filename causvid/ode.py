@@ -21,7 +21,6 @@ the three data CLIs share: noise per item, atomic saves, rank split) are at the 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from causvid import rng
+from causvid.runtime import atomic_save, distributed_rank, log, pick_device  # noqa: F401  (re-exported)
 from causvid.flow import NUM_TRAIN_TIMESTEPS, WAN_NEGATIVE_PROMPT, cfg, euler_sample, euler_sigmas, normalize_step_list
 
 __all__ = [
@@ -187,42 +188,7 @@ def causal_ode_slots(model, noise: torch.Tensor, clean: torch.Tensor, context: t
 def item_noise(seed: int, index: int, shape: Sequence[int]) -> torch.Tensor:
     """Float32 CPU noise of item ``index``, from (seed, index) only: the same whatever the rank count, the
     order, or a restart (never one tensor shared by all prompts)."""
-    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2 ** 63))
-    return torch.randn(tuple(shape), generator=gen, dtype=torch.float32)
-
-
-def atomic_save(obj, path) -> Path:
-    """``torch.save`` to a temporary name next to ``path`` (not ending in .pt, so globs skip it), then
-    ``os.replace``: a crash never leaves a truncated file under the final name."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) for plain python. No process group is needed:
-    every rank works on its own items."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def pick_device(name: str | None) -> str:
-    """'cuda' means this process's GPU (LOCAL_RANK) under torchrun."""
-    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda":
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(name)
-    return name
-
-
-def log(msg: str) -> None:
-    rank, world = distributed_rank()
-    print(f"[rank {rank}/{world}] {msg}", flush=True)
+    return rng.randn(tuple(shape), "item", int(seed), int(index))
 
 
 class LatentFolderDataset(torch.utils.data.Dataset):

@@ -30,7 +30,6 @@ Reading (:func:`read_video`, :func:`video_info`)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from causvid.data.jsonfile import load_json
 
 __all__ = [
     "VideoReadError",
@@ -653,19 +653,7 @@ def read_crop_info(json_path: str | os.PathLike) -> dict[str, dict]:
     raise :class:`CropInfoError` naming the file (and the entry).
     """
     name = os.fspath(json_path)
-    if os.path.isdir(name):
-        raise CropInfoError(f"crop info {name!r} is a directory, expected a JSON file")
-    try:
-        with open(name, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise CropInfoError(f"crop info {name!r} not found") from None
-    except json.JSONDecodeError as e:
-        raise CropInfoError(f"crop info {name!r} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except UnicodeDecodeError as e:
-        raise CropInfoError(f"crop info {name!r} is not valid UTF-8 (byte offset {e.start})") from None
-    except OSError as e:
-        raise CropInfoError(f"crop info {name!r} can't be read: {e.strerror or e}") from None
+    data = load_json(name, "crop info", CropInfoError)
     if not isinstance(data, list):
         raise CropInfoError(f"crop info {name!r}: expected a JSON list of entries, got {type(data).__name__}")
 

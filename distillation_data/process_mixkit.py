@@ -149,7 +149,7 @@ def find_videos(input_dir: str, exclude: str | None = None) -> list[str]:
 
 def process_all(input_dir, output_dir, width, height, fps, num_frames=81, workers=1) -> dict:
     rels = find_videos(input_dir, exclude=output_dir)
-    tasks, counts, failed_detail = [], Counter(), []
+    tasks, counts = [], Counter()
     owners: dict[str, str] = {}
     for rel in rels:
         out_rel = os.path.splitext(rel)[0] + ".mp4"

@@ -25,7 +25,6 @@ Frame streaming (:class:`FrameStream`)
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from causvid.video_io import VideoReadError, _ffmpeg_reason, _probe
+from causvid.data.jsonfile import load_json
 
 __all__ = ["VIDEO_SUFFIXES", "VideoInfoError", "is_video_name", "read_info", "FrameStream"]
 
@@ -65,19 +65,7 @@ def read_info(path: str | os.PathLike) -> list[tuple[str, str]]:
     empty file / list / object.
     """
     name = os.fspath(path)
-    if os.path.isdir(name):
-        raise VideoInfoError(f"clip list {name!r} is a directory, expected a JSON file")
-    try:
-        with open(name, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise VideoInfoError(f"clip list {name!r} not found") from None
-    except json.JSONDecodeError as e:
-        raise VideoInfoError(f"clip list {name!r} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except UnicodeDecodeError as e:
-        raise VideoInfoError(f"clip list {name!r} is not valid UTF-8 (byte offset {e.start})") from None
-    except OSError as e:
-        raise VideoInfoError(f"clip list {name!r} can't be read: {e.strerror or e}") from None
+    data = load_json(name, "clip list", VideoInfoError)
 
     out: list[tuple[str, str]] = []
     if isinstance(data, list):

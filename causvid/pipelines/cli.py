@@ -6,7 +6,6 @@ The CLIs themselves (`minimal_inference/*.py`, `inference.py`) only say which mo
 name their outputs and, for long videos, how rollouts are chained.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from causvid.data.prompts import PromptFileError, shard_for_rank
 from causvid.models.vae import VAECheckpointError
 from causvid.models.wan.checkpoints import CheckpointError
 from causvid.pipelines.text_to_video import VideoGenerator, load_components
+from causvid.runtime import distributed_rank, pick_device
 from causvid.video_io import VideoWriter
 
 FPS = 16  # Wan2.1's sample_fps
@@ -38,16 +38,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def distributed_rank():
-    """(rank, world size) under torchrun, (0, 1) otherwise; inference needs no process group."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def build_generator(args, checkpoint=None, causal=True, use_ema=False) -> VideoGenerator:
     cfg = load_config(args.config_path)
-    device = args.device
-    if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    device = pick_device(args.device)
     default = torch.bfloat16 if device.startswith("cuda") else torch.float32
     dtype = getattr(torch, args.dtype) if args.dtype else default
     components = load_components(args.wan_model_path or cfg.wan_model_path, checkpoint, use_ema=use_ema,

@@ -18,7 +18,7 @@ Sampler = Callable[[Callable, torch.Tensor, int], torch.Tensor]
 
 
 # noise_fn(like, tag) -> standard normal noise shaped like `like`; `tag` names the draw (block, step), so
-# training can key every draw to its sample (causvid.training.rng) while inference uses one generator.
+# training can key every draw to its sample (causvid.rng) while inference uses one generator.
 NoiseFn = Callable[[torch.Tensor, tuple], torch.Tensor]
 
 

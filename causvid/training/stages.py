@@ -20,7 +20,7 @@ from causvid.config import (ConfigError, denoising_steps, first_block_steps, gen
                             guidance_scale, trainer_name, warp_shift)
 from causvid.flow import add_noise, cfg as guided, flow_to_x0, training_timesteps
 from causvid.pipelines.rollout import causal_rollout, few_step_sampler
-from causvid.training import rng
+from causvid import rng
 from causvid.training.losses import (blockwise, critic_flow_loss, dmd_loss, flow_matching_loss,
                                      ode_regression_loss, shifted_timesteps, training_weight)
 

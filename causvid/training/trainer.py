@@ -17,9 +17,9 @@ from tqdm import tqdm
 from causvid.config import real_score_path, save_config
 from causvid.data.datasets import LatentLMDBDataset, ODERegressionLMDBDataset
 from causvid.data.prompts import read_prompt_file
-from causvid.pipelines.text_to_video import load_dit
+from causvid.pipelines.text_to_video import load_dit, load_text_encoder, load_vae
 from causvid.training import distributed as D
-from causvid.training import rng
+from causvid import rng
 from causvid.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from causvid.training.stages import Models, make_stage
 
@@ -211,10 +211,9 @@ class Trainer:
         output = getattr(self.stage, "last_output", None)
         if self.no_visualize or output is None or not self.dist.is_main:
             return
-        from causvid.models.vae import WanVAE
         from causvid.video_io import write_video
         if not hasattr(self, "_vae"):
-            self._vae = WanVAE.from_pretrained(self.cfg.wan_model_path, device=self.dist.device)
+            self._vae = load_vae(self.cfg.wan_model_path, dtype=torch.float32, device=self.dist.device)
         with torch.no_grad():
             pixels = self._vae.decode(output[:1].float())
         write_video(self.logdir / "samples" / f"step_{self.step:06d}.mp4", pixels[0])
@@ -227,8 +226,7 @@ def _row(position: int, n: int, seed: int) -> int:
 
 
 def _load_text_encoder(wan, device, text_len):
-    from causvid.models.text_encoder import WanTextEncoder
-    return WanTextEncoder.from_pretrained(wan, device=device, dtype=torch.float32, text_len=text_len)
+    return load_text_encoder(wan, text_len, dtype=torch.float32, device=device)
 
 
 def _peak_memory() -> str:

@@ -50,6 +50,8 @@ PRESETS = {
     # 3D RoPE split non-trivial (12:10:10).
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_len=16, text_dim=32, freq_dim=32),
     "tiny-4layer": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=4, text_len=16, text_dim=32, freq_dim=32),
+    # The toy world's model (causvid/toy): small enough to train every stage on 2 CPU cores in minutes.
+    "toy": WanConfig(dim=128, ffn_dim=384, num_heads=4, num_layers=4, text_len=8, text_dim=32, freq_dim=64),
 }
 
 

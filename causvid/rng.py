@@ -1,8 +1,9 @@
-"""Randomness keyed by (seed, step, global sample index, purpose).
+"""Randomness keyed by what it is for: (seed, step, global sample index, purpose) in training, (seed, item
+index) in data generation and inference.
 
-Every noise tensor, timestep and exit step of training is drawn from a generator seeded by what it is for,
-never from a stream shared across samples. So a run gives the same numbers on 1 or 8 processes, with or without
-gradient accumulation, and after a resume — there is no RNG state to save.
+Every noise tensor, timestep and exit step is drawn from a generator seeded by its key, never from a stream
+shared across samples. So a run gives the same numbers on 1 or 8 processes, with or without gradient
+accumulation, after a resume (there is no RNG state to save), and whatever order prompts are processed in.
 """
 import hashlib
 
