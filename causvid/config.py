@@ -152,6 +152,9 @@ class Config:
     real_guidance_scale: Optional[float] = None
     # CV/SF/CF: the unconditional prompt for CFG.
     negative_prompt: str = WAN_NEGATIVE_PROMPT
+    # ours, diffusion trainer: probability of training a sample on negative_prompt instead of its caption, so
+    # a model trained from scratch (the toy teacher) learns the unconditional prediction CFG needs.
+    caption_dropout: float = 0.0
     # CV: build the generator's DMD input by running it from noise (True) instead of noising data latents.
     backward_simulation: bool = True
     # SF/CF diffusion trainer: teacher forcing (clean context tokens) instead of diffusion forcing.

@@ -254,7 +254,7 @@ class LatentLMDBWriter:
       each commit rewriting ``latents_shape`` / ``prompts_shape``;
     * the map starts at ``map_size`` bytes and doubles when full;
     * opening an existing database resumes it: appends continue after its rows,
-      and a prompt already stored (or appended earlier) is skipped.
+      and a prompt already stored (or appended earlier) is skipped, unless unique_prompts=False.
 
     Use it as a context manager, or call :meth:`close` (which commits what is pending).
     """
@@ -265,6 +265,7 @@ class LatentLMDBWriter:
         map_size: int = DEFAULT_MAP_SIZE,
         commit_every: int = DEFAULT_COMMIT_EVERY,
         commit_bytes: int = DEFAULT_COMMIT_BYTES,
+        unique_prompts: bool = True,
     ):
         if commit_every < 1:
             raise ValueError(f"commit_every must be >= 1, got {commit_every}")
@@ -273,6 +274,8 @@ class LatentLMDBWriter:
             raise LMDBDataError(f"{self.path!r} is a file; an LMDB is written as a directory")
         os.makedirs(self.path, exist_ok=True)
         release_shared_lmdb(self.path)  # one handle per environment and process
+        # False: keep rows that share a prompt (a synthetic world renders many videos per caption)
+        self.unique_prompts = bool(unique_prompts)
         self.commit_every = int(commit_every)
         self.commit_bytes = int(commit_bytes)
         self.env = lmdb.open(self.path, map_size=int(map_size), readahead=False, meminit=False)
@@ -317,7 +320,7 @@ class LatentLMDBWriter:
         """Queue one row; False (nothing written) when ``prompt`` is already stored."""
         if not isinstance(prompt, str):
             raise LMDBDataError(f"prompt must be a str, got {type(prompt).__name__}")
-        if prompt in self._prompts:
+        if self.unique_prompts and prompt in self._prompts:
             return False
         array = _as_fp16_array(row)
         self._check_shape(array, prompt)

@@ -3,6 +3,9 @@ the inference CLIs drive.
 
 `load_components` reads the Wan folder (text encoder, VAE, and the DiT unless a checkpoint replaces it) the
 same way for the real 1.3B / 14B releases and for the tiny folders of `scripts/make_tiny_wan.py`.
+`load_text_encoder` / `load_vae` are the one loading hook for the text encoder and the VAE (every CLI and the
+trainer go through them): a toy-world folder (one holding `toy_world.json`, see `causvid.toy.folder`) gives the
+toy encoder and latent space with the same interfaces, any other folder umT5 and the Wan VAE.
 `VideoGenerator.stream` yields pixel frames block by block as the causal rollout finishes each block, so the
 first frames can be written (or shown) before the video is complete.
 """
@@ -18,13 +21,14 @@ from causvid.models.vae import WanVAE
 from causvid.models.wan import WanDiT
 from causvid.models.wan.checkpoints import config_from_json, read_folder_config
 from causvid.pipelines.rollout import bidirectional_sample, causal_rollout, few_step_sampler, ode_sampler
+from causvid.toy.folder import is_toy_folder
 
 
 @dataclass
 class Components:
     dit: WanDiT
-    text_encoder: WanTextEncoder
-    vae: WanVAE
+    text_encoder: WanTextEncoder  # or causvid.toy.text_encoder.ToyTextEncoder (same interface)
+    vae: WanVAE  # or causvid.toy.latent_space.ToyVAE (same interface)
 
 
 def _wan_folder(path) -> Path:
@@ -46,11 +50,27 @@ def load_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None, device=None
     return WanDiT.from_pretrained(checkpoint, use_ema=use_ema, dtype=dtype, device=device, **sizes)
 
 
+def load_text_encoder(folder, text_len, dtype=torch.float32, device="cpu"):
+    """The folder's text encoder: the toy one for a toy-world folder, umT5 (`WanTextEncoder`) otherwise."""
+    if is_toy_folder(folder):
+        from causvid.toy.text_encoder import ToyTextEncoder
+        return ToyTextEncoder.from_pretrained(folder, dtype=dtype, device=device, text_len=text_len)
+    return WanTextEncoder.from_pretrained(folder, dtype=dtype, device=device, text_len=text_len)
+
+
+def load_vae(folder, dtype=torch.float32, device="cpu"):
+    """The folder's VAE: the toy latent space for a toy-world folder, the Wan VAE (`WanVAE`) otherwise."""
+    if is_toy_folder(folder):
+        from causvid.toy.latent_space import ToyVAE
+        return ToyVAE.from_pretrained(folder, dtype=dtype, device=device)
+    return WanVAE.from_pretrained(folder, dtype=dtype, device=device)
+
+
 def load_components(wan_model_path, checkpoint=None, use_ema=False, dtype=torch.float32, device="cpu") -> Components:
     wan = _wan_folder(wan_model_path)
     dit = load_dit(wan, checkpoint, use_ema, dtype, device).eval().requires_grad_(False)
-    text_encoder = WanTextEncoder.from_pretrained(wan, dtype=dtype, device=device, text_len=dit.config.text_len)
-    vae = WanVAE.from_pretrained(wan, dtype=dtype, device=device)
+    text_encoder = load_text_encoder(wan, dit.config.text_len, dtype=dtype, device=device)
+    vae = load_vae(wan, dtype=dtype, device=device)
     return Components(dit, text_encoder, vae)
 
 

@@ -74,13 +74,19 @@ class DiffusionStage(Stage):
         if self.teacher_forcing and not self.causal:
             raise ConfigError("teacher_forcing needs a causal generator (causal: true / generator_name: causal_wan)")
         self.grid = training_timesteps(warp_shift(cfg)).float()
+        self.caption_dropout = float(cfg.caption_dropout)
+        self.needs_negative = self.caption_dropout > 0
 
     def generator_loss(self, models, batch, step):
         x0 = batch["clean"]
+        context = batch["context"]
+        if self.caption_dropout > 0:  # train some samples unconditionally (on the negative prompt)
+            drop = self.uniform((1,), batch, step, "caption_dropout", device=x0.device) < self.caption_dropout
+            context = torch.where(drop[:, :, None], batch["negative"], context)
         idx = self.levels(1000, x0.shape[1], batch, step, "t", x0.device, per_block=self.causal)
         t = self.grid.to(x0.device)[idx]
         noise = self.noise(x0, batch, step, "noise")
-        pred = models.generator(add_noise(x0, noise, t), t, batch["context"],
+        pred = models.generator(add_noise(x0, noise, t), t, context,
                                 clean_x=x0 if self.teacher_forcing else None, **self.generator_kwargs())
         return flow_matching_loss(pred, noise, x0, training_weight(t))
 
