@@ -32,13 +32,13 @@ import json
 import os
 import re
 import warnings
-from collections import OrderedDict
 from typing import Sequence
 
 import ftfy
 import torch
-from torch import nn
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+from causvid.models.prompt_encoder import CachedPromptEncoder
 
 __all__ = [
     "DEFAULT_TEXT_LEN",
@@ -338,7 +338,7 @@ def _load_tokenizer(folder: str):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class WanTextEncoder(nn.Module):
+class WanTextEncoder(CachedPromptEncoder):
     """Frozen umT5 encoder + tokenizer applying Wan's text recipe.
 
     ``encode(prompts)`` returns ``[B, text_len, dim]``: row ``t`` of prompt ``b`` is the encoder output for token
@@ -358,14 +358,9 @@ class WanTextEncoder(nn.Module):
         text_len: int = DEFAULT_TEXT_LEN,
         cache_size: int = 128,
     ):
-        super().__init__()
+        super().__init__(text_len, cache_size)
         self.model = model
         self.tokenizer = tokenizer
-        self.text_len = int(text_len)
-        self.cache_size = int(cache_size)
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.cache_hits = 0
-        self.cache_misses = 0
         self.model.eval()
         self.model.requires_grad_(False)
 
@@ -437,17 +432,6 @@ class WanTextEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.shared.weight.dtype
 
-    # ---------------------------------------------------------------- cache
-    def clear_cache(self) -> None:
-        """Drop all cached prompt embeddings (and reset the hit/miss counters)."""
-        self._cache.clear()
-        self.cache_hits = 0
-        self.cache_misses = 0
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half(), ... invalidate cached tensors
-        self._cache.clear()
-        return super()._apply(fn, *args, **kwargs)
-
     # ---------------------------------------------------------------- recipe
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean and tokenize ``prompts`` as Wan does; returns ``(input_ids, attention_mask)``, both
@@ -484,41 +468,9 @@ class WanTextEncoder(nn.Module):
         lengths = mask.gt(0).sum(dim=1).tolist()
         return [h[:n].clone() for h, n in zip(hidden, lengths)]
 
-    def encode(self, prompts: Sequence[str] | str) -> torch.Tensor:
-        """Wan's text embedding: ``[B, text_len, dim]`` with rows past each prompt's true length exactly zero."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        cleaned = [clean_prompt(p) for p in prompts]
-        if not cleaned:
-            return torch.zeros(0, self.text_len, self.dim, device=self.device, dtype=self.dtype)
-        found: dict[str, torch.Tensor] = {}
-        todo: list[str] = []
-        for text in cleaned:
-            if text in found or text in todo:
-                continue
-            if self.cache_size > 0 and text in self._cache:
-                self._cache.move_to_end(text)
-                found[text] = self._cache[text]
-                self.cache_hits += 1
-            else:
-                todo.append(text)
-        if todo:
-            self.cache_misses += len(todo)
-            embs = self._run(todo)
-            for text, emb in zip(todo, embs):
-                found[text] = emb
-                if self.cache_size > 0:
-                    self._cache[text] = emb
-                    while len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
+    # the cache is keyed by the cleaned prompt (messy and clean versions of a prompt share an entry)
+    def _key(self, prompt: str) -> str:
+        return clean_prompt(prompt)
 
-        with torch.no_grad():
-            out = torch.zeros(len(cleaned), self.text_len, self.dim, device=self.device, dtype=self.dtype)
-            for i, text in enumerate(cleaned):
-                emb = found[text]
-                out[i, : emb.shape[0]] = emb
-        return out
-
-    def forward(self, prompts: Sequence[str] | str) -> torch.Tensor:
-        """Same as :meth:`encode` (warnings then point one frame deeper)."""
-        return self.encode(prompts)
+    def _embed(self, keys: list, prompts: list) -> list:
+        return self._run(keys)

@@ -22,13 +22,11 @@ import math
 import os
 import re
 import warnings
-from collections import OrderedDict
-from typing import Sequence
 
 import torch
-from torch import nn
 
 from causvid.toy.folder import read_toy_config
+from causvid.models.prompt_encoder import CachedPromptEncoder
 
 __all__ = ["ToyTextEncoder", "prompt_words", "word_vector"]
 
@@ -48,7 +46,7 @@ def word_vector(word: str, dim: int, seed: int) -> torch.Tensor:
     return torch.randn(int(dim), generator=gen, dtype=torch.float32) / math.sqrt(dim)
 
 
-class ToyTextEncoder(nn.Module):
+class ToyTextEncoder(CachedPromptEncoder):
     """Hashed word embeddings with :class:`causvid.models.text_encoder.WanTextEncoder`'s interface.
 
     ``encode(prompts) -> [B, text_len, dim]``; a per-instance LRU cache keyed by the prompt's word sequence
@@ -57,17 +55,12 @@ class ToyTextEncoder(nn.Module):
     """
 
     def __init__(self, dim: int, seed: int = 0, text_len: int = 512, cache_size: int = 128):
-        super().__init__()
         if dim < 1 or text_len < 1:
             raise ValueError(f"dim and text_len must be positive, got dim={dim}, text_len={text_len}")
+        super().__init__(text_len, cache_size)
         self._dim = int(dim)
         self.seed = int(seed)
-        self.text_len = int(text_len)
-        self.cache_size = int(cache_size)
-        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._words: dict[str, torch.Tensor] = {}  # word -> float32 CPU vector (fixed, never invalid)
-        self.cache_hits = 0
-        self.cache_misses = 0
         # carries dtype and device through .to(); holds no data
         self.register_buffer("_anchor", torch.zeros(0, dtype=torch.float32), persistent=False)
 
@@ -100,17 +93,6 @@ class ToyTextEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self._anchor.dtype
 
-    # ---------------------------------------------------------------- cache
-    def clear_cache(self) -> None:
-        """Drop all cached prompt embeddings (and reset the hit/miss counters)."""
-        self._cache.clear()
-        self.cache_hits = 0
-        self.cache_misses = 0
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half(), ... invalidate cached tensors
-        self._cache.clear()
-        return super()._apply(fn, *args, **kwargs)
-
     # ---------------------------------------------------------------- recipe
     def _vector(self, word: str) -> torch.Tensor:
         vec = self._words.get(word)
@@ -118,7 +100,7 @@ class ToyTextEncoder(nn.Module):
             vec = self._words[word] = word_vector(word, self._dim, self.seed)
         return vec
 
-    def _embed(self, words: tuple[str, ...], prompt: str, stacklevel: int) -> torch.Tensor:
+    def _embed_words(self, words: tuple[str, ...], prompt: str, stacklevel: int) -> torch.Tensor:
         if len(words) > self.text_len:
             warnings.warn(
                 f"prompt truncated to {self.text_len} words: {len(words) - self.text_len} of its {len(words)} "
@@ -128,36 +110,12 @@ class ToyTextEncoder(nn.Module):
             return torch.zeros(0, self._dim, device=self.device, dtype=self.dtype)
         return torch.stack([self._vector(w) for w in words]).to(device=self.device, dtype=self.dtype)
 
-    def encode(self, prompts: Sequence[str] | str) -> torch.Tensor:
-        """``[B, text_len, dim]``: row ``t`` is the vector of word ``t``, rows past the word count exactly zero."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        keys = [tuple(prompt_words(p)) for p in prompts]
-        found: dict[tuple, torch.Tensor] = {}
-        for prompt, key in zip(prompts, keys):
-            if key in found:
-                continue
-            if self.cache_size > 0 and key in self._cache:
-                self._cache.move_to_end(key)
-                found[key] = self._cache[key]
-                self.cache_hits += 1
-                continue
-            self.cache_misses += 1
-            found[key] = emb = self._embed(key, prompt, stacklevel=3)  # the warning points at encode's caller
-            if self.cache_size > 0:
-                self._cache[key] = emb
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        out = torch.zeros(len(prompts), self.text_len, self._dim, device=self.device, dtype=self.dtype)
-        for i, key in enumerate(keys):
-            emb = found[key]
-            out[i, : emb.shape[0]] = emb
-        return out
+    # the cache is keyed by the prompt's word sequence: prompts with the same words give the same rows
+    def _key(self, prompt: str) -> tuple:
+        return tuple(prompt_words(prompt))
 
-    def forward(self, prompts: Sequence[str] | str) -> torch.Tensor:
-        """Same as :meth:`encode`."""
-        return self.encode(prompts)
+    def _embed(self, keys: list, prompts: list) -> list:
+        return [self._embed_words(k, p, stacklevel=5) for k, p in zip(keys, prompts)]  # warn at encode's caller
 
     def extra_repr(self) -> str:
         return f"dim={self._dim}, seed={self.seed}, text_len={self.text_len}"
