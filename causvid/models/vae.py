@@ -27,6 +27,8 @@ from torch import nn
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
+from causvid.models.latent_codec import LatentVideoCodec
+
 __all__ = [
     "WAN_VAE_PTH",
     "VAECheckpointError",
@@ -250,7 +252,7 @@ def load_vae_model(path: str | os.PathLike) -> AutoencoderKLWan:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class WanVAE(nn.Module):
+class WanVAE(LatentVideoCodec):
     """Wan2.1 VAE with Wan's latent normalisation; frame-major tensors in and out.
 
     ``encode``/``decode`` follow the ambient grad mode; the streaming decoder always runs without grad.
@@ -296,14 +298,6 @@ class WanVAE(nn.Module):
     def z_dim(self) -> int:
         return int(self.model.config.z_dim)
 
-    def num_pixel_frames(self, num_latent_frames: int) -> int:
-        """1 + 4(F - 1) pixel frames for F latent frames."""
-        return 1 + self.temporal_factor * (num_latent_frames - 1) if num_latent_frames > 0 else 0
-
-    def num_latent_frames(self, num_pixel_frames: int) -> int:
-        """1 + k latent frames for 1 + 4k pixel frames."""
-        return 1 + (num_pixel_frames - 1) // self.temporal_factor
-
     # -- normalisation (channel-major tensors [B, C, F, h, w], in the VAE dtype, as Wan does) ---------------------
     def _scale(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.latents_mean.to(device=like.device, dtype=like.dtype).view(1, -1, 1, 1, 1)
@@ -321,24 +315,12 @@ class WanVAE(nn.Module):
         return z / inv_std + mean
 
     # -- encode / decode ------------------------------------------------------------------------------------------
-    def _check_latents(self, latents: torch.Tensor) -> None:
-        if latents.ndim != 5 or latents.shape[2] != self.z_dim:
-            raise ValueError(f"latents must be [B, F, {self.z_dim}, h, w], got {tuple(latents.shape)}")
-        if latents.shape[1] < 1:
-            raise ValueError("latents need at least one frame")
-
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Pixels [B, T, 3, H, W] in [-1, 1], T = 1 + 4k -> normalised latents [B, 1 + k, 16, H/8, W/8].
 
         Uses the posterior mean (no sampling). The result is in the VAE's dtype and device.
         """
-        if video.ndim != 5:
-            raise ValueError(f"video must be [B, T, C, H, W], got {tuple(video.shape)}")
-        b, t, c, h, w = video.shape
-        if t < 1 or (t - 1) % self.temporal_factor:
-            raise ValueError(f"video must have 1 + {self.temporal_factor}k frames, got {t}")
-        if h % self.spatial_factor or w % self.spatial_factor:
-            raise ValueError(f"height/width must be multiples of {self.spatial_factor}, got {h}x{w}")
+        self._check_video(video)
         x = video.to(device=self.device, dtype=self.dtype).permute(0, 2, 1, 3, 4)
         mu = self.model.encode(x).latent_dist.mode()
         return self.normalize(mu).permute(0, 2, 1, 3, 4)

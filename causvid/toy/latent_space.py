@@ -33,8 +33,8 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from causvid.models.latent_codec import LatentVideoCodec
 from causvid.toy.folder import DEFAULT_VAE_SCALE, read_toy_config
 
 __all__ = ["Z_DIM", "SPATIAL_FACTOR", "TEMPORAL_FACTOR", "ToyVAE", "ToyStreamingDecoder", "projection_matrix",
@@ -64,7 +64,7 @@ def unit_rms_scale(videos: torch.Tensor) -> float:
     return 1.0 / math.sqrt(mean_square)
 
 
-class ToyVAE(nn.Module):
+class ToyVAE(LatentVideoCodec):
     """Fixed linear latent space with :class:`~causvid.models.vae.WanVAE`'s interface (no ``normalize``: the
     latents are already scaled).
 
@@ -110,14 +110,6 @@ class ToyVAE(nn.Module):
     def z_dim(self) -> int:
         return Z_DIM
 
-    def num_pixel_frames(self, num_latent_frames: int) -> int:
-        """1 + 4(F - 1) pixel frames for F latent frames."""
-        return 1 + self.temporal_factor * (num_latent_frames - 1) if num_latent_frames > 0 else 0
-
-    def num_latent_frames(self, num_pixel_frames: int) -> int:
-        """1 + k latent frames for 1 + 4k pixel frames."""
-        return 1 + (num_pixel_frames - 1) // self.temporal_factor
-
     # -- one frame --------------------------------------------------------------------------------------------------
     def encode_frame(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, 16, H/2, W/2]."""
@@ -130,22 +122,13 @@ class ToyVAE(nn.Module):
         return F.pixel_shuffle(patches, SPATIAL_FACTOR)
 
     # -- encode / decode ------------------------------------------------------------------------------------------
-    def _check_latents(self, latents: torch.Tensor) -> None:
-        if latents.ndim != 5 or latents.shape[2] != self.z_dim:
-            raise ValueError(f"latents must be [B, F, {self.z_dim}, h, w], got {tuple(latents.shape)}")
-        if latents.shape[1] < 1:
-            raise ValueError("latents need at least one frame")
-
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Pixels [B, T, 3, H, W] in [-1, 1], T = 1 + 4k -> latents [B, 1 + k, 16, H/2, W/2] (pixel frames
         0, 4, ..., 4k), in the VAE's dtype and device."""
         if video.ndim != 5 or video.shape[2] != 3:
             raise ValueError(f"video must be [B, T, 3, H, W], got {tuple(video.shape)}")
-        b, t, c, h, w = video.shape
-        if t < 1 or (t - 1) % self.temporal_factor:
-            raise ValueError(f"video must have 1 + {self.temporal_factor}k frames, got {t}")
-        if h % self.spatial_factor or w % self.spatial_factor:
-            raise ValueError(f"height/width must be multiples of {self.spatial_factor}, got {h}x{w}")
+        self._check_video(video)
+        t = video.shape[1]
         x = video.to(device=self.device, dtype=self.dtype)
         return torch.stack([self.encode_frame(x[:, i]) for i in range(0, t, self.temporal_factor)], dim=1)
 
