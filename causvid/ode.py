@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from causvid import rng
-from causvid.runtime import atomic_save, distributed_rank, log, pick_device  # noqa: F401  (re-exported)
+from causvid.runtime import atomic_save, distributed_rank, log, pending_items, pick_device  # noqa: F401
 from causvid.flow import NUM_TRAIN_TIMESTEPS, WAN_NEGATIVE_PROMPT, cfg, euler_sample, euler_sigmas, normalize_step_list
 
 __all__ = [
@@ -274,7 +274,6 @@ def causal_ode_main(argv=None, num_frame_per_block: int = 1) -> int:
     from causvid.pipelines.text_to_video import load_dit
 
     args = _causal_ode_parser(num_frame_per_block).parse_args(argv)
-    rank, world = distributed_rank()
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda")
                                                            else torch.float32)
@@ -288,9 +287,7 @@ def causal_ode_main(argv=None, num_frame_per_block: int = 1) -> int:
 
     data = open_latent_dataset(args.rawdata_path)
     total = len(data) if args.max_items is None else min(len(data), args.max_items)
-    mine = [i for i in range(rank, total, world)]
-    todo = [i for i in mine if not (out / f"{i:05d}.pt").exists()]
-    log(f"{len(mine)} of {total} items on this rank, {len(mine) - len(todo)} already done")
+    todo = [i for i, _ in pending_items(range(total), out, "{:05d}.pt", "items")[0]]
     if not todo:
         return 0
 

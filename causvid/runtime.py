@@ -40,3 +40,17 @@ def pick_device(name: str | None) -> str:
 def log(msg: str) -> None:
     rank, world = distributed_rank()
     print(f"[rank {rank}/{world}] {msg}", flush=True)
+
+
+def pending_items(items, out: Path, name: str, what: str) -> tuple:
+    """([(global index, item)] this torchrun rank still has to do, how many of its items are already done):
+    the strided share of `items` whose output `out / name.format(index)` does not exist yet (a restart
+    continues where the last run stopped)."""
+    from causvid.data.prompts import shard_for_rank
+
+    rank, world = distributed_rank()
+    items = list(items)
+    mine = shard_for_rank(items, rank, world)
+    todo = [(i, item) for i, item in mine if not (Path(out) / name.format(i)).exists()]
+    log(f"{len(mine)} of {len(items)} {what} on this rank, {len(mine) - len(todo)} already done")
+    return todo, len(mine) - len(todo)

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from causvid.data.prompts import shard_for_rank
 from causvid.data.video_info import read_info
-from causvid.ode import atomic_save, distributed_rank, log, pick_device
+from causvid.ode import atomic_save, log, pending_items, pick_device
 from causvid.video_io import VideoReadError, read_video
 
 
@@ -60,12 +59,9 @@ def encode_all(argv=None) -> int:
 
     args = parser().parse_args(argv)
     entries = read_info(args.info_path)
-    rank, world = distributed_rank()
     out = Path(args.output_latent_folder)
     out.mkdir(parents=True, exist_ok=True)
-    mine = shard_for_rank(entries, rank, world)
-    todo = [(i, e) for i, e in mine if not (out / f"{i:08d}.pt").exists()]
-    log(f"{len(mine)} of {len(entries)} videos on this rank, {len(mine) - len(todo)} already done")
+    todo, already = pending_items(entries, out, "{:08d}.pt", "videos")
     if not todo:
         return 0
 
@@ -88,7 +84,7 @@ def encode_all(argv=None) -> int:
         encoded += 1
         log(f"[{n + 1}/{len(todo)}] video {index}: {tuple(pixels.shape)} -> {tuple(latent.shape)} in "
             f"{time.perf_counter() - start:.1f} s")
-    log(f"done: {encoded} encoded, {len(mine) - len(todo)} already there, {len(failed)} skipped as unreadable"
+    log(f"done: {encoded} encoded, {already} already there, {len(failed)} skipped as unreadable"
         + "".join(f"\n  {i:08d}: {reason}" for i, reason in failed))
     return 0
 

@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from causvid.config import load_config, warp_shift
-from causvid.data.prompts import read_prompt_file, shard_for_rank
+from causvid.data.prompts import read_prompt_file
 from causvid.flow import cfg as guide
 from causvid.flow import euler_sigmas
-from causvid.ode import (atomic_save, distributed_rank, item_noise, log, ode_slot_indices, pick_device,
+from causvid.ode import (atomic_save, item_noise, log, pending_items, ode_slot_indices, pick_device,
                          sample_trajectory, slot_timesteps)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "wan_causal_ode.yaml"
@@ -89,7 +89,6 @@ def generate(argv=None) -> int:
     args = parser().parse_args(argv)
     config = load_config(args.config)
     prompts = read_prompt_file(args.caption_path)
-    rank, world = distributed_rank()
     if args.fsdp:
         log("--fsdp: no FSDP wrapper in this project yet; ignored, each process holds the whole teacher")
     sigmas, indices = schedule(config, args.num_steps, args.shift)
@@ -100,9 +99,7 @@ def generate(argv=None) -> int:
 
     out = Path(args.output_folder)
     out.mkdir(parents=True, exist_ok=True)
-    mine = shard_for_rank(prompts, rank, world)
-    todo = [(i, p) for i, p in mine if not (out / f"{i:05d}.pt").exists()]
-    log(f"{len(mine)} of {len(prompts)} prompts on this rank, {len(mine) - len(todo)} already done")
+    todo, _ = pending_items(prompts, out, "{:05d}.pt", "prompts")
     if not todo:
         return 0
 
