@@ -12,43 +12,10 @@
 """
 import sys
 
-import torch
-
 from causvid.data.prompts import read_prompt_file
 from causvid.pipelines.cli import (build_generator, checkpoint_in, my_prompts, output_folder, progress,
                                    prompt_file_parser, report, run, write_stream)
-
-
-def overlap_stream(generator, prompt, args, index):
-    """CausVid's chaining, streamed: every frame is written as soon as no later rollout will replace it."""
-    k = args.num_overlap_frames
-    hold = 4 * (k - 1) + 1  # pixel frames the next rollout regenerates from the overlap
-    initial = None
-    for rollout in range(args.num_rollout):
-        last = rollout == args.num_rollout - 1
-        pending, latents = None, []
-        for latent, pixels in generator.stream(prompt, seed=args.seed, index=index, rollout=rollout,
-                                               initial_latent=initial):
-            latents.append(latent)
-            pending = pixels if pending is None else torch.cat([pending, pixels], dim=1)
-            if not last and pending.shape[1] > hold:
-                yield pending[:, :-hold]
-                pending = pending[:, -hold:]
-        if last:
-            yield pending
-            return
-        anchor = generator.components.vae.encode(pending[:, :1])  # the first held-back frame, re-encoded
-        initial = torch.cat([anchor, torch.cat(latents, dim=1)[:, -(k - 1):]], dim=1) if k > 1 else anchor
-
-
-def rolling_stream(generator, prompt, args, index):
-    frames = generator.latent_shape[0]
-    total = frames + (args.num_rollout - 1) * (frames - args.num_overlap_frames)  # as long as overlap mode
-    window = args.local_attn_size or frames
-    sink = generator.config.num_frame_per_block if args.sink_size is None else args.sink_size
-    for _, pixels in generator.stream(prompt, num_frames=total, seed=args.seed, index=index,
-                                      local_attn_size=window, sink_size=sink):
-        yield pixels
+from causvid.pipelines.long_video import check_overlap, overlap_stream, rolling_stream
 
 
 def _main(argv=None):
@@ -61,14 +28,19 @@ def _main(argv=None):
     args = p.parse_args(argv)
     prompts = read_prompt_file(args.prompt_file_path)
     generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=True)
-    block, frames = generator.config.num_frame_per_block, generator.latent_shape[0]
-    if args.num_overlap_frames % block or not 0 < args.num_overlap_frames < frames:
-        raise ValueError(f"--num_overlap_frames {args.num_overlap_frames} must be a multiple of num_frame_per_block "
-                         f"{block} and between 1 and {frames - 1}")
-    stream = overlap_stream if args.mode == "overlap" else rolling_stream
+    check_overlap(generator, args.num_overlap_frames)
+
+    def stream(i, prompt):
+        common = dict(num_rollout=args.num_rollout, num_overlap_frames=args.num_overlap_frames, seed=args.seed,
+                      index=i)
+        if args.mode == "overlap":
+            return overlap_stream(generator, prompt, **common)
+        return rolling_stream(generator, prompt, local_attn_size=args.local_attn_size, sink_size=args.sink_size,
+                              **common)
+
     out = output_folder(args.output_folder)
     for i, prompt in progress(my_prompts(prompts), "long videos"):
-        if write_stream(out / f"long_video_output_{i:03d}.mp4", stream(generator, prompt, args, i), args.overwrite):
+        if write_stream(out / f"long_video_output_{i:03d}.mp4", stream(i, prompt), args.overwrite):
             report(generator, f"long_video_output_{i:03d}.mp4 (last rollout)", args.report_timing)
     return 0
 
