@@ -3,13 +3,24 @@ LMDB, ODE and rollout code), the report is written, and a second run resumes by 
 Quality is not asserted here (a few steps train nothing); the full run's figures are in the report."""
 import json
 import re
+from pathlib import Path
+
+from safetensors import safe_open
 
 from causvid.toy.pipeline import LAYOUTS, main
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "toy"
+
+
+def _tensors(folder):
+    with safe_open(str(folder / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
 
 
 def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "toy"
-    assert main(["--out", str(out), "--quick"]) == 0
+    release = tmp_path / "release"
+    assert main(["--out", str(out), "--quick", "--release", str(release)]) == 0
     stages = ["base", "data", "teacher", "ode_pairs", "evaluate"] + [
         f"{s}_{layout}" for layout in LAYOUTS for s in
         ("causvid_ode", "causvid_dmd", "ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd")]
@@ -19,6 +30,8 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
         assert list((out / stage / "run").glob("checkpoint_model_*/model.pt")), stage
     results = json.loads((out / "evaluate" / "results.json").read_text())
     assert len(results) == 11  # teacher + 5 models x 2 layouts
+    long = results["Causal Forcing DMD (chunkwise)"]["long_video"]  # overlap vs rolling, same length
+    assert set(long) == {"latent_frames", "overlap", "rolling"} and long["overlap"]["drift_all_acc"]
     report = (out / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "|---" not in line]
     assert any("Causal Forcing DMD (chunkwise)" in r for r in rows) and any("teacher" in r for r in rows)
@@ -26,3 +39,10 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     before = {s: (out / s / "DONE").stat().st_mtime_ns for s in stages}
     assert main(["--out", str(out), "--quick"]) == 0  # resumes: nothing is redone
     assert before == {s: (out / s / "DONE").stat().st_mtime_ns for s in stages}
+
+    # the shipped checkpoint is what this command makes (at full steps): same files, keys, shapes and dtypes
+    assert _tensors(release) == _tensors(SHIPPED)
+    for name in ("config.json", "toy_world.json"):
+        assert (release / name).read_text() == (SHIPPED / name).read_text(), name
+    assert json.loads((release / "release.json").read_text())["reproduce"] == \
+        json.loads((SHIPPED / "release.json").read_text())["reproduce"]

@@ -28,11 +28,12 @@ def wan_config_json(model: WanDiT) -> dict:
             "num_heads": c.num_heads, "num_layers": c.num_layers, "out_dim": c.out_dim, "text_len": c.text_len}
 
 
-def write_wan_dit(model: WanDiT, folder, shards: int = 1) -> Path:
+def write_wan_dit(model: WanDiT, folder, shards: int = 1, dtype: torch.dtype = torch.float32) -> Path:
+    """Wan's own layout (config.json + safetensors, float32 as the 1.3B release; ``dtype`` to store smaller)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(wan_config_json(model), indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     if shards == 1:
         save_file(state, folder / "diffusion_pytorch_model.safetensors")
         return folder
@@ -43,7 +44,7 @@ def write_wan_dit(model: WanDiT, folder, shards: int = 1) -> Path:
         part = keys[i::shards]
         save_file({k: state[k] for k in part}, folder / name)
         weight_map.update({k: name for k in part})
-    index = {"metadata": {"total_size": sum(v.numel() * 4 for v in state.values())}, "weight_map": weight_map}
+    index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())}, "weight_map": weight_map}
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return folder
 

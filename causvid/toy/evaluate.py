@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from causvid.config import load_config
+from causvid.pipelines.long_video import long_video_frames, overlap_stream, rolling_stream
 from causvid.pipelines.text_to_video import VideoGenerator, load_components
 from causvid.toy import analyser, world
 
@@ -39,15 +40,35 @@ def evaluate_model(config_name, wan_folder, checkpoint, budget, seed):
     result = analyser.score(videos, captions)
     frames = cfg.image_or_video_shape[1]
     window = dict(local_attn_size=frames, sink_size=cfg.num_frame_per_block) if causal else {}
-    drifts = []
-    for i, caption in enumerate(captions[:budget.drift_videos]):
-        long = generate(generator, caption, 1000 + i, seed, num_frames=budget.drift_factor * frames, **window)
-        drifts.append(analyser.drift(long, caption, window=world.DEFAULT_NUM_FRAMES))
-    per_window = [{key: float(np.mean([d[w][key] for d in drifts]))
-                   for key in ("all_ok", "background_err")} for w in range(min(len(d) for d in drifts))]
-    result["drift_all_acc"] = [w["all_ok"] for w in per_window]
-    result["drift_background_err"] = [w["background_err"] for w in per_window]
+    longs = [generate(generator, caption, 1000 + i, seed, num_frames=budget.drift_factor * frames, **window)
+             for i, caption in enumerate(captions[:budget.drift_videos])]
+    result.update(_drift(longs, captions))
+    if config_name.endswith(("dmd_framewise", "dmd_chunkwise")):
+        result["long_video"] = compare_long_video(generator, captions[:budget.drift_videos], budget, seed)
     return result, videos[:3], captions[:3]
+
+
+def _drift(videos, captions) -> dict:
+    """Accuracy (all attributes) and background error per window of 21 frames, averaged over videos."""
+    drifts = [analyser.drift(v, c, window=world.DEFAULT_NUM_FRAMES) for v, c in zip(videos, captions)]
+    windows = range(min(len(d) for d in drifts))
+    return {f"drift_{name}": [float(np.mean([d[w][key] for d in drifts])) for w in windows]
+            for name, key in (("all_acc", "all_ok"), ("background_err", "background_err"))}
+
+
+def compare_long_video(generator: VideoGenerator, captions, budget, seed, overlap: int = 3) -> dict:
+    """CausVid's overlapping re-encoded rollouts vs one rollout through a rolling KV window (training length,
+    one block of sink), same prompts and the same total length (about `drift_factor` times the training
+    length): drift per window, and the whole video's prompt accuracy."""
+    frames = generator.latent_shape[0]
+    rollouts = 1 + -(-(budget.drift_factor - 1) * frames // (frames - overlap))  # ceil
+    out = {"latent_frames": long_video_frames(frames, rollouts, overlap)}
+    for mode, stream in (("overlap", overlap_stream), ("rolling", rolling_stream)):
+        with torch.no_grad():
+            videos = [torch.cat(list(stream(generator, c, num_rollout=rollouts, num_overlap_frames=overlap,
+                                            seed=seed, index=2000 + i)), dim=1)[0] for i, c in enumerate(captions)]
+        out[mode] = {**_drift(videos, captions), "all_acc": analyser.score(videos, captions)["all_acc"]}
+    return out
 
 
 def evaluate_models(folder, models: dict, budget, seed) -> None:
@@ -58,7 +79,7 @@ def evaluate_models(folder, models: dict, budget, seed) -> None:
         result, videos, captions = evaluate_model(config_name, wan_folder, checkpoint, budget, seed)
         strip = folder / f"strip_{slot:02d}.png"
         iio.imwrite(strip, _strip(videos))
-        results[name] = {**result, "strip": strip.name, "strip_captions": captions}
+        results[name] = {**result, "config": config_name, "strip": strip.name, "strip_captions": captions}
         print(f"[evaluate] {name}: colour {result['colour_acc']:.2f} shape {result['shape_acc']:.2f} "
               f"direction {result['direction_acc']:.2f} all {result['all_acc']:.2f}", flush=True)
     (folder / "results.json").write_text(json.dumps(results, indent=2))
@@ -91,6 +112,18 @@ def write_report(out, times: dict) -> Path:
         drift_bg = " → ".join(f"{v:.3f}" for v in r["drift_background_err"])
         lines.append(f"| {name} | {r['colour_acc']:.2f} | {r['shape_acc']:.2f} | {r['direction_acc']:.2f} | "
                      f"{r['all_acc']:.2f} | {rel:.0%} | {r['flicker_bg']:.4f} | {drift_acc} | {drift_bg} |")
+    long = {name: r["long_video"] for name, r in results.items() if "long_video" in r}
+    if long:
+        frames = next(iter(long.values()))["latent_frames"]
+        lines += ["", f"## Long video: overlap (CausVid) vs rolling KV window (Self-Forcing), {frames} latent frames",
+                  "", "Same prompts and length; all-attributes accuracy per window of 21 frames (first -> last), "
+                  "background error per window, and accuracy of the whole video.", "",
+                  "| model | mode | drift: all | drift: background | whole video |", "|---|---|---|---|---|"]
+        for name, modes in long.items():
+            for mode in ("overlap", "rolling"):
+                m = modes[mode]
+                lines.append(f"| {name} | {mode} | {' → '.join(f'{v:.2f}' for v in m['drift_all_acc'])} | "
+                             f"{' → '.join(f'{v:.3f}' for v in m['drift_background_err'])} | {m['all_acc']:.2f} |")
     lines += ["", "## Time per stage (this machine)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]
     lines += [f"| **total** | {sum(times.values()):.0f} |", "", "## Samples", ""]

@@ -72,11 +72,12 @@ def read_toy_config(folder: str | os.PathLike) -> dict:
 
 
 def write_toy_folder(folder: str | os.PathLike, dit, text_dim: int | None = None, seed: int = 0,
-                     vae_scale: float = DEFAULT_VAE_SCALE, vae_seed: int | None = None) -> Path:
+                     vae_scale: float = DEFAULT_VAE_SCALE, vae_seed: int | None = None, dtype=None) -> Path:
     """Write ``dit`` (a :class:`~causvid.models.wan.WanDiT`) in Wan layout and the toy marker into ``folder``.
 
     ``text_dim`` defaults to the DiT's ``text_dim`` and must equal it; the encoder's ``text_len`` is the DiT's.
-    ``seed`` seeds the word embeddings and (unless ``vae_seed`` is given) the VAE's projection.
+    ``seed`` seeds the word embeddings and (unless ``vae_seed`` is given) the VAE's projection. ``dtype``: the
+    stored weights' dtype (float32 by default; the shipped toy checkpoint is bfloat16 to stay small).
     """
     from causvid.tiny_wan.dit import write_wan_dit
 
@@ -91,7 +92,7 @@ def write_toy_folder(folder: str | os.PathLike, dit, text_dim: int | None = None
     if not vae_scale > 0:
         raise ValueError(f"vae_scale must be positive, got {vae_scale}")
     folder = Path(folder)
-    write_wan_dit(dit, folder)
+    write_wan_dit(dit, folder, **({} if dtype is None else {"dtype": dtype}))
     marker = {
         "format": TOY_FORMAT,
         "version": TOY_VERSION,

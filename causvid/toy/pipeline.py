@@ -4,6 +4,7 @@ WanDiT, trainer, LMDB, ODE and rollout functions as the Wan-size runs) at toy si
 
     python -m causvid.toy.pipeline --out runs/toy            # the full run
     python -m causvid.toy.pipeline --out runs/toy --quick    # a few steps per stage (tests, smoke runs)
+    python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy   # also (re)make the shipped student
 
 Resumable stage by stage: a stage that finished left `<out>/<stage>/DONE` and is skipped next time.
 """
@@ -11,7 +12,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -27,6 +28,14 @@ from causvid.toy.folder import write_toy_folder
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "toy"
 LAYOUTS = {"framewise": 1, "chunkwise": 3}
+#: Training videos start with the shape's centre in this range of pixels (x and y), around the canvas centre.
+#: Anywhere on the canvas, a model must break the symmetry between positions early in sampling, which a CPU-sized
+#: teacher does not learn in minutes (its samples are fragments spread over the frame); motion and wrapping still
+#: take the shape anywhere in long rollouts.
+START = (12, 20)
+#: The student `--release` ships (checkpoints/toy, the README's main job): Causal Forcing's chunkwise DMD
+#: student, the method's final model in the layout Self-Forcing and Causal Forcing publish.
+RELEASE_STAGE, RELEASE_CONFIG = "cf_dmd_chunkwise", "cf_dmd_chunkwise"
 
 
 @dataclass
@@ -35,12 +44,12 @@ class Budget:
     videos: int = 4096          # rendered training videos
     ode_prompts: int = 512      # ODE pairs / causal ODE data rows
     teacher_steps: int = 3000
-    ar_steps: int = 800
-    ode_steps: int = 600
-    dmd_steps: int = 300
+    ar_steps: int = 400
+    ode_steps: int = 300
+    dmd_steps: int = 150
     ode_euler_steps: int = 48   # the ODE data's Euler schedule (states saved at the student's levels)
-    eval_videos: int = 48
-    drift_videos: int = 8
+    eval_videos: int = 32
+    drift_videos: int = 4
     teacher_sampling_steps: int = 50
     drift_factor: int = 4       # drift is measured on rollouts this many times the training length
     batch_size: int = 0         # 0: each config's own
@@ -84,14 +93,31 @@ class ToyPipeline:
         trainer.train()
         return folder / "run" / f"checkpoint_model_{steps:06d}" / "model.pt", trainer.ema is not None
 
-    def export(self, checkpoint, use_ema, folder):
+    def export(self, checkpoint, use_ema, folder, dtype=None):
         """A toy-world folder holding these weights (loadable by every CLI, usable as a teacher / critic)."""
         from causvid.pipelines.text_to_video import load_dit
-        write_toy_folder(folder, load_dit(self.out / "base", checkpoint, use_ema=use_ema))
+        write_toy_folder(folder, load_dit(self.out / "base", checkpoint, use_ema=use_ema), dtype=dtype)
+        return folder
+
+    def release(self, folder):
+        """The shipped student: a toy folder with the release stage's weights (EMA when trained with it) in
+        bfloat16, which keeps it small; the CLIs load it in float32."""
+        checkpoint = _last(self.out / RELEASE_STAGE)
+        use_ema = "generator_ema" in torch.load(checkpoint, map_location="cpu", mmap=True)
+        self.export(checkpoint, use_ema, folder, dtype=torch.bfloat16)
+        results = json.loads((self.out / "evaluate" / "results.json").read_text())
+        scores = next(r for name, r in results.items() if r["config"] == RELEASE_CONFIG)
+        (Path(folder) / "release.json").write_text(json.dumps({
+            "stage": RELEASE_STAGE, "config": f"configs/toy/{RELEASE_CONFIG}.yaml", "seed": self.seed,
+            "budget": asdict(self.budget), "ema": use_ema,
+            "scores": {k: scores[k] for k in ("colour_acc", "shape_acc", "direction_acc", "all_acc")},
+            "reproduce": "python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy",
+        }, indent=2) + "\n")
+        self.log(f"[release] {RELEASE_STAGE} -> {folder}")
         return folder
 
     # -- stages -----------------------------------------------------------------------------------------------
-    def run(self):
+    def run(self, release=None):
         b = self.budget
         self.stage("base", lambda f: write_toy_folder(f, WanDiT.from_preset("toy")))
         data = self.stage("data", self.make_data)
@@ -132,13 +158,15 @@ class ToyPipeline:
         from causvid.toy.evaluate import evaluate_models, write_report
         self.stage("evaluate", lambda f: evaluate_models(f, models, self.budget, self.seed))
         write_report(self.out, self.times)
+        if release is not None:
+            self.release(release)
         return self.out / "report.md"
 
     def make_data(self, folder):
         """Render videos, encode them into the toy latent space, write the latent LMDB and the prompt file."""
         from causvid.pipelines.text_to_video import load_vae
         vae = load_vae(self.out / "base")
-        specs = world.sample_specs(self.budget.videos, seed=self.seed)
+        specs = world.sample_specs(self.budget.videos, seed=self.seed, start=START)
         with LatentLMDBWriter(folder / "latents", unique_prompts=False) as writer:
             for i in range(0, len(specs), 256):
                 chunk = specs[i:i + 256]
@@ -218,6 +246,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/toy")
     p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, not quality")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--release", help="write the shipped student (checkpoints/toy) into this folder")
     for f in fields(Budget):
         p.add_argument(f"--{f.name}", type=int, help=f"override the budget's {f.name}")
     args = p.parse_args(argv)
@@ -225,7 +254,7 @@ def main(argv=None) -> int:
     for f in fields(Budget):
         if getattr(args, f.name) is not None:
             setattr(budget, f.name, getattr(args, f.name))
-    report = ToyPipeline(args.out, budget, seed=args.seed).run()
+    report = ToyPipeline(args.out, budget, seed=args.seed).run(release=args.release)
     print(f"report: {report}")
     return 0
 

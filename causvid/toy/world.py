@@ -86,18 +86,20 @@ def _draw(rng: np.random.Generator, value):
 
 def sample_spec(seed, *, canvas: int = CANVAS, size=SHAPE_SIZE, speed=1.0,
                 shapes: Sequence[str] = SHAPES, colours: Sequence[str] = tuple(COLOURS),
-                directions: Sequence[str] = DIRECTIONS) -> VideoSpec:
+                directions: Sequence[str] = DIRECTIONS, start: tuple[int, int] | None = None) -> VideoSpec:
     """A random spec, deterministic in ``seed`` (an int or a tuple of ints, as ``numpy.random.default_rng``).
 
     Shape, colour and direction are uniform over the given vocabularies; the start position is a uniform whole
-    pixel. ``size`` and ``speed`` are fixed values or ``(lo, hi)`` ranges (ints: inclusive integer range).
+    pixel, anywhere on the canvas or, with ``start=(lo, hi)``, with x and y in that inclusive range. ``size``
+    and ``speed`` are fixed values or ``(lo, hi)`` ranges (ints: inclusive integer range).
     """
     rng = np.random.default_rng(seed)
     shape = shapes[int(rng.integers(len(shapes)))]
     colour = colours[int(rng.integers(len(colours)))]
     direction = directions[int(rng.integers(len(directions)))]
-    x0 = float(rng.integers(canvas))
-    y0 = float(rng.integers(canvas))
+    lo, hi = (0, canvas - 1) if start is None else start
+    x0 = float(rng.integers(lo, hi + 1))
+    y0 = float(rng.integers(lo, hi + 1))
     return VideoSpec(shape, colour, direction, x0, y0, speed=float(_draw(rng, speed)),
                      size=float(_draw(rng, size)), canvas=canvas)
 

@@ -1,0 +1,55 @@
+"""The README's main job: the shipped toy student (checkpoints/toy, made by `python -m causvid.toy.pipeline
+--release`) streams videos for the repo's prompt file through the real CLI, and the videos show their prompts."""
+import json
+from pathlib import Path
+
+import pytest
+
+from causvid.data.prompts import read_prompt_file
+from causvid.toy import analyser
+from causvid.video_io import read_video
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "checkpoints" / "toy"
+PROMPTS = ROOT / "prompts" / "toy.txt"
+
+
+def _cli():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ar_cli", ROOT / "minimal_inference/autoregressive_inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_shipped_checkpoint_is_small_and_says_how_it_was_made():
+    size = sum(f.stat().st_size for f in SHIPPED.iterdir())
+    assert size <= 10 * 2 ** 20, f"{size} bytes"
+    release = json.loads((SHIPPED / "release.json").read_text())
+    assert release["reproduce"].startswith("python -m causvid.toy.pipeline")
+    assert (ROOT / release["config"]).is_file()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy_main_job")
+    release = json.loads((SHIPPED / "release.json").read_text())
+    assert _cli()(["--config_path", str(ROOT / release["config"]), "--wan_model_path", str(SHIPPED),
+                   "--output_folder", str(out), "--prompt_file_path", str(PROMPTS)]) == 0
+    prompts = read_prompt_file(PROMPTS)
+    return prompts, [read_video(out / f"output_{i:03d}.mp4") for i in range(len(prompts))]
+
+
+def test_main_job_writes_one_mp4_per_prompt(videos):
+    prompts, frames = videos
+    assert len(frames) == len(prompts) == 8
+    for video in frames:
+        assert video.shape == (21, 32, 32, 3)  # 6 latent frames -> 1 + 4 * 5 frames of 32 x 32
+
+
+def test_main_job_videos_show_their_prompts(videos):
+    """Colour is what the shipped student gets right reliably (see release.json's scores and the toy report);
+    shape and direction are the open part of the toy-world issue."""
+    prompts, frames = videos
+    result = analyser.score(frames, prompts)
+    assert result["colour_acc"] >= 0.75, result  # measured 7 of 8 when shipped
