@@ -28,12 +28,12 @@ def wan_config_json(model: WanDiT) -> dict:
             "num_heads": c.num_heads, "num_layers": c.num_layers, "out_dim": c.out_dim, "text_len": c.text_len}
 
 
-def write_wan_dit(model: WanDiT, folder, shards: int = 1, dtype: torch.dtype = torch.float32) -> Path:
-    """Wan's own layout (config.json + safetensors, float32 as the 1.3B release; ``dtype`` to store smaller)."""
+def write_wan_dit(model: WanDiT, folder, shards: int = 1, dtype: torch.dtype | None = None) -> Path:
+    """Wan's own layout: config.json + safetensors, float32 as the 1.3B release unless ``dtype`` says smaller."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(wan_config_json(model), indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(dtype or torch.float32).contiguous() for k, v in model.state_dict().items()}
     if shards == 1:
         save_file(state, folder / "diffusion_pytorch_model.safetensors")
         return folder

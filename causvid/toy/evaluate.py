@@ -20,7 +20,7 @@ from causvid.toy import analyser, world
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "toy"
 
 
-def _has_ema(checkpoint) -> bool:
+def has_ema(checkpoint) -> bool:
     return checkpoint is not None and "generator_ema" in torch.load(checkpoint, map_location="cpu", mmap=True)
 
 
@@ -32,7 +32,7 @@ def generate(generator: VideoGenerator, caption: str, index: int, seed: int, **k
 def evaluate_model(config_name, wan_folder, checkpoint, budget, seed):
     cfg = load_config(CONFIGS / f"{config_name}.yaml",
                       overrides=[f"num_inference_steps={budget.teacher_sampling_steps}"])
-    components = load_components(wan_folder, checkpoint, use_ema=_has_ema(checkpoint))
+    components = load_components(wan_folder, checkpoint, use_ema=has_ema(checkpoint))
     causal = config_name != "teacher"
     generator = VideoGenerator(components, cfg, causal=causal)
     captions = [world.caption(s) for s in world.sample_specs(budget.eval_videos, seed=10_000 + seed)]

@@ -92,7 +92,7 @@ def write_toy_folder(folder: str | os.PathLike, dit, text_dim: int | None = None
     if not vae_scale > 0:
         raise ValueError(f"vae_scale must be positive, got {vae_scale}")
     folder = Path(folder)
-    write_wan_dit(dit, folder, **({} if dtype is None else {"dtype": dtype}))
+    write_wan_dit(dit, folder, dtype=dtype)
     marker = {
         "format": TOY_FORMAT,
         "version": TOY_VERSION,

@@ -33,9 +33,10 @@ LAYOUTS = {"framewise": 1, "chunkwise": 3}
 #: teacher does not learn in minutes (its samples are fragments spread over the frame); motion and wrapping still
 #: take the shape anywhere in long rollouts.
 START = (12, 20)
-#: The student `--release` ships (checkpoints/toy, the README's main job): Causal Forcing's chunkwise DMD
-#: student, the method's final model in the layout Self-Forcing and Causal Forcing publish.
-RELEASE_STAGE, RELEASE_CONFIG = "cf_dmd_chunkwise", "cf_dmd_chunkwise"
+#: The stage whose student `--release` ships (checkpoints/toy, the README's main job; trained with the config of
+#: the same name): Causal Forcing's chunkwise DMD student, the method's final model in the layout Self-Forcing
+#: and Causal Forcing publish.
+RELEASE = "cf_dmd_chunkwise"
 
 
 @dataclass
@@ -102,18 +103,19 @@ class ToyPipeline:
     def release(self, folder):
         """The shipped student: a toy folder with the release stage's weights (EMA when trained with it) in
         bfloat16, which keeps it small; the CLIs load it in float32."""
-        checkpoint = _last(self.out / RELEASE_STAGE)
-        use_ema = "generator_ema" in torch.load(checkpoint, map_location="cpu", mmap=True)
+        from causvid.toy.evaluate import has_ema
+        checkpoint = _last(self.out / RELEASE)
+        use_ema = has_ema(checkpoint)
         self.export(checkpoint, use_ema, folder, dtype=torch.bfloat16)
         results = json.loads((self.out / "evaluate" / "results.json").read_text())
-        scores = next(r for name, r in results.items() if r["config"] == RELEASE_CONFIG)
+        scores = next(r for r in results.values() if r["config"] == RELEASE)
         (Path(folder) / "release.json").write_text(json.dumps({
-            "stage": RELEASE_STAGE, "config": f"configs/toy/{RELEASE_CONFIG}.yaml", "seed": self.seed,
+            "stage": RELEASE, "config": f"configs/toy/{RELEASE}.yaml", "seed": self.seed,
             "budget": asdict(self.budget), "ema": use_ema,
             "scores": {k: scores[k] for k in ("colour_acc", "shape_acc", "direction_acc", "all_acc")},
             "reproduce": "python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy",
         }, indent=2) + "\n")
-        self.log(f"[release] {RELEASE_STAGE} -> {folder}")
+        self.log(f"[release] {RELEASE} -> {folder}")
         return folder
 
     # -- stages -----------------------------------------------------------------------------------------------
