@@ -23,6 +23,15 @@ class LatentVideoCodec(nn.Module):
         if latents.shape[1] < 1:
             raise ValueError("latents need at least one frame")
 
+    def _check_stream(self, new_latents: torch.Tensor, shape: tuple | None) -> tuple:
+        """Check latents arriving at a streaming decoder; returns the stream's (batch, h, w), which must not change
+        between calls (``shape``: the stream's so far, None for its first call)."""
+        self._check_latents(new_latents)
+        b, _, _, h, w = new_latents.shape
+        if shape is not None and shape != (b, h, w):
+            raise ValueError(f"latent batch/size changed from {shape} to {(b, h, w)} mid-stream; call reset() first")
+        return (b, h, w)
+
     def _check_video(self, video: torch.Tensor) -> None:
         if video.ndim != 5:
             raise ValueError(f"video must be [B, T, C, H, W], got {tuple(video.shape)}")

@@ -361,13 +361,8 @@ class StreamingDecoder:
         """Normalised latents [B, n, 16, h, w] (n >= 1 new frames) -> new pixels [B, n_px, 3, 8h, 8w] in [-1, 1],
         with n_px = 4n, or 4n - 3 if this call contains the clip's first frame."""
         vae = self.vae
-        vae._check_latents(new_latents)
-        b, n, _, h, w = new_latents.shape
-        if self._shape is None:
-            self._shape = (b, h, w)
-        elif self._shape != (b, h, w):
-            raise ValueError(
-                f"latent batch/size changed from {self._shape} to {(b, h, w)} mid-stream; call reset() first")
+        self._shape = vae._check_stream(new_latents, self._shape)
+        n = new_latents.shape[1]
         model = vae.model
         z = new_latents.to(device=vae.device, dtype=vae.dtype).permute(0, 2, 1, 3, 4)
         x = model.post_quant_conv(vae.denormalize(z))  # 1x1x1 conv: no temporal state

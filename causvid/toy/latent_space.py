@@ -179,13 +179,8 @@ class ToyStreamingDecoder:
     def decode(self, new_latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, n, 16, h, w] (n >= 1 new frames) -> new pixels [B, n_px, 3, 2h, 2w] in [-1, 1], with
         n_px = 4n, or 4n - 3 if this call contains the clip's first frame."""
-        self.vae._check_latents(new_latents)
-        b, n, _, h, w = new_latents.shape
-        if self._shape is None:
-            self._shape = (b, h, w)
-        elif self._shape != (b, h, w):
-            raise ValueError(
-                f"latent batch/size changed from {self._shape} to {(b, h, w)} mid-stream; call reset() first")
+        self._shape = self.vae._check_stream(new_latents, self._shape)
+        n = new_latents.shape[1]
         pixels, self._previous = self.vae._decode(new_latents, self._previous)
         self.frames_seen += n
         return pixels
