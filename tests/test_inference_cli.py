@@ -1,7 +1,6 @@
 """Every inference CLI end to end on tiny Wan folders written in the real layouts (same loaders as a real
 folder): valid mp4s with the right frame count and size, framewise and chunkwise, long videos, I2V, and one-line
 errors for bad input with no partial mp4 left behind."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,21 +13,15 @@ from causvid.tiny_wan import write_tiny_wan
 from causvid.tiny_wan.dit import random_dit
 from causvid.video_io import read_video, video_info
 
+from repo_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny"
 
-
-def cli(relpath):
-    spec = importlib.util.spec_from_file_location(relpath.replace("/", "_")[:-3], ROOT / relpath)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-autoregressive = cli("minimal_inference/autoregressive_inference.py")
-bidirectional = cli("minimal_inference/bidirectional_inference.py")
-longvideo = cli("minimal_inference/longvideo_autoregressive_inference.py")
-inference = cli("inference.py")
+autoregressive = load_script("minimal_inference/autoregressive_inference.py").main
+bidirectional = load_script("minimal_inference/bidirectional_inference.py").main
+longvideo = load_script("minimal_inference/longvideo_autoregressive_inference.py").main
+inference = load_script("inference.py").main
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Tests for distillation_data/merge_json.py (stdlib only; main() is called in-process)."""
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from repo_scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "distillation_data" / "merge_json.py"
 # distillation_data/ is a folder of scripts, not a package: load the file directly.
-_spec = importlib.util.spec_from_file_location("merge_json", SCRIPT)
-mj = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mj)
+mj = load_script("distillation_data/merge_json.py")
 
 # The README's examples, copied literally.
 README_OBJ_1 = """{

@@ -1,6 +1,5 @@
 """ODE data: slot selection, CausVid's ODE pairs, Causal Forcing's causal ODE data (full and blockwise-KV paths)
 and VAE latents, end to end on tiny Wan folders and checked against independent sampler runs."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,21 +18,15 @@ from causvid.tiny_wan import write_tiny_wan
 from causvid.tiny_wan.dit import random_dit
 from causvid.video_io import write_video
 
+from repo_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 # the tiny text encoder holds 16 tokens: the negative prompt is truncated, as expected
 pytestmark = pytest.mark.filterwarnings("ignore:prompt truncated:UserWarning")
 
-
-def cli(relpath):
-    spec = importlib.util.spec_from_file_location(relpath.replace("/", "_")[:-3], ROOT / relpath)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compute_vae_latent = cli("distillation_data/compute_vae_latent.py")
-framewise = cli("get_causal_ode_data_framewise.py").main
-chunkwise = cli("get_causal_ode_data_chunkwise.py").main
+compute_vae_latent = load_script("distillation_data/compute_vae_latent.py")
+framewise = load_script("get_causal_ode_data_framewise.py").main
+chunkwise = load_script("get_causal_ode_data_chunkwise.py").main
 
 
 @pytest.fixture(scope="module")

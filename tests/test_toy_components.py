@@ -1,7 +1,6 @@
 """The toy world's text encoder and latent space behind the umT5 / Wan VAE interfaces, the toy folder, and the
 loading hook (`load_text_encoder` / `load_vae`) that the inference CLIs and the trainer go through."""
 import hashlib
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ from causvid.toy.folder import TOY_MARKER, is_toy_folder, read_toy_config, write
 from causvid.toy.latent_space import ToyVAE, projection_matrix, unit_rms_scale
 from causvid.toy.text_encoder import ToyTextEncoder, prompt_words, word_vector
 from causvid.tiny_wan.dit import random_dit
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny"
@@ -214,9 +214,7 @@ def test_hook_still_gives_wan_parts_for_a_wan_folder(tmp_path):
 def test_autoregressive_cli_on_a_toy_folder(toy, tmp_path):
     from causvid.video_io import video_info
 
-    spec = importlib.util.spec_from_file_location("ar_cli", ROOT / "minimal_inference" / "autoregressive_inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("minimal_inference/autoregressive_inference.py")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square moving left\n", encoding="utf-8")
     out = tmp_path / "out"

@@ -8,6 +8,7 @@ import pytest
 from causvid.data.prompts import read_prompt_file
 from causvid.toy import analyser
 from causvid.video_io import read_video
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "toy"
@@ -15,11 +16,7 @@ PROMPTS = ROOT / "prompts" / "toy.txt"
 
 
 def _cli():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("ar_cli", ROOT / "minimal_inference/autoregressive_inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("minimal_inference/autoregressive_inference.py").main
 
 
 def test_shipped_checkpoint_is_small_and_says_how_it_was_made():
