@@ -169,13 +169,13 @@ def flow_to_x0(flow: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
     return (x_t.double() - sigma * flow.double()).to(flow.dtype)
 
 
-def x0_to_flow(x0: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+def x0_to_flow(x0: torch.Tensor, x_t: torch.Tensor, t, min_sigma: float = 0.0) -> torch.Tensor:
     """Flow implied by a clean-latent prediction: ``flow = (x_t - x0) / sigma`` (inverse of ``flow_to_x0``).
 
-    Used to train a flow-predicting critic from x0 outputs. Undefined at ``t = 0`` (DMD clamps its timesteps to
-    [20, 980]). Computed in float64, returned in ``x0``'s dtype.
+    Undefined at ``t = 0``; ``min_sigma`` > 0 divides by ``max(sigma, min_sigma)`` instead, which keeps it finite
+    (and exact for ``sigma >= min_sigma``). Computed in float64, returned in ``x0``'s dtype.
     """
-    sigma = _sigma_like(t, x_t, torch.float64)
+    sigma = _sigma_like(t, x_t, torch.float64).clamp(min=min_sigma)
     return ((x_t.double() - x0.double()) / sigma).to(x0.dtype)
 
 

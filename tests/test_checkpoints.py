@@ -106,3 +106,18 @@ def test_missing_shard_is_named(tmp_path, source):
     (folder / "diffusion_pytorch_model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="00002-of-00002.safetensors is listed but missing"):
         WanDiT.from_pretrained(folder)
+
+
+def test_x0_prediction_travels_through_config_json(tmp_path):
+    """Wan's config.json has no `prediction`; ours writes it for an x0 model, and both the folder and a training
+    checkpoint loaded against that folder come back as x0 models (the weights alone cannot tell)."""
+    from causvid.pipelines.text_to_video import load_dit
+
+    model = random_dit("tiny", prediction="x0")
+    folder = write_wan_dit(model, tmp_path / "wan")
+    assert json.loads((folder / "config.json").read_text())["prediction"] == "x0"
+    assert "prediction" not in json.loads((write_wan_dit(random_dit("tiny"), tmp_path / "flow") / "config.json").read_text())
+    torch.save({"generator": model.state_dict()}, tmp_path / "model.pt")  # a training checkpoint, float32
+    for loaded in (WanDiT.from_pretrained(folder), load_dit(folder, tmp_path / "model.pt")):
+        assert loaded.config.prediction == "x0"
+        assert same_weights(loaded, model)

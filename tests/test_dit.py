@@ -233,3 +233,27 @@ def test_gradient_checkpointing_gives_same_gradients():
     model.gradient_checkpointing = True
     model(x, t, c, causal=True).square().mean().backward()
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(plain, model.parameters()))
+
+
+def test_x0_head_returns_the_flow_its_clean_latent_implies():
+    """prediction="x0": the same weights, the head's output read as x0 and returned as flow; sigma floored at
+    X0_MIN_SIGMA so a clean-frame (t = 0) call stays finite; the KV cache still equals the full forward."""
+    from causvid.flow import flow_to_x0
+    from causvid.models.wan.dit import X0_MIN_SIGMA
+
+    flow_model = random_tiny()
+    x0_model = random_tiny(prediction="x0")
+    x0_model.load_state_dict(flow_model.state_dict())
+    x, context = torch.randn(2, 3, 16, H, W), torch.randn(2, 16, 32)
+    t = torch.tensor([[900.0, 500.0, 60.0], [250.0, 0.0, 30.0]])
+    with torch.no_grad():
+        head = flow_model(x, t, context)  # what the shared head computes, read as a clean latent
+        flow = x0_model(x, t, context)
+    sigma = (t / 1000).clamp(min=X0_MIN_SIGMA)[:, :, None, None, None]
+    torch.testing.assert_close(flow, (x - head) / sigma, rtol=1e-5, atol=1e-5)
+    big = t >= 1000 * X0_MIN_SIGMA
+    torch.testing.assert_close(flow_to_x0(flow, x, t)[big], head[big], rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(flow).all()
+    assert rollout_vs_full(x0_model, 3, num_blocks=2) <= 1e-5
+    with pytest.raises(ValueError, match="prediction='eps'"):
+        random_tiny(prediction="eps")

@@ -42,11 +42,11 @@ def _wan_folder(path) -> Path:
 
 def load_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None, device=None) -> WanDiT:
     """The DiT: the Wan folder's own weights, or a checkpoint (published .pt, Wan or diffusers folder) whose
-    sizes the tensors give and whose head count and text length come from the Wan folder's config.json."""
+    sizes the tensors give and whose head count, text length and prediction come from the Wan folder's config.json."""
     if checkpoint is None:
         return WanDiT.from_pretrained(wan_folder, dtype=dtype, device=device)
     sizes = config_from_json(read_folder_config(wan_folder), wan_folder)
-    sizes = {k: v for k, v in sizes.items() if k in ("num_heads", "text_len")}
+    sizes = {k: v for k, v in sizes.items() if k in ("num_heads", "text_len", "prediction")}
     return WanDiT.from_pretrained(checkpoint, use_ema=use_ema, dtype=dtype, device=device, **sizes)
 
 

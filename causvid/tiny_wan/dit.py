@@ -21,11 +21,13 @@ def random_dit(preset: str = "tiny", seed: int = 0, std: float = 0.1, **override
 
 
 def wan_config_json(model: WanDiT) -> dict:
-    """config.json as Wan2.1 ships it (no text_dim, patch_size or qk_norm: Wan ignores those)."""
+    """config.json as Wan2.1 ships it (no text_dim, patch_size or qk_norm: Wan ignores those); our
+    `prediction` only when it is not Wan's flow."""
     c = model.config
     return {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "dim": c.dim, "eps": c.eps,
             "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim, "in_dim": c.in_dim, "model_type": "t2v",
-            "num_heads": c.num_heads, "num_layers": c.num_layers, "out_dim": c.out_dim, "text_len": c.text_len}
+            "num_heads": c.num_heads, "num_layers": c.num_layers, "out_dim": c.out_dim, "text_len": c.text_len,
+            **({} if c.prediction == "flow" else {"prediction": c.prediction})}
 
 
 def write_wan_dit(model: WanDiT, folder, shards: int = 1, dtype: torch.dtype | None = None) -> Path:

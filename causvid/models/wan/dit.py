@@ -15,10 +15,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from causvid.flow import x0_to_flow
+
 from .attention import MaskSpec, attention
 from .kv_cache import KVCache
 from .presets import WanConfig, get_preset
 from .rope import apply_rope, rope_angles
+
+
+#: Floor of sigma when an x0 head's output is turned into flow (WanConfig.prediction = "x0").
+X0_MIN_SIGMA = 0.05
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -221,7 +227,7 @@ class WanDiT(nn.Module):
     def forward(self, x, t, context, *, causal: bool = False, num_frame_per_block: int = 1,
                 local_attn_size: int = -1, sink_size: int = 0, clean_x=None, clean_t=None,
                 cache: KVCache = None, start_frame: int = 0):
-        """Flow prediction for latents x [B, F, C, H, W] at timesteps t ([B, F] or [B]).
+        """Flow prediction (always; an x0 head's output is converted) for latents x [B, F, C, H, W] at timesteps t ([B, F] or [B]).
 
         causal:          block-causal attention over blocks of `num_frame_per_block` frames (bidirectional
                          inside a block); False = Wan's full bidirectional attention.
@@ -278,4 +284,9 @@ class WanDiT(nn.Module):
 
         if clean_x is not None:
             tokens = tokens[:, tokens.shape[1] // 2:]
-        return self.unpatchify(self.head(tokens, e), grid)
+        out = self.unpatchify(self.head(tokens, e), grid)
+        if self.config.prediction == "x0":
+            # sigma floored at X0_MIN_SIGMA (as JiT does): finite flow at t = 0 (cache refresh on clean frames),
+            # and a flow loss weighs the x0 error by at most 1 / X0_MIN_SIGMA^2
+            out = x0_to_flow(out, x, t, min_sigma=X0_MIN_SIGMA)
+        return out

@@ -20,6 +20,12 @@ class WanConfig:
     out_dim: int = 16
     patch_size: tuple = (1, 2, 2)
     eps: float = 1e-6
+    # What the network's head predicts. "flow" (Wan): noise - x0, returned as is. "x0" (ours, the toy preset):
+    # the clean latent, returned as the flow it implies, so every caller still sees a flow model. A flow head
+    # must copy its input's noise to its output; when a token holds as many values as the model is wide (the
+    # toy: 4x4x16 = 256 = dim) it cannot, and the noise it drops stays in every sample ("Back to Basics: Let
+    # Denoising Generative Models Denoise", Li & He 2025). Clean latents live on a low-dimensional set; x0 fits.
+    prediction: str = "flow"
 
     def __post_init__(self):
         if self.dim % self.num_heads:
@@ -27,6 +33,8 @@ class WanConfig:
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if self.prediction not in ("flow", "x0"):
+            raise ValueError(f"prediction={self.prediction!r}: expected 'flow' (Wan) or 'x0'")
 
     @property
     def head_dim(self) -> int:
