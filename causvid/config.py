@@ -155,6 +155,10 @@ class Config:
     # ours, diffusion trainer: probability of training a sample on negative_prompt instead of its caption, so
     # a model trained from scratch (the toy teacher) learns the unconditional prediction CFG needs.
     caption_dropout: float = 0.0
+    # ours, diffusion trainer: the loss weight over timesteps. "bump": Self-Forcing's (peaks at t = 500, zero at
+    # t = 1000), right for fine-tuning a model that already denoises pure noise; "uniform": plain flow matching,
+    # for a model trained from scratch (the toy teacher), which the bump leaves untrained at high noise.
+    diffusion_loss_weighting: str = "bump"
     # CV: build the generator's DMD input by running it from noise (True) instead of noising data latents.
     backward_simulation: bool = True
     # SF/CF diffusion trainer: teacher forcing (clean context tokens) instead of diffusion forcing.

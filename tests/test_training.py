@@ -257,3 +257,20 @@ def test_checkpoint_is_the_published_layout_and_samples_are_written(tiny_run_dat
     from causvid.video_io import video_info
     assert video_info(tmp_path / "samples" / "step_000002.mp4")[:3] == (21, 32, 32)  # 6 latent frames decoded
     assert "step 2 generator_loss" in (tmp_path / "log.txt").read_text()
+
+
+def test_diffusion_loss_weighting_bump_or_uniform(tiny_run_data, tmp_path):
+    """Self-Forcing's bump gives the noisiest level no weight: fine for fine-tuning Wan, but a model trained from
+    scratch with it never learns to start sampling. "uniform" weighs every level alike; other values fail."""
+    from causvid.config import ConfigError
+
+    with pytest.raises(ConfigError, match="diffusion_loss_weighting='flat'"):
+        trainer(tiny_run_data, "ar_diffusion_tf_chunkwise", "latents", tmp_path, diffusion_loss_weighting="flat")
+    loss = {}
+    for weighting in ("bump", "uniform"):
+        t = trainer(tiny_run_data, "ar_diffusion_tf_chunkwise", "latents", tmp_path,
+                    diffusion_loss_weighting=weighting)
+        t.stage.grid = torch.full_like(t.stage.grid, 999.0)  # every frame at the noisiest training level
+        with torch.no_grad():
+            loss[weighting] = t.stage.generator_loss(t.models, t.batch(0, 0), 0).item()
+    assert loss["uniform"] > 0.1 and loss["bump"] < 0.01 * loss["uniform"]

@@ -76,6 +76,10 @@ class DiffusionStage(Stage):
         self.grid = training_timesteps(warp_shift(cfg)).float()
         self.caption_dropout = float(cfg.caption_dropout)
         self.needs_negative = self.caption_dropout > 0
+        if cfg.diffusion_loss_weighting not in ("bump", "uniform"):
+            raise ConfigError(f"diffusion_loss_weighting={cfg.diffusion_loss_weighting!r}: expected 'bump' "
+                              "(Self-Forcing's) or 'uniform'")
+        self.bump_weight = cfg.diffusion_loss_weighting == "bump"
 
     def generator_loss(self, models, batch, step):
         x0 = batch["clean"]
@@ -88,7 +92,7 @@ class DiffusionStage(Stage):
         noise = self.noise(x0, batch, step, "noise")
         pred = models.generator(add_noise(x0, noise, t), t, context,
                                 clean_x=x0 if self.teacher_forcing else None, **self.generator_kwargs())
-        return flow_matching_loss(pred, noise, x0, training_weight(t))
+        return flow_matching_loss(pred, noise, x0, training_weight(t) if self.bump_weight else None)
 
 
 class ODEStage(Stage):
