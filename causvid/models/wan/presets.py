@@ -60,11 +60,11 @@ PRESETS = {
     "tiny-4layer": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=4, text_len=16, text_dim=32, freq_dim=32),
     # The toy world's model (causvid/toy): small enough to train every stage on 2 CPU cores in minutes.
     # Patches of 4x4 latent pixels keep the sequence at 16 tokens per frame (4x fewer than 2x2 patches,
-    # ~2.5x faster per step at equal FLOPs). dim must not be below a patch's 4*4*16 = 256 values: a flow model
-    # passes its input's noise through to its output, and at dim 128 the noise a narrower embedding drops
-    # stayed in every sample (loss plateau 0.47 vs 0.10 at dim 256, same steps).
+    # ~2.5x faster per step at equal FLOPs). A token then holds 4*4*16 = 256 values, as many as the model is
+    # wide, so a flow head cannot pass its input's noise through (at dim 128 the loss plateaued at 0.47, at
+    # dim 256 with a flow head the samples kept patch-shaped noise): the head predicts x0 instead.
     "toy": WanConfig(dim=256, ffn_dim=512, num_heads=4, num_layers=3, text_len=8, text_dim=32, freq_dim=64,
-                     patch_size=(1, 4, 4)),
+                     patch_size=(1, 4, 4), prediction="x0"),
 }
 
 
