@@ -116,7 +116,8 @@ def test_x0_prediction_travels_through_config_json(tmp_path):
     model = random_dit("tiny", prediction="x0")
     folder = write_wan_dit(model, tmp_path / "wan")
     assert json.loads((folder / "config.json").read_text())["prediction"] == "x0"
-    assert "prediction" not in json.loads((write_wan_dit(random_dit("tiny"), tmp_path / "flow") / "config.json").read_text())
+    flow_folder = write_wan_dit(random_dit("tiny"), tmp_path / "flow")
+    assert "prediction" not in json.loads((flow_folder / "config.json").read_text())
     torch.save({"generator": model.state_dict()}, tmp_path / "model.pt")  # a training checkpoint, float32
     for loaded in (WanDiT.from_pretrained(folder), load_dit(folder, tmp_path / "model.pt")):
         assert loaded.config.prediction == "x0"

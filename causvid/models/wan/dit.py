@@ -227,7 +227,8 @@ class WanDiT(nn.Module):
     def forward(self, x, t, context, *, causal: bool = False, num_frame_per_block: int = 1,
                 local_attn_size: int = -1, sink_size: int = 0, clean_x=None, clean_t=None,
                 cache: KVCache = None, start_frame: int = 0):
-        """Flow prediction (always; an x0 head's output is converted) for latents x [B, F, C, H, W] at timesteps t ([B, F] or [B]).
+        """Flow prediction for latents x [B, F, C, H, W] at timesteps t ([B, F] or [B]); an x0 head's output
+        (`WanConfig.prediction`) is returned as the flow it implies.
 
         causal:          block-causal attention over blocks of `num_frame_per_block` frames (bidirectional
                          inside a block); False = Wan's full bidirectional attention.
