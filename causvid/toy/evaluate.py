@@ -44,7 +44,7 @@ def evaluate_model(config_name, wan_folder, checkpoint, budget, seed):
              for i, caption in enumerate(captions[:budget.drift_videos])]
     result.update(_drift(longs, captions))
     if config_name.endswith(("dmd_framewise", "dmd_chunkwise")):
-        result["long_video"] = compare_long_video(generator, captions[:budget.drift_videos], budget, seed)
+        result["long_video"] = compare_long_video(generator, captions[:budget.long_video_prompts], budget, seed)
     return result, videos[:3], captions[:3]
 
 

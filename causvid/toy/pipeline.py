@@ -50,7 +50,8 @@ class Budget:
     dmd_steps: int = 150
     ode_euler_steps: int = 48   # the ODE data's Euler schedule (states saved at the student's levels)
     eval_videos: int = 32
-    drift_videos: int = 4
+    drift_videos: int = 4       # per model: rollouts of drift_factor times the training length
+    long_video_prompts: int = 16  # per DMD student: overlap vs rolling-window long videos (4 prompts decided nothing)
     teacher_sampling_steps: int = 50
     drift_factor: int = 4       # drift is measured on rollouts this many times the training length
     batch_size: int = 0         # 0: each config's own
@@ -58,8 +59,8 @@ class Budget:
     @classmethod
     def quick(cls):
         return cls(videos=32, ode_prompts=4, teacher_steps=2, ar_steps=1, ode_steps=1, dmd_steps=1,
-                   ode_euler_steps=8, eval_videos=1, drift_videos=1, teacher_sampling_steps=2, drift_factor=2,
-                   batch_size=2)
+                   ode_euler_steps=8, eval_videos=1, drift_videos=1, long_video_prompts=1, teacher_sampling_steps=2,
+                   drift_factor=2, batch_size=2)
 
 
 class ToyPipeline:
