@@ -46,7 +46,8 @@ def write_wan_dit(model: WanDiT, folder, shards: int = 1, dtype: torch.dtype | N
         part = keys[i::shards]
         save_file({k: state[k] for k in part}, folder / name)
         weight_map.update({k: name for k in part})
-    index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())}, "weight_map": weight_map}
+    total_size = sum(v.numel() * v.element_size() for v in state.values())
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return folder
 
