@@ -37,7 +37,8 @@ from causvid.flow import WAN_NEGATIVE_PROMPT, normalize_step_list
 
 __all__ = [
     "Config", "ModelKwargs", "ConfigError", "load_config", "save_config", "denoising_steps", "first_block_steps",
-    "warp_shift", "guidance_scale", "generator_is_causal", "trainer_name", "real_score_path", "BASE_MODEL_NAME",
+    "warp_shift", "generator_grid", "score_grid", "dmd_input", "ode_layout", "guidance_scale",
+    "generator_is_causal", "trainer_name", "real_score_path", "BASE_MODEL_NAME",
 ]
 
 
@@ -125,8 +126,17 @@ class Config:
     same_step_across_blocks: bool = True
     # SF/CF: always exit at the last denoising step.
     last_step_only: bool = False
-    # SF/CF: timestep at which the clean output is re-run to fill the KV cache.
+    # SF/CF: timestep at which the clean output is re-run to fill the KV cache. Their inference runs the clean
+    # block labelled t = context_noise; their training noises it to context_noise first (on the grid below).
     context_noise: int = 0
+    # CV/SF/CF: noising and flow -> x0 take sigma from the nearest point of the shifted 1000-step training grid,
+    # as the originals' scheduler does (757 -> 756.757 at shift 8; t = 0 -> 4.98 at shift 5, so their training
+    # refresh input is x0 + 0.00498 (noise - x0)). The model itself still gets the raw t. false: sigma = t / 1000.
+    snap_timesteps: bool = True
+    # SF/CF: shift of the real and fake scores' grid, which their flow -> x0 snaps to (their wrappers are built
+    # without model_kwargs, so Wan's default 8, while the generator's grid is model_kwargs.timestep_shift); the
+    # critic's flow target then scales by sigma_8 / sigma_5 as in the originals. CV: 8 everywhere.
+    score_timestep_shift: float = 8.0
     # ours: steps of the many-step sampler used for models without a denoising_step_list (Wan / SF: 50).
     num_inference_steps: int = 50
     # CV (and CF's causal_ode files, unread there): how the generator's timesteps are shared across frames:
@@ -161,6 +171,20 @@ class Config:
     diffusion_loss_weighting: str = "bump"
     # CV: build the generator's DMD input by running it from noise (True) instead of noising data latents.
     backward_simulation: bool = True
+    # ours: how DMD builds the generator's sample: "self_forcing" (its own KV-cached rollout, gradient from a
+    # random exit step: SF/CF), "backward_simulation" or "data" (CV: one level per block of its own no-grad
+    # run from noise, or of noised data latents). None: from the file's convention (SF/CF files name a
+    # `trainer`; CV files do not and say `backward_simulation`). See dmd_input().
+    dmd_input: Optional[str] = None
+    # ours, Self-Forcing DMD: gradient across blocks through the KV cache. "straight_through" (SF/CF: later
+    # blocks' attention sends gradient into earlier blocks' exit-step K/V, whose values the no-grad refresh
+    # pass has replaced) or "detached" (cached K/V carry no gradient).
+    kv_cache_gradient: str = "straight_through"
+    # ours, ODE trainer: the ODE rows' layout. "causvid" (one slot per listed level + the endpoint; a level drawn
+    # per block, target the last slot; also Self-Forcing's) or "causal_forcing" (noise, the 3 warped states,
+    # the ODE output, the real latent; one level per video, target slot -2, the real latent as teacher-forcing
+    # context). None: "causal_forcing" for files that name `trainer: ode` (CF), else "causvid". See ode_layout().
+    ode_layout: Optional[str] = None
     # SF/CF diffusion trainer: teacher forcing (clean context tokens) instead of diffusion forcing.
     teacher_forcing: bool = False
     # CF consistency distillation (unread).
@@ -477,6 +501,40 @@ def first_block_steps(cfg) -> Optional[list]:
     """Block 0's timesteps (Causal-Forcing's 1/2-step configs give it 4 steps), warped like the main list;
     None when the config has no denoising_step_list_first_chunk (block 0 uses denoising_steps)."""
     return _steps(cfg, "denoising_step_list_first_chunk")
+
+
+def generator_grid(cfg) -> Optional[float]:
+    """The shift of the grid the generator's flow -> x0 and re-noising snap to (None: no snapping)."""
+    return warp_shift(cfg) if cfg.snap_timesteps else None
+
+
+def score_grid(cfg) -> Optional[float]:
+    """The shift of the grid the real / fake scores' flow -> x0 snaps to (None: no snapping)."""
+    return float(cfg.score_timestep_shift) if cfg.snap_timesteps else None
+
+
+_DMD_INPUTS = ("self_forcing", "backward_simulation", "data")
+
+
+def dmd_input(cfg) -> str:
+    """How DMD builds the generator's sample: `dmd_input` when set, else SF/CF files (which name a trainer)
+    roll out the student, CV files noise data latents or run backward simulation as `backward_simulation` says."""
+    if cfg.dmd_input is not None:
+        if cfg.dmd_input not in _DMD_INPUTS:
+            raise ConfigError(f"dmd_input={cfg.dmd_input!r}: expected one of {list(_DMD_INPUTS)}")
+        return cfg.dmd_input
+    if cfg.trainer is not None:
+        return "self_forcing"
+    return "backward_simulation" if cfg.backward_simulation else "data"
+
+
+def ode_layout(cfg) -> str:
+    """The ODE rows' layout: `ode_layout` when set, else Causal Forcing's for files naming `trainer: ode`."""
+    if cfg.ode_layout is not None:
+        if cfg.ode_layout not in ("causvid", "causal_forcing"):
+            raise ConfigError(f"ode_layout={cfg.ode_layout!r}: expected 'causvid' or 'causal_forcing'")
+        return cfg.ode_layout
+    return "causal_forcing" if cfg.trainer == "ode" else "causvid"
 
 
 def guidance_scale(cfg) -> float:

@@ -75,13 +75,35 @@ def euler_sigmas(num_steps: int, shift: float) -> torch.Tensor:
     return torch.cat([shift_sigma(sigmas, shift), sigmas.new_zeros(1)])
 
 
+def _grid_sigmas(shift: float, num_train_timesteps: int) -> torch.Tensor:
+    """The training grid's sigmas computed in float32, as the originals' ``FlowMatchScheduler`` does."""
+    sigmas = torch.linspace(1.0, 0.0, num_train_timesteps + 1, dtype=torch.float32)[:-1]
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
 def training_timesteps(shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
-    """The shifted 1000-step training grid, descending from 1000 (``euler_sigmas(1000, shift)[:-1] * 1000``).
+    """The shifted 1000-step training grid, descending from 1000 to ``1000 * shift(0.001)`` (4.98 at shift 5).
 
     Self-Forcing and CausVid build their ``FlowMatchScheduler`` with ``set_timesteps(1000, training=True)``;
-    this grid is what ``warp_denoising_step`` indexes into (and what their ``add_noise`` snaps timesteps to).
+    this grid is what ``warp_denoising_step`` indexes into (and what their ``add_noise`` and flow -> x0 snap
+    timesteps to: ``grid_sigma``). Computed in float32 as theirs is (CausVid's warped 727.27277, not the
+    float64 727.27271), returned as float64 holding those exact values.
     """
-    return euler_sigmas(num_train_timesteps, shift)[:-1] * num_train_timesteps
+    return (_grid_sigmas(shift, num_train_timesteps) * num_train_timesteps).double()
+
+
+def grid_sigma(t, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """sigma of the grid point nearest to each timestep ``t`` (any shape), as the originals' scheduler finds it
+    (``argmin |timesteps - t|``, then ``sigmas[index]``): float32, on ``t``'s device.
+
+    Off-grid timesteps move by up to half a grid step: CausVid's 757 reads as 756.757 on its shift-8 grid, and
+    t = 0 as the grid's last point, 7.944 at shift 8 and 4.98 at shift 5 (sigma 0.00794 / 0.00498), so the
+    originals' "clean" training inputs carry a little noise and their x0 of a clean frame is x - sigma * flow.
+    """
+    t = torch.as_tensor(t)
+    sigmas = _grid_sigmas(shift, num_train_timesteps).to(t.device)
+    index = (sigmas[None, :] * num_train_timesteps - t.reshape(-1, 1).float()).abs().argmin(dim=1)
+    return sigmas[index].reshape(t.shape)
 
 
 def warp_denoising_step(step_list, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
@@ -136,46 +158,49 @@ def model_timesteps(sigmas: torch.Tensor, integer: bool = False) -> torch.Tensor
 # Noising and parameterisation
 
 
-def _sigma_like(t, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t / 1000`` as a tensor that broadcasts over the trailing dims of ``x`` (t: scalar, [B] or [B, F])."""
+def _sigma_like(t, x: torch.Tensor, dtype: torch.dtype, grid: float | None = None) -> torch.Tensor:
+    """sigma of ``t`` as a tensor that broadcasts over the trailing dims of ``x`` (t: scalar, [B] or [B, F]):
+    ``t / 1000``, or with ``grid`` (a shift) the sigma of the nearest point of that shifted training grid."""
     t = torch.as_tensor(t, device=x.device)
     if t.ndim > x.ndim:
         raise ValueError(f"timestep of shape {tuple(t.shape)} does not fit a tensor of shape {tuple(x.shape)}")
-    sigma = t.to(dtype) / NUM_TRAIN_TIMESTEPS
+    sigma = (t.to(dtype) / NUM_TRAIN_TIMESTEPS) if grid is None else grid_sigma(t, grid).to(dtype)
     return sigma.reshape(*t.shape, *([1] * (x.ndim - t.ndim)))
 
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-    """Noise clean latents to timestep ``t``: ``(1 - sigma) * x0 + sigma * noise`` with ``sigma = t / 1000``.
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t, grid: float | None = None) -> torch.Tensor:
+    """Noise clean latents to timestep ``t``: ``(1 - sigma) * x0 + sigma * noise`` (rectified flow, Liu et al.
+    2022, eq. 1) with ``sigma = t / 1000``.
 
     ``t`` is a scalar, [B] or [B, F] (per-frame levels for causal blocks) and broadcasts over the trailing dims of
     a [B, F, C, H, W] latent. The mix is computed in at least float32 (sigma in bf16 would be off by up to 4e-3)
-    and returned in ``x0``'s dtype. Self-Forcing/CausVid snap ``t`` to the nearest point of the shifted training
-    grid first; for on-grid timesteps that is the same, elsewhere the difference is below half a grid step.
+    and returned in ``x0``'s dtype. ``grid`` (a shift): snap ``t`` to the nearest point of that shifted
+    1000-point training grid first, as Self-Forcing / CausVid's scheduler does (``grid_sigma``).
     """
     dtype = torch.promote_types(x0.dtype, torch.float32)
-    sigma = _sigma_like(t, x0, dtype)
+    sigma = _sigma_like(t, x0, dtype, grid)
     return ((1 - sigma) * x0.to(dtype) + sigma * noise.to(dtype)).to(x0.dtype)
 
 
-def flow_to_x0(flow: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+def flow_to_x0(flow: torch.Tensor, x_t: torch.Tensor, t, grid: float | None = None) -> torch.Tensor:
     """Clean-latent prediction from a flow prediction: ``x0 = x_t - sigma * flow``.
 
     Computed in float64, as the Wan wrappers of CausVid/Self-Forcing do, because the DiT runs in bf16 and the
-    difference of two large bf16 terms would lose most of x0's precision; returned in ``flow``'s dtype. (Those
-    wrappers also snap ``t`` to the training grid; see ``add_noise``.)
+    difference of two large bf16 terms would lose most of x0's precision; returned in ``flow``'s dtype.
+    ``grid`` (a shift): sigma of the nearest grid point, as those wrappers take it (see ``add_noise``).
     """
-    sigma = _sigma_like(t, x_t, torch.float64)
+    sigma = _sigma_like(t, x_t, torch.float64, grid)
     return (x_t.double() - sigma * flow.double()).to(flow.dtype)
 
 
-def x0_to_flow(x0: torch.Tensor, x_t: torch.Tensor, t, min_sigma: float = 0.0) -> torch.Tensor:
+def x0_to_flow(x0: torch.Tensor, x_t: torch.Tensor, t, min_sigma: float = 0.0,
+               grid: float | None = None) -> torch.Tensor:
     """Flow implied by a clean-latent prediction: ``flow = (x_t - x0) / sigma`` (inverse of ``flow_to_x0``).
 
     Undefined at ``t = 0``; ``min_sigma`` > 0 divides by ``max(sigma, min_sigma)`` instead, which keeps it finite
-    (and exact for ``sigma >= min_sigma``). Computed in float64, returned in ``x0``'s dtype.
+    (and exact for ``sigma >= min_sigma``). Computed in float64, returned in ``x0``'s dtype. ``grid`` as above.
     """
-    sigma = _sigma_like(t, x_t, torch.float64).clamp(min=min_sigma)
+    sigma = _sigma_like(t, x_t, torch.float64, grid).clamp(min=min_sigma)
     return ((x_t.double() - x0.double()) / sigma).to(x0.dtype)
 
 

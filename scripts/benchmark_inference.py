@@ -59,10 +59,9 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(REPO))
 
 from causvid.config import denoising_steps, first_block_steps, load_config  # noqa: E402
-from causvid.flow import add_noise  # noqa: E402
 from causvid.models.wan import WanDiT, get_preset  # noqa: E402
 from causvid.models.wan.attention import set_attention_backend  # noqa: E402
-from causvid.pipelines.rollout import causal_rollout, few_step_sampler, generator_noise  # noqa: E402
+from causvid.pipelines.rollout import causal_rollout, few_step_sampler  # noqa: E402
 from causvid.pipelines.speed import (SpeedOptions, apply_speed_options, compile_blocks,  # noqa: E402
                                      overlapped_decode, sdpa_kernel)
 
@@ -260,14 +259,13 @@ def ours(model, noise, context, s: Settings, block: int, use_cache: bool):
     return itertools.islice(blocks, s.max_blocks) if s.max_blocks else blocks
 
 
-def skyreels_rollout(sky, noise, context, *, num_frame_per_block: int, sampler, context_noise: float = 0.0,
-                     generator: torch.Generator = None):
+def skyreels_rollout(sky, noise, context, *, num_frame_per_block: int, sampler, context_noise: float = 0.0):
     """Yield (start_frame, clean latents) block by block, recomputing the prefix the diffusers way: for each
-    block and denoising step one SkyReels-V2 forward over [earlier blocks at t = context_noise ‖ the noisy block
-    at t] with `enable_diffusion_forcing=True`, keeping the block's output. Same sampler and noise draws as
-    `causal_rollout`, so with the same weights the latents agree with ours up to float error."""
+    block and denoising step one SkyReels-V2 forward over [earlier clean blocks labelled t = context_noise ‖
+    the noisy block at t] with `enable_diffusion_forcing=True`, keeping the block's output (the originals'
+    inference refresh: the clean block, not noised). Same sampler and noise draws as `causal_rollout`, so with
+    the same weights the latents agree with ours up to float error."""
     done, done_t = [], []
-    noise_fn = generator_noise(generator)  # the context-noise draws of causal_rollout
     for index, start in enumerate(range(0, noise.shape[1], num_frame_per_block)):
         def flow_fn(x, t, start=start):
             xs = torch.cat(done + [x], dim=1).transpose(1, 2)  # diffusers: [B, C, F, H, W]
@@ -276,7 +274,7 @@ def skyreels_rollout(sky, noise, context, *, num_frame_per_block: int, sampler, 
             return out.transpose(1, 2)[:, start:]
         x0 = sampler(flow_fn, noise[:, start:start + num_frame_per_block], index)
         t_ctx = torch.full(x0.shape[:2], float(context_noise), device=x0.device)
-        done.append(add_noise(x0, noise_fn(x0, (index, "context")), t_ctx) if context_noise > 0 else x0)
+        done.append(x0)
         done_t.append(t_ctx)
         yield start, x0
 
@@ -284,7 +282,7 @@ def skyreels_rollout(sky, noise, context, *, num_frame_per_block: int, sampler, 
 def theirs(sky, noise, context, s: Settings, block: int):
     sampler = few_step_sampler(s.steps, s.first_block_steps, generator=torch.Generator().manual_seed(s.seed))
     blocks = skyreels_rollout(sky, noise, context, num_frame_per_block=block, sampler=sampler,
-                              context_noise=s.context_noise, generator=torch.Generator().manual_seed(s.seed + 1))
+                              context_noise=s.context_noise)
     return itertools.islice(blocks, s.max_blocks) if s.max_blocks else blocks
 
 

@@ -84,8 +84,8 @@ def test_framewise_window_and_skyreels_skip(bench, tmp_path):
 
 
 def test_old_bench_rollout_usage(bench, capsys):
-    """The flags and table of the former scripts/bench_rollout.py (here with a noisy cache refresh, which the
-    SkyReels-V2 driver reproduces with the same noise draws)."""
+    """The flags and table of the former scripts/bench_rollout.py (here with the cache refresh at t = 50, which
+    the SkyReels-V2 driver reproduces by labelling the clean context frames t = 50)."""
     results = bench.main(["--preset", "tiny", "--num_frame_per_block", "3", "--blocks", "2", "--height", "8",
                           "--width", "8", "--steps", "1000", "500", "--context_noise", "50", "--repeats", "1",
                           "--modes", "cached,nocache,skyreels", "--vae", "none", "--threads", "1"])

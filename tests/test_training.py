@@ -65,7 +65,7 @@ def test_loss_falls_on_a_fixed_batch(tiny_run_data, tmp_path, name, dataset):
     t = trainer(tiny_run_data, name, dataset, tmp_path, max_iters=12, lr=3e-3, weight_decay=0)
     fixed = t.batch(0, 0)
     loss_fn = t.stage.generator_loss
-    t.batch = lambda step, micro: fixed
+    t.batch = lambda step, micro, role="generator": fixed
     t.stage.generator_loss = lambda models, batch, step: loss_fn(models, batch, 0)  # same noise, same t
     curve = losses(t.train())
     assert curve[-1] < 0.5 * curve[0], curve
@@ -123,7 +123,8 @@ def test_sharded_ema_equals_an_unsharded_ema(tiny_run_data, tmp_path):
 
 
 def test_self_forcing_gradient_comes_from_the_exit_step_alone(tiny_run_data):
-    cfg = load_config(TINY / "causal_forcing_dmd_chunkwise.yaml", overrides=["same_step_across_blocks=false"])
+    cfg = load_config(TINY / "causal_forcing_dmd_chunkwise.yaml",
+                      overrides=["same_step_across_blocks=false", "kv_cache_gradient=detached"])
     stage = DMDStage(cfg)
     model = random_dit("tiny", seed=11, text_len=16)
     context = torch.randn(1, 16, 32)
@@ -144,17 +145,15 @@ def test_self_forcing_gradient_comes_from_the_exit_step_alone(tiny_run_data):
     model.zero_grad()
 
     # by hand: for each block only its exit call with gradient (the last call before the refresh at t = 0),
-    # the clean block written into the cache without gradient
+    # the refreshed block written into a detached cache without gradient
     blocks = {}
     for x, t, start in calls:
         blocks.setdefault(start, []).append((x, t))
-    cache, outputs = model.new_cache(1, max_frames=6), []
-    if len(blocks[0]) > 2:  # the prompt's cross-attention K/V were made by a no-grad step: no gradient either
-        with torch.no_grad():
-            model(*blocks[0][0], context, cache=cache, start_frame=0)
+    cache, outputs = model.new_cache(1, max_frames=6, gradient="detached"), []
     for start in sorted(blocks):
         (x_exit, t_exit), (clean, t_ctx) = blocks[start][-2], blocks[start][-1]
-        outputs.append(flow_to_x0(model(x_exit, t_exit, context, cache=cache, start_frame=start), x_exit, t_exit))
+        flow = model(x_exit, t_exit, context, cache=cache, start_frame=start)
+        outputs.append(flow_to_x0(flow, x_exit, t_exit, stage.grid))
         with torch.no_grad():
             model(clean, t_ctx, context, cache=cache, start_frame=start)
     (torch.cat(outputs, dim=1) * weights).sum().backward()
@@ -270,7 +269,7 @@ def test_diffusion_loss_weighting_bump_or_uniform(tiny_run_data, tmp_path):
     for weighting in ("bump", "uniform"):
         t = trainer(tiny_run_data, "ar_diffusion_tf_chunkwise", "latents", tmp_path,
                     diffusion_loss_weighting=weighting)
-        t.stage.grid = torch.full_like(t.stage.grid, 999.0)  # every frame at the noisiest training level
+        t.stage.timesteps = torch.full_like(t.stage.timesteps, 999.0)  # every frame at the noisiest level
         with torch.no_grad():
             loss[weighting] = t.stage.generator_loss(t.models, t.batch(0, 0), 0).item()
     assert loss["uniform"] > 0.1 and loss["bump"] < 0.01 * loss["uniform"]

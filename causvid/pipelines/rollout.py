@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from causvid.flow import add_noise, cfg, flow_to_x0, model_timesteps, sampling_sigmas, unipc_sample
+from causvid.models.wan.attention import block_layout
 
 # sampler(flow_fn, noise, block_index) -> clean sample; flow_fn(x, t) -> flow with t of shape [B, F]
 Sampler = Callable[[Callable, torch.Tensor, int], torch.Tensor]
@@ -32,13 +33,16 @@ def generator_noise(generator: torch.Generator = None) -> NoiseFn:
 
 def few_step_sampler(steps: Sequence[float], first_block_steps: Sequence[float] = None,
                      generator: torch.Generator = None, noise_fn: NoiseFn = None,
-                     exit_step: Callable[[int], int] = None) -> Sampler:
+                     exit_step: Callable[[int], int] = None, grid: float = None,
+                     trajectory: list = None) -> Sampler:
     """The distilled students' sampler (CausVid / Self-Forcing inference): predict x0 at each listed
     timestep, re-noise it with fresh noise to the next one. `first_block_steps` replaces the list for block 0
     (Causal-Forcing's 1/2-step models give the first block 4 steps).
 
     exit_step(block_index) -> i: Self-Forcing training. Stop at step i and return its x0; the steps before it
     run without gradient, so the generator's gradient comes from the exit step alone.
+    grid: the shift of the training grid that flow -> x0 and re-noising snap to (the originals'), or None.
+    trajectory: a list that receives, per step, the state the model saw (CausVid's backward simulation).
     """
     noise_fn = noise_fn or generator_noise(generator)
 
@@ -47,10 +51,12 @@ def few_step_sampler(steps: Sequence[float], first_block_steps: Sequence[float] 
         last = len(block_steps) - 1 if exit_step is None else exit_step(block_index)
         for i, step in enumerate(block_steps[:last + 1]):
             t = torch.full(x.shape[:2], float(step), device=x.device)
+            if trajectory is not None:
+                trajectory.append(x)
             with torch.set_grad_enabled(torch.is_grad_enabled() and (exit_step is None or i == last)):
-                x0 = flow_to_x0(flow_fn(x, t), x, t)
+                x0 = flow_to_x0(flow_fn(x, t), x, t, grid)
             if i < last:
-                x = add_noise(x0, noise_fn(x0, (block_index, i)), torch.full_like(t, float(block_steps[i + 1])))
+                x = add_noise(x0, noise_fn(x0, (block_index, i)), torch.full_like(t, float(block_steps[i + 1])), grid)
         return x0
     return sample
 
@@ -68,42 +74,54 @@ def ode_sampler(num_steps: int = 50, shift: float = 5.0) -> Sampler:
 
 def causal_rollout(model, noise: torch.Tensor, context: torch.Tensor, *, num_frame_per_block: int,
                    sampler: Sampler, negative_context: torch.Tensor = None, guidance_scale: float = 1.0,
-                   context_noise: float = 0.0, local_attn_size: int = -1, sink_size: int = 0,
+                   context_noise: float = 0.0, noise_context: bool = False, grid: float = None,
+                   local_attn_size: int = -1, sink_size: int = 0, cache_gradient: str = "straight_through",
                    initial_latent: torch.Tensor = None, use_cache: bool = True,
+                   independent_first_frame: bool = False,
                    generator: torch.Generator = None, noise_fn: NoiseFn = None) -> Iterator[tuple]:
     """Yield (start_frame, clean latents [B, n, C, H, W]) block by block, for noise [B, F, C, H, W].
 
     negative_context + guidance_scale: classifier-free guidance in Wan's form (many-step AR diffusion), with
     a second KV cache for the unconditional stream. initial_latent [B, k, ...]: given first frames (an I2V
     image latent, or the overlap of a long video) written into the cache at t = 0 and yielded first.
+
+    The cache refresh runs the model at t = context_noise on the clean block (Self-Forcing / Causal-Forcing
+    inference) or, with noise_context (their training), on the block noised to context_noise first, through
+    `add_noise` on `grid`: on the originals' grid even context_noise 0 adds sigma 0.005 of noise (shift 5).
+    cache_gradient: how a training rollout's gradient crosses blocks through the cache (`KVCache`).
+    independent_first_frame: frame 0 is a block of its own, [1, N, N, ...] (Self-Forcing's layout; with a
+    one-frame initial_latent, the I2V layout).
     """
     batch, frames = noise.shape[:2]
     first = 0 if initial_latent is None else initial_latent.shape[1]
-    if (frames - first) % num_frame_per_block or first % num_frame_per_block:
-        raise ValueError(f"{first} given + {frames - first} generated latent frames do not split into blocks "
-                         f"of num_frame_per_block={num_frame_per_block}")
+    blocks = block_layout(frames, num_frame_per_block, independent_first_frame)
+    if first not in [start for start, _ in blocks] + [frames]:
+        raise ValueError(f"{first} given latent frames end inside a block of num_frame_per_block="
+                         f"{num_frame_per_block}: give whole blocks")
     guided = negative_context is not None and guidance_scale != 1.0
     noise_fn = noise_fn or generator_noise(generator)
-    streams = [_Stream(model, context, batch, frames, num_frame_per_block, local_attn_size, sink_size, use_cache)]
+    window = dict(local_attn_size=local_attn_size, sink_size=sink_size)
+    layout = dict(num_frame_per_block=num_frame_per_block, independent_first_frame=independent_first_frame)
+    streams = [_Stream(model, context, batch, frames, layout, window, use_cache, cache_gradient)]
     if guided:
-        streams.append(_Stream(model, negative_context, batch, frames, num_frame_per_block, local_attn_size,
-                               sink_size, use_cache))
+        streams.append(_Stream(model, negative_context, batch, frames, layout, window, use_cache, cache_gradient))
 
-    for start in range(0, first, num_frame_per_block):
-        block = initial_latent[:, start:start + num_frame_per_block]
+    for start, size in blocks:
+        if start >= first:
+            break
+        block = initial_latent[:, start:start + size]
         for s in streams:
             s.commit(block, torch.zeros(block.shape[:2], device=block.device), start)
         yield start, block
 
-    for index, start in enumerate(range(first, frames, num_frame_per_block)):
+    for index, (start, size) in enumerate([b for b in blocks if b[0] >= first]):
         def flow_fn(x, t):
             flows = [s.flow(x, t, start) for s in streams]
             return cfg(flows[0], flows[1], guidance_scale) if guided else flows[0]
-        x0 = sampler(flow_fn, noise[:, start:start + num_frame_per_block], index)
+        x0 = sampler(flow_fn, noise[:, start:start + size], index)
         t_ctx = torch.full(x0.shape[:2], float(context_noise), device=x0.device)
-        # The refresh input: the clean block, noised to context_noise when that is > 0 (Self-Forcing training).
         with torch.no_grad():  # the refresh pass only writes the cache: no graph
-            ctx = add_noise(x0, noise_fn(x0, (index, "context")), t_ctx) if context_noise > 0 else x0.detach()
+            ctx = add_noise(x0, noise_fn(x0, (index, "context")), t_ctx, grid) if noise_context else x0.detach()
             for s in streams:
                 s.commit(ctx, t_ctx, start)
         yield start, x0
@@ -113,17 +131,16 @@ class _Stream:
     """One conditioning stream of the rollout: a prompt and its KV cache (or, without a cache, the clean
     context frames to recompute)."""
 
-    def __init__(self, model, context, batch, frames, block, local_attn_size, sink_size, use_cache):
-        self.model, self.context, self.block = model, context, block
-        self.window = dict(local_attn_size=local_attn_size, sink_size=sink_size)
-        self.cache = model.new_cache(batch, max_frames=frames, **self.window) if use_cache else None
+    def __init__(self, model, context, batch, frames, layout, window, use_cache, cache_gradient):
+        self.model, self.context, self.layout, self.window = model, context, layout, window
+        self.cache = model.new_cache(batch, max_frames=frames, gradient=cache_gradient, **window) if use_cache else None
         self.done, self.done_t = [], []
 
     def flow(self, x, t, start):
         if self.cache is not None:
             return self.model(x, t, self.context, cache=self.cache, start_frame=start)
         full = self.model(torch.cat(self.done + [x], dim=1), torch.cat(self.done_t + [t], dim=1), self.context,
-                          causal=True, num_frame_per_block=self.block, **self.window)
+                          causal=True, **self.layout, **self.window)
         return full[:, start:]
 
     def commit(self, clean, t, start):

@@ -75,8 +75,9 @@ def _install_cache_options(model, **options) -> None:
     model._speed_cache_options = opts
     num_layers = len(model.blocks)
 
-    def new_cache(batch_size: int, max_frames: int = None, local_attn_size: int = -1, sink_size: int = 0):
-        cache = SpeedKVCache(num_layers, batch_size, max_frames, local_attn_size, sink_size)
+    def new_cache(batch_size: int, max_frames: int = None, local_attn_size: int = -1, sink_size: int = 0,
+                  gradient: str = "straight_through"):
+        cache = SpeedKVCache(num_layers, batch_size, max_frames, local_attn_size, sink_size, gradient)
         cache.reuse_cross, cache.eager_update = opts["reuse_cross"], opts["eager_update"]
         return cache
 

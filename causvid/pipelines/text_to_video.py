@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from causvid.config import denoising_steps, first_block_steps, warp_shift
+from causvid.config import denoising_steps, first_block_steps, generator_grid, warp_shift
 from causvid.models.text_encoder import WanTextEncoder
 from causvid.models.vae import WanVAE
 from causvid.models.wan import WanDiT
@@ -108,7 +108,8 @@ class VideoGenerator:
     def sampler(self, generator):
         steps = denoising_steps(self.config)
         if steps:  # a distilled few-step model
-            return few_step_sampler(steps, first_block_steps(self.config), generator=generator), 1.0
+            return few_step_sampler(steps, first_block_steps(self.config), generator=generator,
+                                    grid=generator_grid(self.config)), 1.0
         # a many-step model (AR-diffusion teacher): Wan's UniPC with CFG in Wan's form (SF/CF's
         # causal diffusion inference reads guidance_scale the same way)
         return ode_sampler(self.config.num_inference_steps, warp_shift(self.config)), self.config.guidance_scale
@@ -137,7 +138,8 @@ class VideoGenerator:
             blocks = causal_rollout(comp.dit, noise, context, num_frame_per_block=cfg.num_frame_per_block,
                                     sampler=sampler, negative_context=negative, guidance_scale=guidance,
                                     context_noise=cfg.context_noise, local_attn_size=window, sink_size=sink,
-                                    initial_latent=initial_latent, generator=gen)
+                                    initial_latent=initial_latent, generator=gen,
+                                    independent_first_frame=bool(cfg.independent_first_frame))
         else:
             blocks = iter([(0, bidirectional_sample(comp.dit, noise, context, sampler=sampler,
                                                      negative_context=negative, guidance_scale=guidance))])

@@ -134,7 +134,7 @@ class ToyPipeline:
             common = dict(wan_model_path=teacher_folder, real_model_path=teacher_folder)
             # CausVid: ODE init from the bidirectional teacher's pairs, then DMD on noised data latents
             ode = self.stage(f"causvid_ode_{layout}", lambda f: self.train(
-                f, f"ode_{layout}", b.ode_steps, generator_ckpt=teacher_folder,
+                f, f"ode_{layout}", b.ode_steps, generator_ckpt=teacher_folder, ode_layout="causvid",
                 data_path=ode_pairs / "lmdb", **common))
             dmd = self.stage(f"causvid_dmd_{layout}", lambda f: self.train(
                 f, f"causvid_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(ode), data_path=data / "latents",

@@ -6,7 +6,8 @@ noise - x0. Latents are [B, F, C, H, W]; per-frame quantities are [B, F].
 """
 import torch
 
-from causvid.flow import shift_sigma
+from causvid.flow import shift_sigma, training_timesteps
+from causvid.models.wan.attention import block_layout
 
 
 def shifted_timesteps(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -14,21 +15,23 @@ def shifted_timesteps(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift_sigma(u, shift) * 1000.0
 
 
-def blockwise(values: torch.Tensor, num_frame_per_block: int) -> torch.Tensor:
-    """Make per-frame values [B, F] equal within each block by repeating each block's first value."""
-    batch, frames = values.shape
-    first = values[:, ::num_frame_per_block]
-    return first.repeat_interleave(num_frame_per_block, dim=1)[:, :frames]
+def blockwise(values: torch.Tensor, num_frame_per_block: int, independent_first_frame: bool = False) -> torch.Tensor:
+    """Make per-frame values [B, F] equal within each block by repeating each block's first value (blocks as
+    `block_layout` makes them)."""
+    blocks = block_layout(values.shape[1], num_frame_per_block, independent_first_frame)
+    return torch.cat([values[:, start:start + 1].expand(-1, size) for start, size in blocks], dim=1)
 
 
-def training_weight(t: torch.Tensor) -> torch.Tensor:
-    """Self-Forcing's diffusion-loss weight over the 1000-step grid: a bump centred at t = 500,
-    exp(-2 ((t - 500) / 1000)^2), shifted to start at 0 and scaled so that it averages 1 over t in [0, 1000)."""
-    grid = torch.arange(1000, dtype=torch.float64)
-    bump = lambda x: torch.exp(-2 * ((x - 500.0) / 1000.0) ** 2)  # noqa: E731
-    low = bump(grid).min()
-    scale = 1000.0 / (bump(grid) - low).sum()
-    return ((bump(t.double()) - low) * scale).to(t.dtype)
+def training_weight(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Self-Forcing's diffusion-loss weight: a bump centred at t = 500, exp(-2 ((t - 500) / 1000)^2), minus its
+    minimum and scaled to average 1, both over the points of the shifted 1000-step training grid (whose
+    timesteps crowd towards 1000 at shift 5), read at the grid point nearest to t, as the originals'
+    scheduler (`training_weight`) does. In float32 like theirs."""
+    grid = training_timesteps(shift).float()
+    bump = torch.exp(-2 * ((grid - 500.0) / 1000.0) ** 2)
+    table = (bump - bump.min()) * (1000.0 / (bump - bump.min()).sum())
+    index = (grid.to(t.device)[None, :] - t.reshape(-1, 1).float()).abs().argmin(dim=1)
+    return table.to(t.device)[index].reshape(t.shape).to(t.dtype)
 
 
 def flow_matching_loss(pred_flow: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,
@@ -47,8 +50,9 @@ def ode_regression_loss(pred_x0: torch.Tensor, target: torch.Tensor, t: torch.Te
 
 
 def dmd_gradient(x: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> torch.Tensor:
-    """Distribution-matching gradient (DMD): fake - real score difference in x0 space, normalised per sample
-    by mean |x - real_x0| so its scale does not depend on how far the sample is from the data."""
+    """Distribution-matching gradient (DMD, Yin et al. 2024, eq. 7 with the normalisation of eq. 8): the
+    fake - real score difference in x0 space, divided per sample by mean |x - real_x0| so its scale does not
+    depend on how far the sample is from the data; NaN (a zero normaliser) becomes 0."""
     norm = (x.double() - real_x0.double()).abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
     grad = (fake_x0.double() - real_x0.double()) / norm
     return torch.nan_to_num(grad)
@@ -61,5 +65,6 @@ def dmd_loss(x: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> t
 
 
 def critic_flow_loss(pred_flow: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """The fake score's denoising loss on generator samples x0 (flow parameterisation)."""
+    """The fake score's denoising loss on generator samples x0 (flow parameterisation): mean of
+    (pred_flow - (noise - x0))^2 over every element (DMD2, Yin et al. 2024, eq. 5, in flow form)."""
     return flow_matching_loss(pred_flow, noise, x0)

@@ -10,15 +10,16 @@ the config picks the stage (`trainer`, or CausVid's `distillation_loss`).
   the generator's sample is built CausVid-style (noised data latents per block, or backward simulation) or
   Self-Forcing-style (its own KV-cached rollout, gradient from a random exit step only).
 
-Every random draw is keyed by (seed, step, global sample index, purpose): see `rng.py`.
+Every random draw is keyed by (seed, step, global sample index, purpose): see `rng.py`. The generator and
+the critic update of a step read different batches and draw afresh, as the originals do.
 """
 from dataclasses import dataclass
 
 import torch
 
-from causvid.config import (ConfigError, denoising_steps, first_block_steps, generator_is_causal,
-                            guidance_scale, trainer_name, warp_shift)
-from causvid.flow import add_noise, cfg as guided, flow_to_x0, training_timesteps
+from causvid.config import (ConfigError, denoising_steps, dmd_input, first_block_steps, generator_grid,
+                            generator_is_causal, guidance_scale, ode_layout, score_grid, trainer_name, warp_shift)
+from causvid.flow import add_noise, cfg as guided, flow_to_x0, normalize_step_list, training_timesteps, x0_to_flow
 from causvid.pipelines.rollout import causal_rollout, few_step_sampler
 from causvid import rng
 from causvid.training.losses import (blockwise, critic_flow_loss, dmd_loss, flow_matching_loss,
@@ -43,6 +44,8 @@ class Stage:
         self.seed = cfg.seed
         self.causal = generator_is_causal(cfg)
         self.block = cfg.num_frame_per_block
+        self.first_alone = bool(cfg.independent_first_frame)  # Self-Forcing's [1, N, N, ...] block layout
+        self.grid = generator_grid(cfg)  # the shifted grid the generator's noising and flow -> x0 snap to
 
     # keyed randomness: one draw per global sample, the same whatever the batch or process layout
     def noise(self, like, batch, step, *tag):
@@ -55,10 +58,10 @@ class Stage:
     def levels(self, count, frames, batch, step, tag, device, per_block):
         """An index in [0, count) per frame [B, F], shared within blocks (per_block) or by the whole video."""
         idx = (self.uniform((frames,), batch, step, tag, device=device) * count).long().clamp(max=count - 1)
-        return blockwise(idx, self.block) if per_block else idx[:, :1].expand(-1, frames)
+        return blockwise(idx, self.block, self.first_alone) if per_block else idx[:, :1].expand(-1, frames)
 
     def generator_kwargs(self):
-        return dict(causal=self.causal, num_frame_per_block=self.block)
+        return dict(causal=self.causal, num_frame_per_block=self.block, independent_first_frame=self.first_alone)
 
     def generator_loss(self, models: Models, batch: dict, step: int) -> torch.Tensor:
         raise NotImplementedError
@@ -73,7 +76,8 @@ class DiffusionStage(Stage):
         self.teacher_forcing = bool(cfg.teacher_forcing)
         if self.teacher_forcing and not self.causal:
             raise ConfigError("teacher_forcing needs a causal generator (causal: true / generator_name: causal_wan)")
-        self.grid = training_timesteps(warp_shift(cfg)).float()
+        self.shift = warp_shift(cfg)
+        self.timesteps = training_timesteps(self.shift).float()
         self.caption_dropout = float(cfg.caption_dropout)
         self.needs_negative = self.caption_dropout > 0
         if cfg.diffusion_loss_weighting not in ("bump", "uniform"):
@@ -88,11 +92,14 @@ class DiffusionStage(Stage):
             drop = self.uniform((1,), batch, step, "caption_dropout", device=x0.device) < self.caption_dropout
             context = torch.where(drop[:, :, None], batch["negative"], context)
         idx = self.levels(1000, x0.shape[1], batch, step, "t", x0.device, per_block=self.causal)
-        t = self.grid.to(x0.device)[idx]
+        t = self.timesteps.to(x0.device)[idx]
         noise = self.noise(x0, batch, step, "noise")
-        pred = models.generator(add_noise(x0, noise, t), t, context,
-                                clean_x=x0 if self.teacher_forcing else None, **self.generator_kwargs())
-        return flow_matching_loss(pred, noise, x0, training_weight(t) if self.bump_weight else None)
+        x_t = add_noise(x0, noise, t, self.grid)
+        pred = models.generator(x_t, t, context, clean_x=x0 if self.teacher_forcing else None,
+                                **self.generator_kwargs())
+        self.last_output = flow_to_x0(pred.detach(), x_t, t, self.grid)
+        weight = training_weight(t, self.shift) if self.bump_weight else None
+        return flow_matching_loss(pred, noise, x0, weight)
 
 
 class ODEStage(Stage):
@@ -104,21 +111,24 @@ class ODEStage(Stage):
             raise ConfigError("the ode trainer needs denoising_step_list (the levels the ODE pairs were saved at)")
         # the list's levels, with CausVid's trailing 0 kept as a level (its clean slot, context only)
         self.times = denoising_steps(cfg) + ([0.0] if list(cfg.denoising_step_list)[-1] == 0 else [])
+        self.layout = ode_layout(cfg)
 
     def generator_loss(self, models, batch, step):
         ode = batch["ode"]  # [B, S, F, C, H, W]
         slots, frames = ode.shape[1], ode.shape[2]
-        causal_forcing = slots == len(self.times) + 2  # [..., ODE output, real latent]
-        if not (causal_forcing or slots in (len(self.times), len(self.times) + 1)):
-            raise ValueError(f"ODE rows have {slots} slots; the step list {self.times} needs {len(self.times)} "
-                             f"or {len(self.times) + 1} (CausVid / Self-Forcing) or {len(self.times) + 2} "
-                             "(Causal Forcing)")
+        causal_forcing = self.layout == "causal_forcing"  # [noise, states..., ODE output, real latent]
+        expected = [len(self.times) + 2] if causal_forcing else [len(self.times), len(self.times) + 1]
+        if slots not in expected:
+            raise ValueError(f"ODE rows have {slots} slots; ode_layout {self.layout!r} with the step list "
+                             f"{self.times} needs {' or '.join(map(str, expected))} (set ode_layout: causvid or "
+                             "causal_forcing to match the data)")
         idx = self.levels(len(self.times), frames, batch, step, "level", ode.device,
                           per_block=self.causal and not causal_forcing)
         t = torch.tensor(self.times, device=ode.device)[idx]
         x_t = torch.gather(ode, 1, idx[:, None, :, None, None, None].expand(-1, 1, -1, *ode.shape[3:]))[:, 0]
         clean = ode[:, -1] if causal_forcing else None
-        pred = flow_to_x0(models.generator(x_t, t, batch["context"], clean_x=clean, **self.generator_kwargs()), x_t, t)
+        flow = models.generator(x_t, t, batch["context"], clean_x=clean, **self.generator_kwargs())
+        pred = flow_to_x0(flow, x_t, t, self.grid)
         self.last_output = pred.detach()
         return ode_regression_loss(pred, ode[:, -2] if causal_forcing else ode[:, -1], t)
 
@@ -133,76 +143,89 @@ class DMDStage(Stage):
             raise ConfigError("DMD needs denoising_step_list (the generator's few steps)")
         self.steps = denoising_steps(cfg)
         self.first_steps = first_block_steps(cfg)
+        # CausVid draws the generator's input level from the list as written (a trailing 0 is a level)
+        listed = [float(s) for s in cfg.denoising_step_list]
+        self.times = normalize_step_list(listed, bool(cfg.warp_denoising_step), warp_shift(cfg)) + \
+            ([0.0] if listed[-1] == 0 else [])
         self.shift = float(cfg.timestep_shift)
         self.scale = guidance_scale(cfg)
-        # Self-Forcing / Causal-Forcing files name a trainer; CausVid's do not (and build inputs from data)
-        self.self_forcing = cfg.trainer is not None
-        self.backward_simulation = bool(cfg.backward_simulation)
-        self.data = "prompts" if (self.self_forcing or self.backward_simulation) else "latents"
+        self.score_grid = score_grid(cfg)
+        self.input = dmd_input(cfg)
+        if cfg.kv_cache_gradient not in ("straight_through", "detached"):
+            raise ConfigError(f"kv_cache_gradient={cfg.kv_cache_gradient!r}: expected 'straight_through' "
+                              "(Self-Forcing's) or 'detached'")
+        self.data = "latents" if self.input == "data" else "prompts"
         self.shape = list(cfg.image_or_video_shape)[1:]
-        if self.self_forcing and not self.causal:
-            raise ConfigError("Self-Forcing DMD (trainer: score_distillation) needs a causal generator")
+        if self.input == "self_forcing" and not self.causal:
+            raise ConfigError("dmd_input self_forcing (trainer: score_distillation) needs a causal generator")
 
     # -- the generator's sample -------------------------------------------------------------------------------
-    def generate(self, models, batch, step):
-        if self.self_forcing:
-            return self._self_forcing_rollout(models, batch, step)
-        return self._causvid_input(models, batch, step)
+    def generate(self, models, batch, step, role="generator"):
+        """The generator's clean sample for this batch; `role` ("generator" / "critic") keys its random draws."""
+        if self.input == "self_forcing":
+            return self._self_forcing_rollout(models, batch, step, role)
+        return self._causvid_input(models, batch, step, role)
 
-    def _self_forcing_rollout(self, models, batch, step):
+    def _self_forcing_rollout(self, models, batch, step, role):
         ctx = batch["context"]
-        noise = self.noise(torch.empty(len(batch["samples"]), *self.shape, device=ctx.device), batch, step, "noise")
+        noise = self.noise(torch.empty(len(batch["samples"]), *self.shape, device=ctx.device), batch, step,
+                           role, "noise")
         cfg = self.cfg
-
-        def exit_index(steps, block):
-            if cfg.last_step_only:
-                return len(steps) - 1
-            key = ("exit",) if cfg.same_step_across_blocks else ("exit", block)
-            return int(rng.randint(len(steps), (), self.seed, step, *key))  # shared by the batch (and ranks)
-
-        def exit_step(block):
-            steps = self.first_steps if (block == 0 and self.first_steps) else self.steps
-            return exit_index(steps, "first" if block == 0 and self.first_steps else block)
-
-        sampler = few_step_sampler(self.steps, self.first_steps, exit_step=exit_step,
-                                   noise_fn=lambda like, tag: self.noise(like, batch, step, "renoise", *tag))
+        exit_step = lambda block: self.exit_step(step, role, block)  # noqa: E731
+        sampler = few_step_sampler(self.steps, self.first_steps, exit_step=exit_step, grid=self.grid,
+                                   noise_fn=lambda like, tag: self.noise(like, batch, step, role, "renoise", *tag))
         blocks = causal_rollout(models.generator, noise, ctx, num_frame_per_block=self.block, sampler=sampler,
-                                context_noise=cfg.context_noise,
-                                noise_fn=lambda like, tag: self.noise(like, batch, step, "context", *tag))
+                                context_noise=cfg.context_noise, noise_context=True, grid=self.grid,
+                                cache_gradient=cfg.kv_cache_gradient, independent_first_frame=self.first_alone,
+                                noise_fn=lambda like, tag: self.noise(like, batch, step, role, "context", *tag))
         return torch.cat([x0 for _, x0 in blocks], dim=1)
 
-    def _causvid_input(self, models, batch, step):
-        """CausVid: the generator denoises, with gradient, one level per block of either the data latents
-        noised to the step list's levels, or (backward simulation) its own no-grad run from noise."""
-        times = self.steps + [0.0]
+    def exit_step(self, step, role, block):
+        """The step whose x0 leaves `block` (with gradient) in a Self-Forcing rollout: drawn per rollout
+        (same_step_across_blocks) or per block, shared by the batch and every rank; block 0's own schedule
+        (denoising_step_list_first_chunk) draws independently of the other blocks, as the original does."""
+        first = block == 0 and bool(self.first_steps)
+        steps = self.first_steps if first else self.steps
+        if self.cfg.last_step_only:
+            return len(steps) - 1
+        key = ("exit_first",) if first else ("exit",) if self.cfg.same_step_across_blocks else ("exit", block)
+        return int(rng.randint(len(steps), (), self.seed, step, role, *key))
+
+    def _causvid_input(self, models, batch, step, role):
+        """CausVid: the generator denoises, with gradient, one level per block (per video when bidirectional)
+        of the listed levels, taken from the data latents noised to each level (the clean latent itself at
+        t = 0), or (backward simulation) from its own no-grad few-step run from noise."""
         ctx = batch["context"]
-        if self.backward_simulation:
-            x = self.noise(torch.empty(len(batch["samples"]), *self.shape, device=ctx.device), batch, step, "noise")
-            states = [x]
+        kwargs = self.generator_kwargs()
+        if self.input == "backward_simulation":
+            x = self.noise(torch.empty(len(batch["samples"]), *self.shape, device=ctx.device), batch, step,
+                           role, "noise")
+            noisy = [level for level in self.times if level > 0]
+            states = []
+            sampler = few_step_sampler(noisy, grid=self.grid, trajectory=states,
+                                       noise_fn=lambda like, tag: self.noise(like, batch, step, role, "sim", *tag))
             with torch.no_grad():
-                for i, level in enumerate(self.steps):
-                    t = torch.full(x.shape[:2], level, device=x.device)
-                    x0 = flow_to_x0(models.generator(x, t, ctx, **self.generator_kwargs()), x, t)
-                    nxt = times[i + 1]
-                    x = add_noise(x0, self.noise(x0, batch, step, "sim", i), torch.full_like(t, nxt))
-                    states.append(x)
-            states = torch.stack(states, dim=1)
+                x0 = sampler(lambda x_, t_: models.generator(x_, t_, ctx, **kwargs), x, 0)
+            if len(noisy) < len(self.times):
+                states.append(x0)  # a trailing 0: the clean end of the run is a level too
         else:
             clean = batch["clean"]
-            states = torch.stack([add_noise(clean, self.noise(clean, batch, step, "level", i),
-                                            torch.full(clean.shape[:2], level, device=clean.device))
-                                  for i, level in enumerate(times)], dim=1)
+            states = [add_noise(clean, self.noise(clean, batch, step, role, "level", i),
+                                torch.full(clean.shape[:2], level, device=clean.device), self.grid)
+                      if level > 0 else clean for i, level in enumerate(self.times)]
+        states = torch.stack(states, dim=1)
         frames = states.shape[2]
-        idx = self.levels(len(times), frames, batch, step, "index", states.device, per_block=self.causal)
+        idx = self.levels(len(self.times), frames, batch, step, (role, "index"), states.device,
+                          per_block=self.causal)
         x_t = torch.gather(states, 1, idx[:, None, :, None, None, None].expand(-1, 1, -1, *states.shape[3:]))[:, 0]
-        t = torch.tensor(times, device=states.device)[idx]
-        flow = models.generator(x_t, t, ctx, **self.generator_kwargs())
-        return flow_to_x0(flow, x_t, t)  # at t = 0 this is x_t itself: the clean context passes through
+        t = torch.tensor(self.times, device=states.device)[idx]
+        # at t = 0 the frame is clean context: x0 = x - sigma(t) * flow, with the grid's smallest sigma (CausVid)
+        return flow_to_x0(models.generator(x_t, t, ctx, **kwargs), x_t, t, self.grid)
 
     # -- losses -----------------------------------------------------------------------------------------------
     def dmd_timesteps(self, x, batch, step, tag):
-        """One t per video: uniform, shifted, clamped to [20, 980] (CausVid / Self-Forcing)."""
-        u = self.uniform((1,), batch, step, tag, device=x.device)
+        """One t per video, as the originals draw it: an integer in [0, 1000), shifted, clamped to [20, 980]."""
+        u = (self.uniform((1,), batch, step, tag, device=x.device) * 1000).floor() / 1000
         return shifted_timesteps(u, self.shift).clamp(20.0, 980.0).expand(-1, x.shape[1])
 
     def generator_loss(self, models, batch, step):
@@ -210,20 +233,23 @@ class DMDStage(Stage):
         self.last_output = x.detach()
         t = self.dmd_timesteps(x, batch, step, "dmd_t")
         with torch.no_grad():
-            x_t = add_noise(x.detach(), self.noise(x, batch, step, "dmd_noise"), t)
-            fake = flow_to_x0(models.fake_score(x_t, t, batch["context"]), x_t, t)
-            cond = flow_to_x0(models.real_score(x_t, t, batch["context"]), x_t, t)
-            uncond = flow_to_x0(models.real_score(x_t, t, batch["negative"]), x_t, t)
+            x_t = add_noise(x.detach(), self.noise(x, batch, step, "dmd_noise"), t, self.grid)
+            fake = flow_to_x0(models.fake_score(x_t, t, batch["context"]), x_t, t, self.score_grid)
+            cond = flow_to_x0(models.real_score(x_t, t, batch["context"]), x_t, t, self.score_grid)
+            uncond = flow_to_x0(models.real_score(x_t, t, batch["negative"]), x_t, t, self.score_grid)
             real = guided(cond, uncond, 1.0 + self.scale)  # cond + s (cond - uncond)
         return dmd_loss(x, real, fake)
 
     def critic_loss(self, models, batch, step):
+        """Flow matching of the fake score on a fresh sample. Its x0 is read on the scores' grid and turned back
+        into flow on the generator's, as the originals do: the target scales by sigma_score / sigma_gen."""
         with torch.no_grad():
-            x = self.generate(models, batch, step)
+            x = self.generate(models, batch, step, role="critic")
         t = self.dmd_timesteps(x, batch, step, "critic_t")
         noise = self.noise(x, batch, step, "critic_noise")
-        pred = models.fake_score(add_noise(x, noise, t), t, batch["context"])
-        return critic_flow_loss(pred, noise, x)
+        x_t = add_noise(x, noise, t, self.grid)
+        pred_x0 = flow_to_x0(models.fake_score(x_t, t, batch["context"]), x_t, t, self.score_grid)
+        return critic_flow_loss(x0_to_flow(pred_x0, x_t, t, grid=self.grid), noise, x)
 
 
 STAGES = {"diffusion": DiffusionStage, "ode": ODEStage, "score_distillation": DMDStage}

@@ -75,10 +75,14 @@ class Trainer:
             return [{"prompts": p} for p in read_prompt_file(path)]
         return ODERegressionLMDBDataset(path) if self.stage.data == "ode" else LatentLMDBDataset(path)
 
-    def batch(self, step: int, micro: int) -> dict:
-        """This rank's micro-batch: global sample positions, the dataset rows they map to, prompt embeddings."""
+    def batch(self, step: int, micro: int, role: str = "generator") -> dict:
+        """This rank's micro-batch: global sample positions, the dataset rows they map to, prompt embeddings.
+        With a critic, each step has two batches, the generator's and the critic's (the originals draw a new
+        batch for each update)."""
         size, n = self.cfg.batch_size, len(self.dataset)
-        first = ((step * self.cfg.grad_accum + micro) * self.dist.world_size + self.dist.rank) * size
+        roles = 2 if self.stage.has_critic else 1
+        slot = step * roles + (1 if role == "critic" else 0)
+        first = ((slot * self.cfg.grad_accum + micro) * self.dist.world_size + self.dist.rank) * size
         positions = list(range(first, first + size))
         rows = [self.dataset[_row(p, n, self.cfg.seed)] for p in positions]
         device = self.dist.device
@@ -98,7 +102,7 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(self.cfg.grad_accum):
-            batch = self.batch(self.step, micro)
+            batch = self.batch(self.step, micro, role=name)
             with torch.autocast(self.dist.device.type, torch.bfloat16,
                                 enabled=bool(self.cfg.mixed_precision) and self.dist.device.type == "cuda"):
                 loss = loss_fn(self.models, batch, self.step) / self.cfg.grad_accum
@@ -168,7 +172,8 @@ class Trainer:
         optim = {name: D.full_optimizer_state(self._model_of(name), opt) for name, opt in self.optimizers.items()}
         if self.dist.is_main:
             state = {"step": self.step, "optimizers": optim, "ema_started": self.ema is not None,
-                     "samples_seen": self.step * self.cfg.grad_accum * self.dist.world_size * self.cfg.batch_size}
+                     "samples_seen": self.step * (2 if self.stage.has_critic else 1) * self.cfg.grad_accum
+                     * self.dist.world_size * self.cfg.batch_size}
             path = save_checkpoint(self.logdir, self.step, models, state)
             save_config(self.cfg, self.logdir / "config.yaml")
             self._print(f"saved {path}")

@@ -6,7 +6,8 @@ that share RoPE positions. Frames are grouped into blocks of `block` frames (1 =
 
 The rule, `MaskSpec.allowed(q, k)`, is written with tensor ops on token indices only, so the same function
 builds a dense boolean mask for SDPA and serves as a FlexAttention `mask_mod`:
-- one stream: a token sees every token of its own block and of earlier blocks;
+- one stream: a token sees every token of its own block and of earlier blocks (blocks of `block` frames, or
+  with `independent_first_frame` frame 0 alone and then blocks of `block`, Self-Forcing's [1, 3, 3, ...]);
 - teacher forcing: a clean token sees clean tokens up to the end of its block; a noisy token of block b sees
   the noisy tokens of block b and the clean tokens of blocks 0..b-1;
 - local window (`local_attn_size` frames, with `sink_size` first frames always kept): a key frame g is also
@@ -41,6 +42,17 @@ def set_attention_backend(name: str) -> None:
     _backend = name
 
 
+def block_layout(num_frames: int, block: int, independent_first_frame: bool = False) -> list:
+    """The autoregressive blocks of a video as (start frame, size): blocks of `block` frames, or with
+    `independent_first_frame` (Self-Forcing's layout) frame 0 alone and then blocks of `block`: [1, 3, 3, ...]."""
+    first = 1 if independent_first_frame else 0
+    if num_frames < first or (num_frames - first) % block:
+        layout = f"1 + {block} * k" if independent_first_frame else f"a multiple of {block}"
+        raise ValueError(f"{num_frames} latent frames do not split into blocks of num_frame_per_block={block}"
+                         f"{' after an independent first frame' if first else ''} (need {layout})")
+    return [(0, 1)] * first + [(start, block) for start in range(first, num_frames, block)]
+
+
 @dataclass(frozen=True)
 class MaskSpec:
     num_frames: int          # latent frames per stream
@@ -49,6 +61,7 @@ class MaskSpec:
     teacher_forcing: bool = False
     local_attn_size: int = -1  # frames; -1 = unlimited
     sink_size: int = 0
+    independent_first_frame: bool = False  # frame 0 is a block of its own: [1, block, block, ...]
 
     def __post_init__(self):
         if self.block < 1:
@@ -65,8 +78,11 @@ class MaskSpec:
     def allowed(self, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
         stream_len = self.num_frames * self.frame_tokens
         q_frame, k_frame = (q_idx % stream_len) // self.frame_tokens, (k_idx % stream_len) // self.frame_tokens
-        q_start = (q_frame // self.block) * self.block
+        off = 1 if self.independent_first_frame else 0
+        q_start = off + ((q_frame - off) // self.block) * self.block
         q_end = q_start + self.block
+        if off:  # frame 0: a block of one frame
+            q_start, q_end = torch.where(q_frame < off, 0, q_start), torch.where(q_frame < off, off, q_end)
         if self.teacher_forcing:
             q_noisy, k_noisy = q_idx >= stream_len, k_idx >= stream_len
             clean_end = torch.where(q_noisy, q_start, q_end)  # how far a query sees into the clean stream

@@ -74,11 +74,12 @@ class Attention(nn.Module):
         return self.o(attention(q, k, v, mask).flatten(2))
 
     def cross_attention(self, x, context, cache, layer):
-        kv = cache.cross[layer] if cache is not None else None
+        """context: the embedded prompt, or None to use the K/V the cache holds for it."""
+        kv = cache.cross[layer] if cache is not None and context is None else None
         if kv is None:
             kv = (self.heads(self.norm_k(self.k(context))), self.heads(self.v(context)))
-            if cache is not None:
-                cache.cross[layer] = kv
+            if cache is not None and cache.cross[layer] is None:
+                cache.cross[layer] = tuple(t.detach() for t in kv)
         q = self.heads(self.norm_q(self.q(x)))
         return self.o(attention(q, *kv).flatten(2))
 
@@ -182,9 +183,10 @@ class WanDiT(nn.Module):
         return self.patch_embedding.weight.device
 
     def new_cache(self, batch_size: int, max_frames: int = None, local_attn_size: int = -1,
-                  sink_size: int = 0) -> KVCache:
-        """A streaming cache for this model: global (max_frames) or a rolling window of local_attn_size frames."""
-        return KVCache(len(self.blocks), batch_size, max_frames, local_attn_size, sink_size)
+                  sink_size: int = 0, gradient: str = "straight_through") -> KVCache:
+        """A streaming cache for this model: global (max_frames) or a rolling window of local_attn_size frames;
+        `gradient`: how training's gradient crosses blocks through it (see KVCache)."""
+        return KVCache(len(self.blocks), batch_size, max_frames, local_attn_size, sink_size, gradient)
 
     # -- pieces of the forward ----------------------------------------------------------------------
     def patchify(self, x):
@@ -226,12 +228,13 @@ class WanDiT(nn.Module):
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x, t, context, *, causal: bool = False, num_frame_per_block: int = 1,
                 local_attn_size: int = -1, sink_size: int = 0, clean_x=None, clean_t=None,
-                cache: KVCache = None, start_frame: int = 0):
+                cache: KVCache = None, start_frame: int = 0, independent_first_frame: bool = False):
         """Flow prediction for latents x [B, F, C, H, W] at timesteps t ([B, F] or [B]); an x0 head's output
         (`WanConfig.prediction`) is returned as the flow it implies.
 
         causal:          block-causal attention over blocks of `num_frame_per_block` frames (bidirectional
                          inside a block); False = Wan's full bidirectional attention.
+        independent_first_frame: frame 0 is a block of its own ([1, N, N, ...], Self-Forcing's layout).
         local_attn_size: attend to at most this many frames (-1: all), always keeping the first `sink_size`.
         clean_x:         teacher forcing: the clean latents [B, F, C, H, W] of the same frames (timestep
                          `clean_t`, default 0) form the context; each noisy block sees its own block and the
@@ -254,7 +257,10 @@ class WanDiT(nn.Module):
                 raise ValueError("teacher forcing (clean_x) and a KV cache cannot be combined")
             cache.begin(start_frame, grid[0], frame_tokens, x.device)
             if cache.holds_context(context):
-                context = None  # cross-attention K/V are already in the cache
+                # cross-attention K/V are already in the cache; a call with gradient recomputes them, as
+                # Self-Forcing's exit step does, so the text embedding and cross-attention K/V train
+                if not (torch.is_grad_enabled() and self.text_embedding[0].weight.requires_grad):
+                    context = None
             elif context is None:
                 raise ValueError("context is None but the cache holds no prompt")
             else:
@@ -267,9 +273,11 @@ class WanDiT(nn.Module):
             tokens = torch.cat([clean_tokens, tokens], dim=1)
             e0 = torch.cat([self.embed_time(clean_t)[1], e0], dim=1)
             rope = tuple(torch.cat([r, r]) for r in rope)  # both halves at the same positions
-            mask = MaskSpec(grid[0], frame_tokens, num_frame_per_block, True, local_attn_size, sink_size)
+            mask = MaskSpec(grid[0], frame_tokens, num_frame_per_block, True, local_attn_size, sink_size,
+                            independent_first_frame)
         elif causal:
-            mask = MaskSpec(grid[0], frame_tokens, num_frame_per_block, False, local_attn_size, sink_size)
+            mask = MaskSpec(grid[0], frame_tokens, num_frame_per_block, False, local_attn_size, sink_size,
+                            independent_first_frame)
         elif local_attn_size != -1:
             raise ValueError("local_attn_size needs causal=True (or a cache): a bidirectional window is not defined")
 

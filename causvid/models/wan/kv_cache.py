@@ -10,13 +10,26 @@ sink + (g - sink) % (capacity - sink), overwriting exactly the frame that leaves
 Calls. Each forward with a cache passes one block of new frames at `start_frame`: either the next block
 (start_frame == frames written so far) or the same block again (another denoising step, or the cache
 refresh pass on the clean block), which overwrites the same slots.
+
+Gradient (Self-Forcing training, `gradient="straight_through"`). The stored values carry no graph. But the
+originals write each block's exit-step K/V into their cache in place with autograd on, and the no-grad
+refresh pass then overwrites the values but not the graph: later blocks read the refresh values, and their
+gradient flows to the exit-step K/V. Here that path is explicit: a with-grad write also records
+`k - k.detach()` (zero-valued, with the graph) for its slots, and a with-grad read adds those records to the
+values it returns. A write of new frames without grad clears its slots' records (the frame left the window);
+a no-grad rewrite of the same frames (the refresh) keeps them. `gradient="detached"`: no records.
 """
 import torch
 
 
 class KVCache:
+    GRADIENTS = ("straight_through", "detached")
+
     def __init__(self, num_layers: int, batch_size: int, max_frames: int = None, local_attn_size: int = -1,
-                 sink_size: int = 0):
+                 sink_size: int = 0, gradient: str = "straight_through"):
+        if gradient not in self.GRADIENTS:
+            raise ValueError(f"KVCache gradient={gradient!r}: expected one of {self.GRADIENTS}")
+        self.gradient = gradient
         if local_attn_size == -1:
             if max_frames is None:
                 raise ValueError("KVCache needs max_frames, or local_attn_size for a rolling window")
@@ -29,6 +42,8 @@ class KVCache:
         self.capacity, self.local_attn_size, self.sink_size = capacity, local_attn_size, sink_size
         self.k = [None] * num_layers
         self.v = [None] * num_layers
+        self.k_grad = [None] * num_layers  # straight-through records (zero values with a graph), or None
+        self.v_grad = [None] * num_layers
         self.cross = [None] * num_layers
         self.context = None
         self.frame_tokens = None
@@ -44,8 +59,11 @@ class KVCache:
         self.block_start = 0  # first frame of the last block written
         self.context = None
         self.cross = [None] * self.num_layers
+        self.k_grad = [None] * self.num_layers
+        self.v_grad = [None] * self.num_layers
         self._write_index = None
         self._valid_tokens = 0
+        self._new_frames = False
 
     # -- prompt -------------------------------------------------------------------------------------
     def holds_context(self, context: torch.Tensor) -> bool:
@@ -82,6 +100,7 @@ class KVCache:
             raise ValueError(f"KV cache holds at most {self.capacity} frames (max_frames); frame {end - 1} "
                              "does not fit: allocate a larger cache or use local_attn_size for a rolling window")
         self.frame_tokens = frame_tokens
+        self._new_frames = next_block
         self.block_start, self.frames_end = start_frame, end
         slots = self.slot_of_frame(torch.arange(start_frame, end, device=device))
         self._write_index = (slots[:, None] * frame_tokens + torch.arange(frame_tokens, device=device)).flatten()
@@ -94,11 +113,30 @@ class KVCache:
             self.k[layer] = k.new_zeros(shape)
             self.v[layer] = v.new_zeros(shape)
         idx, n = self._write_index, self._valid_tokens
-        # The cache stores detached values: context K/V carry no gradient across blocks (as in Self-Forcing),
-        # and later in-place writes must not touch tensors that autograd saved.
+        # The cache stores detached values, so later in-place writes never touch tensors autograd saved; the
+        # gradient across blocks goes through the straight-through records (see the module docstring).
         self.k[layer].index_copy_(1, idx, k.detach().to(self.k[layer].dtype))
         self.v[layer].index_copy_(1, idx, v.detach().to(self.v[layer].dtype))
+        with_grad = k.requires_grad or v.requires_grad
+        if self.gradient == "straight_through":
+            self.k_grad[layer] = self._record(self.k_grad[layer], self.k[layer], k, with_grad)
+            self.v_grad[layer] = self._record(self.v_grad[layer], self.v[layer], v, with_grad)
         ks, vs = self.k[layer][:, :n], self.v[layer][:, :n]
-        if k.requires_grad or v.requires_grad:  # the block's own K/V keep their gradient (out-of-place copy)
+        if with_grad:
+            if self.k_grad[layer] is not None:  # values of the cache, gradient to the earlier exit steps
+                ks, vs = ks + self.k_grad[layer][:, :n], vs + self.v_grad[layer][:, :n]
+            # the block's own K/V keep their gradient (out-of-place copy)
             ks, vs = ks.index_copy(1, idx, k.to(ks.dtype)), vs.index_copy(1, idx, v.to(vs.dtype))
         return ks, vs
+
+    def _record(self, record, store, new, with_grad):
+        """Update one layer's straight-through record for this call's slots (out of place, graph kept)."""
+        idx = self._write_index
+        if with_grad:
+            with torch.enable_grad():
+                base = store.new_zeros(store.shape) if record is None else record
+                return base.index_copy(1, idx, (new - new.detach()).to(store.dtype))
+        if record is not None and self._new_frames:  # new frames replace the slots' old ones: drop their records
+            with torch.enable_grad():
+                return record.index_fill(1, idx, 0.0)
+        return record
