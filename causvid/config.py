@@ -235,6 +235,14 @@ class Config:
     image_or_video_shape: list[int] = field(default_factory=lambda: [1, 21, 16, 60, 104])
     # SF/CF: longest self-forcing rollout in latent frames (the last 21 are trained on).
     num_training_frames: int = 21
+    # ours, Self-Forcing DMD (Self-Forcing++, arXiv 2510.02283, Alg. 1): the student rolls out this many latent
+    # frames through a rolling KV window (model_kwargs.local_attn_size / sink_size; when unset, the training
+    # length and one block of sink, as endless streams use), and the DMD loss is taken on one window of the
+    # training length (image_or_video_shape[1]) of it. 0 = the training length itself (no long rollout).
+    long_rollout_frames: int = 0
+    # ours: which window of a long rollout gets the loss: "uniform" (a block-aligned start drawn per step, as
+    # Self-Forcing++ does, so every depth of the stream is trained) or "last" (the deepest window).
+    long_rollout_window: str = "uniform"
 
     # logging ----------------------------------------------------------------------------------------------------
     # CV/SF/CF: steps between checkpoints / logged samples.

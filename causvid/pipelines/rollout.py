@@ -72,6 +72,79 @@ def ode_sampler(num_steps: int = 50, shift: float = 5.0) -> Sampler:
     return sample
 
 
+class Rollout:
+    """The one autoregressive loop, a block at a time: sample the block with the sampler (the model sees the
+    cached context), then write it into the cache with the refresh pass. Batch generation (`causal_rollout`),
+    live streams (`causvid.pipelines.stream.StreamSession`), long videos and Self-Forcing training all drive it.
+
+    max_frames: the video's length, or None for an endless stream through a rolling window (local_attn_size
+    must then be set). `set_context` switches the prompt at the next block: with `recache`, the frames still in
+    the window are written again under the new prompt (LongLive's KV re-cache), else only the cross-attention
+    changes (the naive switch). Other arguments as `causal_rollout`'s.
+    """
+
+    def __init__(self, model, context: torch.Tensor, *, batch: int, num_frame_per_block: int, sampler: Sampler,
+                 max_frames: int = None, negative_context: torch.Tensor = None, guidance_scale: float = 1.0,
+                 context_noise: float = 0.0, noise_context: bool = False, grid: float = None,
+                 local_attn_size: int = -1, sink_size: int = 0, cache_gradient: str = "straight_through",
+                 use_cache: bool = True, independent_first_frame: bool = False, noise_fn: NoiseFn = None,
+                 generator: torch.Generator = None):
+        if max_frames is None and local_attn_size == -1:
+            raise ValueError("an endless rollout (max_frames None) needs a rolling window (local_attn_size)")
+        self.sampler, self.block, self.first_alone = sampler, num_frame_per_block, independent_first_frame
+        self.context_noise, self.noise_context, self.grid = float(context_noise), noise_context, grid
+        self.guided = negative_context is not None and guidance_scale != 1.0
+        self.guidance_scale = guidance_scale
+        self.noise_fn = noise_fn or generator_noise(generator)
+        window = dict(local_attn_size=local_attn_size, sink_size=sink_size)
+        layout = dict(num_frame_per_block=num_frame_per_block, independent_first_frame=independent_first_frame)
+        make = lambda ctx: _Stream(model, ctx, batch, max_frames, layout, window, use_cache, cache_gradient)  # noqa: E731
+        self.streams = [make(context)] + ([make(negative_context)] if self.guided else [])
+        self.frame = 0      # frames made (or given) so far
+        self.generated = 0  # blocks sampled so far (the sampler's block index)
+
+    def next_block_size(self) -> int:
+        return 1 if (self.first_alone and self.frame == 0) else self.block
+
+    def give(self, latent: torch.Tensor) -> torch.Tensor:
+        """Take a given block (an I2V image latent, a long video's overlap) as made: written at t = 0."""
+        self._check(latent.shape[1])
+        for s in self.streams:
+            s.commit(latent, torch.zeros(latent.shape[:2], device=latent.device), self.frame)
+        self.frame += latent.shape[1]
+        return latent
+
+    def step(self, noise: torch.Tensor, sampler: Sampler = None) -> torch.Tensor:
+        """Sample the next block from its noise [B, n, C, H, W] (`sampler` overrides the rollout's for this
+        block: V2V's partial schedule), write it into the cache, return its clean latents."""
+        start, index = self.frame, self.generated
+        self._check(noise.shape[1])
+
+        def flow_fn(x, t):
+            flows = [s.flow(x, t, start) for s in self.streams]
+            return cfg(flows[0], flows[1], self.guidance_scale) if self.guided else flows[0]
+        x0 = (sampler or self.sampler)(flow_fn, noise, index)
+        t_ctx = torch.full(x0.shape[:2], self.context_noise, device=x0.device)
+        with torch.no_grad():  # the refresh pass only writes the cache: no graph
+            ctx = add_noise(x0, self.noise_fn(x0, (index, "context")), t_ctx, self.grid) if self.noise_context \
+                else x0.detach()
+            for s in self.streams:
+                s.commit(ctx, t_ctx, start)
+        self.frame += noise.shape[1]
+        self.generated += 1
+        return x0
+
+    def set_context(self, context: torch.Tensor, recache: bool = True) -> None:
+        """The prompt of the blocks from the next one on (the negative prompt's stream keeps its own)."""
+        self.streams[0].switch(context, recache)
+
+    def _check(self, size):
+        if size != self.next_block_size():
+            raise ValueError(f"a block of {size} frames at frame {self.frame}; the layout needs "
+                             f"{self.next_block_size()} (num_frame_per_block={self.block}"
+                             f"{', independent first frame' if self.first_alone else ''})")
+
+
 def causal_rollout(model, noise: torch.Tensor, context: torch.Tensor, *, num_frame_per_block: int,
                    sampler: Sampler, negative_context: torch.Tensor = None, guidance_scale: float = 1.0,
                    context_noise: float = 0.0, noise_context: bool = False, grid: float = None,
@@ -98,43 +171,27 @@ def causal_rollout(model, noise: torch.Tensor, context: torch.Tensor, *, num_fra
     if first not in [start for start, _ in blocks] + [frames]:
         raise ValueError(f"{first} given latent frames end inside a block of num_frame_per_block="
                          f"{num_frame_per_block}: give whole blocks")
-    guided = negative_context is not None and guidance_scale != 1.0
-    noise_fn = noise_fn or generator_noise(generator)
-    window = dict(local_attn_size=local_attn_size, sink_size=sink_size)
-    layout = dict(num_frame_per_block=num_frame_per_block, independent_first_frame=independent_first_frame)
-    streams = [_Stream(model, context, batch, frames, layout, window, use_cache, cache_gradient)]
-    if guided:
-        streams.append(_Stream(model, negative_context, batch, frames, layout, window, use_cache, cache_gradient))
-
+    rollout = Rollout(model, context, batch=batch, num_frame_per_block=num_frame_per_block, sampler=sampler,
+                      max_frames=frames, negative_context=negative_context, guidance_scale=guidance_scale,
+                      context_noise=context_noise, noise_context=noise_context, grid=grid,
+                      local_attn_size=local_attn_size, sink_size=sink_size, cache_gradient=cache_gradient,
+                      use_cache=use_cache, independent_first_frame=independent_first_frame, noise_fn=noise_fn,
+                      generator=generator)
     for start, size in blocks:
-        if start >= first:
-            break
-        block = initial_latent[:, start:start + size]
-        for s in streams:
-            s.commit(block, torch.zeros(block.shape[:2], device=block.device), start)
-        yield start, block
-
-    for index, (start, size) in enumerate([b for b in blocks if b[0] >= first]):
-        def flow_fn(x, t):
-            flows = [s.flow(x, t, start) for s in streams]
-            return cfg(flows[0], flows[1], guidance_scale) if guided else flows[0]
-        x0 = sampler(flow_fn, noise[:, start:start + size], index)
-        t_ctx = torch.full(x0.shape[:2], float(context_noise), device=x0.device)
-        with torch.no_grad():  # the refresh pass only writes the cache: no graph
-            ctx = add_noise(x0, noise_fn(x0, (index, "context")), t_ctx, grid) if noise_context else x0.detach()
-            for s in streams:
-                s.commit(ctx, t_ctx, start)
-        yield start, x0
+        if start < first:
+            yield start, rollout.give(initial_latent[:, start:start + size])
+        else:
+            yield start, rollout.step(noise[:, start:start + size])
 
 
 class _Stream:
     """One conditioning stream of the rollout: a prompt and its KV cache (or, without a cache, the clean
-    context frames to recompute)."""
+    context frames to recompute), and the refresh inputs of the blocks still in the cache's window."""
 
     def __init__(self, model, context, batch, frames, layout, window, use_cache, cache_gradient):
         self.model, self.context, self.layout, self.window = model, context, layout, window
         self.cache = model.new_cache(batch, max_frames=frames, gradient=cache_gradient, **window) if use_cache else None
-        self.done, self.done_t = [], []
+        self.done, self.done_t, self.starts = [], [], []  # refresh inputs (and timesteps, start frames)
 
     def flow(self, x, t, start):
         if self.cache is not None:
@@ -145,11 +202,40 @@ class _Stream:
 
     def commit(self, clean, t, start):
         """Make the clean block part of the context for later blocks (the cache refresh pass)."""
+        self.done.append(clean)
+        self.done_t.append(t)
+        self.starts.append(start)
         if self.cache is not None:
             self.model(clean, t, self.context, cache=self.cache, start_frame=start)
-        else:
-            self.done.append(clean)
-            self.done_t.append(t)
+            self._forget_evicted()
+
+    def _forget_evicted(self):
+        """Keep the refresh inputs of the blocks whose frames the (rolling) cache still holds."""
+        cache = self.cache
+        if not cache.rolling:
+            return
+        oldest_kept = cache.frames_end - (cache.capacity - cache.sink_size)
+        keep = [i for i, s in enumerate(self.starts) if s < cache.sink_size or s >= oldest_kept]
+        self.done, self.done_t, self.starts = ([xs[i] for i in keep] for xs in (self.done, self.done_t, self.starts))
+
+    def switch(self, context, recache):
+        """A new prompt: only the cross-attention (recache False), or every cached frame written again under it
+        (LongLive's re-cache: one refresh pass per block still in the window, at its own positions, the sink
+        included, each block seeing the re-cached blocks before it)."""
+        self.context = context
+        if self.cache is None:
+            if not recache:
+                raise ValueError("without a KV cache every call recomputes the context: a switch always re-caches")
+            return
+        if not recache:
+            return
+        cache, end = self.cache, self.cache.frames_end
+        cache.reset()
+        with torch.no_grad():
+            for clean, t, start in zip(self.done, self.done_t, self.starts):
+                cache.seek(start)
+                self.model(clean, t, context, cache=cache, start_frame=start)
+        cache.seek(end)
 
 
 def bidirectional_sample(model, noise: torch.Tensor, context: torch.Tensor, *, sampler: Sampler,

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from causvid.config import denoising_steps, first_block_steps, generator_grid, warp_shift
 from causvid.models.text_encoder import WanTextEncoder
 from causvid.models.vae import WanVAE
 from causvid.models.wan import WanDiT
 from causvid.models.wan.checkpoints import config_from_json, read_folder_config
-from causvid.pipelines.rollout import bidirectional_sample, causal_rollout, few_step_sampler, ode_sampler
+from causvid.pipelines.rollout import bidirectional_sample
+from causvid.pipelines.stream import StreamBlock, StreamSession, make_sampler
 from causvid.toy.folder import is_toy_folder
 
 
@@ -106,13 +106,7 @@ class VideoGenerator:
         return tuple(self.config.image_or_video_shape[1:])  # [F, C, h, w]
 
     def sampler(self, generator):
-        steps = denoising_steps(self.config)
-        if steps:  # a distilled few-step model
-            return few_step_sampler(steps, first_block_steps(self.config), generator=generator,
-                                    grid=generator_grid(self.config)), 1.0
-        # a many-step model (AR-diffusion teacher): Wan's UniPC with CFG in Wan's form (SF/CF's
-        # causal diffusion inference reads guidance_scale the same way)
-        return ode_sampler(self.config.num_inference_steps, warp_shift(self.config)), self.config.guidance_scale
+        return make_sampler(self.config, generator)
 
     def noise(self, num_frames, seed, index, rollout=0):
         """Per-video noise from (seed, prompt index, rollout): the same video whatever the rank count or order
@@ -123,40 +117,40 @@ class VideoGenerator:
 
     def stream(self, prompt: str, num_frames: int = None, seed: int = 0, index: int = 0, rollout: int = 0,
                initial_latent=None, local_attn_size: int = None, sink_size: int = None):
-        """Yield (latent block, its new pixel frames [1, n, 3, H, W] in [-1, 1]) as each block is finished."""
+        """Yield (latent block, its new pixel frames [1, n, 3, H, W] in [-1, 1]) as each block is finished: a
+        finite `StreamSession` for a causal model, the whole video at once for a bidirectional one."""
         cfg, comp = self.config, self.components
         num_frames = num_frames or self.latent_shape[0]
         start_time = time.perf_counter()
         self.timing = Timing()
         noise, gen = self.noise(num_frames, seed, index, rollout)
-        context = comp.text_encoder.encode([prompt]).to(noise.dtype)
-        sampler, guidance = self.sampler(gen)
-        negative = comp.text_encoder.encode([cfg.negative_prompt]).to(noise.dtype) if guidance != 1.0 else None
         if self.causal:
-            window = cfg.model_kwargs.local_attn_size if local_attn_size is None else local_attn_size
-            sink = cfg.model_kwargs.sink_size if sink_size is None else sink_size
-            blocks = causal_rollout(comp.dit, noise, context, num_frame_per_block=cfg.num_frame_per_block,
-                                    sampler=sampler, negative_context=negative, guidance_scale=guidance,
-                                    context_noise=cfg.context_noise, local_attn_size=window, sink_size=sink,
-                                    initial_latent=initial_latent, generator=gen,
-                                    independent_first_frame=bool(cfg.independent_first_frame))
+            blocks = StreamSession(comp, cfg, prompt, noise=noise, generator=gen, initial_latent=initial_latent,
+                                   local_attn_size=local_attn_size, sink_size=sink_size)
         else:
-            blocks = iter([(0, bidirectional_sample(comp.dit, noise, context, sampler=sampler,
-                                                     negative_context=negative, guidance_scale=guidance))])
-        decoder = comp.vae.stream_decoder()
+            blocks = self._bidirectional(prompt, noise, gen)
         vae_seconds = 0.0
-        with torch.no_grad():
-            for _, latent in blocks:
-                now = time.perf_counter()
-                if self.timing.first_block_latent is None:
-                    self.timing.first_block_latent = now - start_time
-                pixels = decoder.decode(latent)
-                done = time.perf_counter()
-                vae_seconds += done - now
-                if self.timing.first_block_pixels is None:
-                    self.timing.first_block_pixels = done - start_time
-                self.timing.pixel_frames += pixels.shape[1]
-                yield latent, pixels
-                start_time += time.perf_counter() - done  # time spent by the consumer is not ours
+        for block in blocks:
+            done = time.perf_counter()
+            vae_seconds += block.decode_seconds
+            if self.timing.first_block_latent is None:
+                self.timing.first_block_latent = done - block.decode_seconds - start_time
+                self.timing.first_block_pixels = done - start_time
+            self.timing.pixel_frames += block.pixels.shape[1]
+            yield block.latents, block.pixels
+            start_time += time.perf_counter() - done  # time spent by the consumer is not ours
         self.timing.total = time.perf_counter() - start_time
         self.timing.total_latent = self.timing.total - vae_seconds
+
+    def _bidirectional(self, prompt, noise, gen):
+        comp = self.components
+        sampler, guidance = self.sampler(gen)
+        context = comp.text_encoder.encode([prompt]).to(noise.dtype)
+        negative = comp.text_encoder.encode([self.config.negative_prompt]).to(noise.dtype) if guidance != 1.0 else None
+        started = time.perf_counter()
+        with torch.no_grad():
+            latents = bidirectional_sample(comp.dit, noise, context, sampler=sampler, negative_context=negative,
+                                           guidance_scale=guidance)
+            sampled = time.perf_counter()
+            pixels = comp.vae.stream_decoder().decode(latents)
+        yield StreamBlock(0, latents, pixels, prompt, sampled - started, time.perf_counter() - sampled)

@@ -20,7 +20,8 @@ import torch
 from causvid.config import (ConfigError, denoising_steps, dmd_input, first_block_steps, generator_grid,
                             generator_is_causal, guidance_scale, ode_layout, score_grid, trainer_name, warp_shift)
 from causvid.flow import add_noise, cfg as guided, flow_to_x0, normalize_step_list, training_timesteps, x0_to_flow
-from causvid.pipelines.rollout import causal_rollout, few_step_sampler
+from causvid.models.wan.attention import block_layout
+from causvid.pipelines.rollout import Rollout, few_step_sampler
 from causvid import rng
 from causvid.training.losses import (blockwise, critic_flow_loss, dmd_loss, flow_matching_loss,
                                      ode_regression_loss, shifted_timesteps, training_weight)
@@ -158,6 +159,25 @@ class DMDStage(Stage):
         self.shape = list(cfg.image_or_video_shape)[1:]
         if self.input == "self_forcing" and not self.causal:
             raise ConfigError("dmd_input self_forcing (trainer: score_distillation) needs a causal generator")
+        self._long_rollout_settings(cfg)
+
+    def _long_rollout_settings(self, cfg):
+        frames = self.shape[0]
+        self.rollout_frames = cfg.long_rollout_frames or frames
+        if self.rollout_frames < frames or (self.rollout_frames > frames and self.input != "self_forcing"):
+            raise ConfigError(f"long_rollout_frames={cfg.long_rollout_frames}: needs a Self-Forcing rollout and at "
+                              f"least the training length ({frames} latent frames), or 0")
+        if cfg.long_rollout_window not in ("uniform", "last"):
+            raise ConfigError(f"long_rollout_window={cfg.long_rollout_window!r}: expected 'uniform' or 'last'")
+        blocks = block_layout(self.rollout_frames, self.block, self.first_alone)  # raises on a bad length
+        # windows of the training length that start on a block boundary (the first block is never split)
+        self.window_starts = [s for s, _ in blocks if s + frames <= self.rollout_frames
+                              and (s + frames == self.rollout_frames or s + frames in {b for b, _ in blocks})]
+        self.kv_window = dict(local_attn_size=-1, sink_size=0)
+        if self.rollout_frames > frames:
+            local = cfg.model_kwargs.local_attn_size
+            self.kv_window = dict(local_attn_size=local, sink_size=cfg.model_kwargs.sink_size) if local != -1 \
+                else dict(local_attn_size=frames, sink_size=self.block)
 
     # -- the generator's sample -------------------------------------------------------------------------------
     def generate(self, models, batch, step, role="generator"):
@@ -166,19 +186,36 @@ class DMDStage(Stage):
             return self._self_forcing_rollout(models, batch, step, role)
         return self._causvid_input(models, batch, step, role)
 
+    def window_start(self, step, role) -> int:
+        """First latent frame of the window that gets the loss (0 without a long rollout): shared by the batch."""
+        if self.cfg.long_rollout_window == "last" or len(self.window_starts) == 1:
+            return self.window_starts[-1]
+        return self.window_starts[int(rng.randint(len(self.window_starts), (), self.seed, step, role, "window"))]
+
     def _self_forcing_rollout(self, models, batch, step, role):
-        ctx = batch["context"]
-        noise = self.noise(torch.empty(len(batch["samples"]), *self.shape, device=ctx.device), batch, step,
-                           role, "noise")
-        cfg = self.cfg
-        exit_step = lambda block: self.exit_step(step, role, block)  # noqa: E731
-        sampler = few_step_sampler(self.steps, self.first_steps, exit_step=exit_step, grid=self.grid,
+        """The student's own KV-cached rollout, as at inference; the blocks of the loss window keep the exit
+        step's gradient, the blocks before it run without a graph, and the rollout stops at the window's end
+        (a causal student's later frames cannot change it), so memory does not grow with the rollout length."""
+        ctx, cfg = batch["context"], self.cfg
+        first, frames = self.window_start(step, role), self.shape[0]
+        end = first + frames
+        noise = self.noise(torch.empty(len(batch["samples"]), end, *self.shape[1:], device=ctx.device), batch,
+                           step, role, "noise")
+        sampler = few_step_sampler(self.steps, self.first_steps, grid=self.grid,
+                                   exit_step=lambda block: self.exit_step(step, role, block),
                                    noise_fn=lambda like, tag: self.noise(like, batch, step, role, "renoise", *tag))
-        blocks = causal_rollout(models.generator, noise, ctx, num_frame_per_block=self.block, sampler=sampler,
-                                context_noise=cfg.context_noise, noise_context=True, grid=self.grid,
-                                cache_gradient=cfg.kv_cache_gradient, independent_first_frame=self.first_alone,
-                                noise_fn=lambda like, tag: self.noise(like, batch, step, role, "context", *tag))
-        return torch.cat([x0 for _, x0 in blocks], dim=1)
+        rollout = Rollout(models.generator, ctx, batch=len(batch["samples"]), num_frame_per_block=self.block,
+                          sampler=sampler, max_frames=end, context_noise=cfg.context_noise, noise_context=True,
+                          grid=self.grid, cache_gradient=cfg.kv_cache_gradient, independent_first_frame=self.first_alone,
+                          noise_fn=lambda like, tag: self.noise(like, batch, step, role, "context", *tag),
+                          **self.kv_window)
+        window = []
+        for start, size in block_layout(end, self.block, self.first_alone):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and start >= first):
+                x0 = rollout.step(noise[:, start:start + size])
+            if start >= first:
+                window.append(x0)
+        return torch.cat(window, dim=1)
 
     def exit_step(self, step, role, block):
         """The step whose x0 leaves `block` (with gradient) in a Self-Forcing rollout: drawn per rollout

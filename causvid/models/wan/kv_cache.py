@@ -63,7 +63,14 @@ class KVCache:
         self.v_grad = [None] * self.num_layers
         self._write_index = None
         self._valid_tokens = 0
+        self._read_index = None  # token index of the valid slots when they are not a prefix (see seek)
         self._new_frames = False
+        self._slot_frame = torch.full((self.capacity,), -1, dtype=torch.long)  # frame held per slot, -1 = empty
+
+    def seek(self, frame: int) -> None:
+        """Make `frame` the next frame to write, leaving the frames before it unwritten (a prompt switch's
+        re-cache writes the sink and the window's last frames again, skipping those evicted)."""
+        self.frames_end = self.block_start = frame
 
     # -- prompt -------------------------------------------------------------------------------------
     def holds_context(self, context: torch.Tensor) -> bool:
@@ -102,9 +109,16 @@ class KVCache:
         self.frame_tokens = frame_tokens
         self._new_frames = next_block
         self.block_start, self.frames_end = start_frame, end
-        slots = self.slot_of_frame(torch.arange(start_frame, end, device=device))
+        frames = torch.arange(start_frame, end)
+        self._slot_frame[self.slot_of_frame(frames)] = frames
+        slots = self.slot_of_frame(frames.to(device))
         self._write_index = (slots[:, None] * frame_tokens + torch.arange(frame_tokens, device=device)).flatten()
-        self._valid_tokens = min(end, self.capacity) * frame_tokens
+        filled = int((self._slot_frame >= 0).sum())
+        self._valid_tokens = filled * frame_tokens
+        self._read_index = None
+        if not bool((self._slot_frame[:filled] >= 0).all()):  # filled slots with gaps: read them by index
+            valid = torch.nonzero(self._slot_frame >= 0).flatten().to(device)
+            self._read_index = (valid[:, None] * frame_tokens + torch.arange(frame_tokens, device=device)).flatten()
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple:
         """Write this block's K/V ([B, n, heads, head_dim]) for `layer`; return all K/V the block attends to."""
@@ -121,6 +135,10 @@ class KVCache:
         if self.gradient == "straight_through":
             self.k_grad[layer] = self._record(self.k_grad[layer], self.k[layer], k, with_grad)
             self.v_grad[layer] = self._record(self.v_grad[layer], self.v[layer], v, with_grad)
+        if self._read_index is not None:
+            if with_grad:
+                raise RuntimeError("a KV cache with unwritten slots (mid re-cache) cannot be read with gradient")
+            return self.k[layer].index_select(1, self._read_index), self.v[layer].index_select(1, self._read_index)
         ks, vs = self.k[layer][:, :n], self.v[layer][:, :n]
         if with_grad:
             if self.k_grad[layer] is not None:  # values of the cache, gradient to the earlier exit steps

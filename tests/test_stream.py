@@ -1,0 +1,161 @@
+"""The streaming session on the shipped toy student (real loading code, CPU): it equals the batch rollout, a
+prompt switch with and without re-cache equals a reference written by hand from WanDiT calls, endless streams
+keep bounded state, and zero-shot video-to-video (SDEdit per block) starts from T2V at strength 1000."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from causvid.config import denoising_steps, generator_grid, load_config
+from causvid.flow import add_noise, flow_to_x0
+from causvid.pipelines.rollout import causal_rollout, few_step_sampler
+from causvid.pipelines.stream import StreamSession
+from causvid.pipelines.text_to_video import load_components
+
+ROOT = Path(__file__).resolve().parents[1]
+A, B = "a red square moving left", "a blue circle moving up"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    cfg = load_config(ROOT / "configs" / "toy" / "cf_dmd_chunkwise.yaml")
+    return load_components(ROOT / "checkpoints" / "toy"), cfg
+
+
+def noise_of(frames, seed=3):
+    return torch.randn(1, frames, 16, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_session_without_a_switch_equals_the_batch_rollout(toy):
+    comp, cfg = toy
+    noise = noise_of(12)
+    got = torch.cat([b.latents for b in StreamSession(comp, cfg, A, noise=noise,
+                                                       generator=torch.Generator().manual_seed(7))], dim=1)
+    context = comp.text_encoder.encode([A])
+    with torch.no_grad():
+        blocks = causal_rollout(comp.dit, noise, context, num_frame_per_block=3, grid=generator_grid(cfg),
+                                sampler=few_step_sampler(denoising_steps(cfg), grid=generator_grid(cfg),
+                                                         generator=torch.Generator().manual_seed(7)))
+        expected = torch.cat([x for _, x in blocks], dim=1)
+    assert (got - expected).abs().max() <= 1e-6
+
+
+def by_hand(comp, cfg, noise, switch_block, recache):
+    """Four blocks from direct WanDiT calls: the few-step sampler written out, prompt A, then B from
+    `switch_block` on, re-caching by writing the earlier clean blocks into a fresh cache under B."""
+    dit, steps, grid = comp.dit, denoising_steps(cfg), generator_grid(cfg)
+    ctx = {p: comp.text_encoder.encode([p]) for p in (A, B)}
+    gen = torch.Generator().manual_seed(7)
+    cache, prompt, clean = dit.new_cache(1, max_frames=12), A, []
+    with torch.no_grad():
+        for block in range(4):
+            start = 3 * block
+            if block == switch_block:
+                prompt = B
+                if recache:
+                    cache = dit.new_cache(1, max_frames=12)
+                    for s, x0 in enumerate(clean):
+                        dit(x0, torch.zeros(1, 3), ctx[B], cache=cache, start_frame=3 * s)
+            x = noise[:, start:start + 3]
+            for i, step in enumerate(steps):
+                t = torch.full((1, 3), step)
+                x0 = flow_to_x0(dit(x, t, ctx[prompt], cache=cache, start_frame=start), x, t, grid)
+                if i + 1 < len(steps):
+                    x = add_noise(x0, torch.randn(x0.shape, generator=gen), steps[i + 1], grid)
+            dit(x0, torch.zeros(1, 3), ctx[prompt], cache=cache, start_frame=start)
+            clean.append(x0)
+    return torch.cat(clean, dim=1)
+
+
+@pytest.mark.parametrize("recache", [True, False])
+def test_prompt_switch_equals_the_hand_reference(toy, recache):
+    comp, cfg = toy
+    noise = noise_of(12)
+    session = StreamSession(comp, cfg, A, noise=noise, generator=torch.Generator().manual_seed(7), recache=recache)
+    blocks = [session.next_block(), session.next_block()]
+    session.set_prompt(B)
+    blocks += list(session)
+    assert [b.prompt for b in blocks] == [A, A, B, B]
+    got = torch.cat([b.latents for b in blocks], dim=1)
+    expected = by_hand(comp, cfg, noise, switch_block=2, recache=recache)
+    assert (got - expected).abs().max() <= 1e-5
+    other = by_hand(comp, cfg, noise, switch_block=2, recache=not recache)
+    assert (got[:, 6:] - other[:, 6:]).abs().max() > 1e-3  # re-cache changes what follows
+
+
+def test_endless_session_keeps_a_bounded_window(toy):
+    comp, cfg = toy
+    session = StreamSession(comp, cfg, A, seed=1)  # no num_frames: rolling window of 6 frames, sink 3
+    stream = session.rollout.streams[0]
+    for i in range(8):
+        block = session.next_block()
+        assert block.start == 3 * i and block.pixels.shape[1] == (9 if i == 0 else 12)
+        assert len(stream.done) <= 2 and stream.cache.capacity == 6
+        if i == 4:
+            session.set_prompt(B)  # a re-cache in the rolling window: the sink and the last block again
+    assert session.frame == 24 and not session.finished
+
+
+def test_rolling_recache_reads_only_written_slots():
+    """Mid re-cache the cache holds the sink and a later block with unwritten slots between (a jump past the
+    evicted frames): what those slots hold (stale frames of the old prompt, or anything) changes nothing."""
+    from causvid.tiny_wan.dit import random_dit
+
+    dit = random_dit("tiny", seed=2, text_len=16)
+    ctx = torch.randn(1, 16, 32)
+    x = [torch.randn(1, 3, 16, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    t0 = torch.zeros(1, 3)
+    outputs = []
+    with torch.no_grad():
+        for garbage in (None, 10.0):
+            cache = dit.new_cache(1, local_attn_size=9, sink_size=3)
+            for s, block in enumerate(x):  # frames 0..11: the ring holds 0-2 (sink), 6-8 and 9-11 (slots 3-5)
+                dit(block, t0, ctx, cache=cache, start_frame=3 * s)
+            cache.reset()  # the re-cache: the sink again, then a jump to frames 6-8; slots 3-5 keep frames 9-11
+            dit(x[0], t0, ctx, cache=cache, start_frame=0)
+            if garbage:
+                ft = cache.frame_tokens
+                for kv in (cache.k, cache.v):
+                    for layer in kv:
+                        layer[:, 3 * ft:6 * ft] = garbage * torch.randn_like(layer[:, 3 * ft:6 * ft])
+            cache.seek(6)
+            outputs.append(dit(x[2], t0, ctx, cache=cache, start_frame=6))
+            assert cache._read_index is not None  # the gather path ran
+            out_all = dit(x[3], t0, ctx, cache=cache, start_frame=9)  # slots 3-5 written: all valid again
+            assert cache._read_index is None and torch.isfinite(out_all).all()
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+def test_v2v_at_strength_1000_is_text_to_video(toy):
+    comp, cfg = toy
+    noise = noise_of(6)
+    source = torch.randn(1, 6, 16, 16, 16)
+    t2v = [b.latents for b in StreamSession(comp, cfg, A, noise=noise, generator=torch.Generator().manual_seed(7))]
+    v2v = [b.latents for b in StreamSession(comp, cfg, A, noise=noise, generator=torch.Generator().manual_seed(7),
+                                            input_latents=source, strength=1000)]
+    assert (torch.cat(t2v, 1) - torch.cat(v2v, 1)).abs().max() <= 1e-6
+
+
+def test_v2v_at_low_strength_stays_close_to_the_input(toy):
+    from causvid.toy import world
+
+    comp, cfg = toy
+    video = world.render(world.VideoSpec("square", "red", "left", 16.0, 16.0), num_frames=21)
+    source = comp.vae.encode(video[None])
+    out = {}
+    for strength in (200, 1000):
+        session = StreamSession(comp, cfg, B, input_latents=source, strength=strength, seed=0)
+        out[strength] = torch.cat([b.latents for b in session], dim=1)
+    assert out[200].shape == source.shape
+    near, far = (out[200] - source).abs().mean(), (out[1000] - source).abs().mean()
+    assert near < 0.5 * far  # the bound: at T = 200 the output keeps more than half of the input
+
+
+@pytest.mark.parametrize("strength, frames, message", [
+    (0, 6, r"--strength 0: .*\(0, 1000\]"), (1001, 6, r"--strength 1001"),
+    (500, 2, "fewer than one block"),
+])
+def test_v2v_bad_inputs(toy, strength, frames, message):
+    comp, cfg = toy
+    with pytest.raises(ValueError, match=message):
+        StreamSession(comp, cfg, A, input_latents=torch.zeros(1, frames, 16, 16, 16), strength=strength)
