@@ -105,14 +105,21 @@ class ODEStage(Stage):
         # the list's levels, with CausVid's trailing 0 kept as a level (its clean slot, context only)
         self.times = denoising_steps(cfg) + ([0.0] if list(cfg.denoising_step_list)[-1] == 0 else [])
 
+    def check_slots(self, slots: int, where: str = "the data") -> bool:
+        """Whether ODE rows of `slots` slots are in Causal Forcing's layout; ConfigError if in neither."""
+        causal_forcing = slots == len(self.times) + 2  # [..., ODE output, real latent]
+        if not (causal_forcing or slots in (len(self.times), len(self.times) + 1)):
+            levels = "[" + ", ".join(f"{t:g}" for t in self.times) + "]"
+            raise ConfigError(f"{where}: ODE rows have {slots} slot(s); the step list {levels} needs "
+                              f"{len(self.times)} or {len(self.times) + 1} (CausVid / Self-Forcing) or "
+                              f"{len(self.times) + 2} (Causal Forcing): point data_path at ODE pairs "
+                              "(a latent LMDB has 1 slot: train on it with a diffusion config)")
+        return causal_forcing
+
     def generator_loss(self, models, batch, step):
         ode = batch["ode"]  # [B, S, F, C, H, W]
         slots, frames = ode.shape[1], ode.shape[2]
-        causal_forcing = slots == len(self.times) + 2  # [..., ODE output, real latent]
-        if not (causal_forcing or slots in (len(self.times), len(self.times) + 1)):
-            raise ValueError(f"ODE rows have {slots} slots; the step list {self.times} needs {len(self.times)} "
-                             f"or {len(self.times) + 1} (CausVid / Self-Forcing) or {len(self.times) + 2} "
-                             "(Causal Forcing)")
+        causal_forcing = self.check_slots(slots)
         idx = self.levels(len(self.times), frames, batch, step, "level", ode.device,
                           per_block=self.causal and not causal_forcing)
         t = torch.tensor(self.times, device=ode.device)[idx]
