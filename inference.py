@@ -12,9 +12,9 @@ encoded as latent frame 0, cached at t = 0, and the rest of the video follows it
 import sys
 from pathlib import Path
 
-
 from causvid.data.prompts import read_prompt_file
-from causvid.pipelines.cli import base_parser, build_generator, my_prompts, output_folder, progress, report, run, write_stream
+from causvid.errors import UsageError, positive_int
+from causvid.pipelines.cli import Outputs, base_parser, build_generator, check_num_frames, my_prompts, progress, run
 from causvid.video_io import load_image, read_crop_info, safe_filename
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -24,7 +24,7 @@ def i2v_items(folder):
     """[(prompt, image path, crop box or None)] from an I2V folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"--i2v: {folder} is not a folder of images")
+        raise UsageError(f"--data_path {folder}: --i2v reads a folder of images; this is not a folder")
     infos = {}
     for json_path in sorted(folder.glob("target_crop_info_*.json")):
         infos.update(read_crop_info(json_path))
@@ -36,10 +36,10 @@ def i2v_items(folder):
         elif image.with_suffix(".txt").exists():
             items.append((image.with_suffix(".txt").read_text(encoding="utf-8").strip(), image, None))
         else:
-            raise FileNotFoundError(f"--i2v: no caption for {image} (add it to a target_crop_info_*.json "
+            raise UsageError(f"--i2v: no caption for {image} (add it to a target_crop_info_*.json "
                                     f"or write {image.with_suffix('.txt').name} beside it)")
     if not items:
-        raise FileNotFoundError(f"--i2v: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        raise UsageError(f"--i2v: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return items
 
 
@@ -53,33 +53,44 @@ def unique_names(prompts):
     return names
 
 
+NUM_FRAMES_HELP = ("latent frames to generate (default: the config's image_or_video_shape[1], 21 for Wan); n latent "
+                   "frames decode to 4(n-1)+1 video frames at 16 fps (21 -> 81 frames, 5 s); a causal model "
+                   "needs a multiple of its num_frame_per_block")
+
+
 def _main(argv=None):
     p = base_parser(__doc__.split("\n")[0])
-    p.add_argument("--checkpoint_path", help="a .pt with 'generator' / 'generator_ema' (default: Wan folder weights)")
-    p.add_argument("--data_path", required=True, help="prompt file, or an image folder with --i2v")
-    p.add_argument("--use_ema", action="store_true", help="load 'generator_ema'")
-    p.add_argument("--num_output_frames", type=int, help="latent frames (default: the config's)")
-    p.add_argument("--i2v", action="store_true", help="image-to-video from the images in --data_path")
+    p.add_argument("--checkpoint_path", help="the weights: a .pt holding 'generator' / 'generator_ema', a "
+                   ".safetensors, or a Wan / diffusers folder; default: the Wan folder's own weights")
+    p.add_argument("--data_path", required=True,
+                   help="prompt file (one prompt per line), or with --i2v a folder of images with captions")
+    p.add_argument("--use_ema", action="store_true", help="load the checkpoint's EMA weights ('generator_ema')")
+    p.add_argument("--num_output_frames", type=positive_int, help=NUM_FRAMES_HELP)
+    p.add_argument("--i2v", action="store_true",
+                   help="image-to-video: each image of --data_path becomes the first frame (framewise models)")
     args = p.parse_args(argv)
     items = i2v_items(args.data_path) if args.i2v else [(prompt, None, None) for prompt in read_prompt_file(args.data_path)]
-    generator = build_generator(args, args.checkpoint_path, causal=True, use_ema=args.use_ema)
-    if args.i2v and generator.config.num_frame_per_block != 1:
-        raise ValueError(f"--i2v needs a framewise model (num_frame_per_block 1); {args.config_path} has "
-                         f"{generator.config.num_frame_per_block}")
+
+    def check(cfg):
+        if args.i2v and cfg.num_frame_per_block != 1:
+            raise UsageError(f"--i2v needs a framewise model (num_frame_per_block 1); {args.config_path} has "
+                             f"{cfg.num_frame_per_block}")
+        check_num_frames(cfg, args.num_output_frames, args.config_path)
+
+    generator = build_generator(args, args.checkpoint_path, causal=True, use_ema=args.use_ema,
+                                checkpoint_flag="--checkpoint_path", check=check)
     _, _, h, w = generator.latent_shape
-    out = output_folder(args.output_folder)
+    outputs = Outputs(args.output_folder, args.overwrite, args.report_timing)
     names = unique_names(prompt for prompt, _, _ in items)  # over all prompts, so ranks agree
     for i, (prompt, image, crop) in progress(my_prompts(items), "videos"):
-        name = names[i]
         initial = None
         if image is not None:
             pixels = load_image(image, 8 * h, 8 * w, crop=crop)[None, None]
             initial = generator.components.vae.encode(pixels).to(generator.components.dit.dtype)
         stream = (px for _, px in generator.stream(prompt, num_frames=args.num_output_frames, seed=args.seed,
                                                     index=i, initial_latent=initial))
-        if write_stream(out / f"{name}.mp4", stream, args.overwrite):
-            report(generator, f"{name}.mp4", args.report_timing)
-    return 0
+        outputs.write(f"{names[i]}.mp4", stream, generator)
+    return outputs.finish()
 
 
 def main(argv=None) -> int:

@@ -33,6 +33,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from causvid.errors import UsageError
 from causvid.flow import WAN_NEGATIVE_PROMPT, normalize_step_list
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 BASE_MODEL_NAME = "Wan2.1-T2V-1.3B"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config that cannot be used: unknown key, wrong type, missing file, invalid YAML or inconsistent values."""
 
 
@@ -247,6 +248,8 @@ class Config:
     # logging ----------------------------------------------------------------------------------------------------
     # CV/SF/CF: steps between checkpoints / logged samples.
     log_iters: int = 200
+    # ours: keep only the newest n checkpoints in the run folder; None = keep all (as the originals).
+    keep_last_n: Optional[int] = None
     # CV: run directory (SF/CF take --logdir instead).
     output_path: Optional[str] = None
     # SF/CF: steps between gc.collect() calls.
@@ -429,6 +432,8 @@ def _validate(cfg: DictConfig, source: str) -> None:
     frames = shape[1] - 1 if cfg.independent_first_frame else shape[1]
     if n <= 0 or frames % n:
         raise ConfigError(f"{source}: {frames} latent frames do not split into blocks of num_frame_per_block={n}")
+    if cfg.keep_last_n is not None and cfg.keep_last_n < 1:
+        raise ConfigError(f"{source}: keep_last_n={cfg.keep_last_n}: keep at least 1 checkpoint, or null to keep all")
     for key in ("denoising_step_list", "denoising_step_list_first_chunk"):
         if cfg[key] is not None:
             try:

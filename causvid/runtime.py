@@ -1,16 +1,19 @@
 """Process-level helpers shared by the command lines: which torchrun rank this is, which device it uses,
-rank-tagged logging, and atomic saves."""
+rank-tagged logging, atomic saves, and the checks of an output folder. torch is imported where it is used, so the
+torch-free data scripts can use the file helpers."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import torch
+from causvid.errors import UsageError
 
 
 def atomic_save(obj, path) -> Path:
     """``torch.save`` to a temporary name next to ``path`` (not ending in .pt, so globs skip it), then
     ``os.replace``: a crash never leaves a truncated file under the final name."""
+    import torch
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -28,9 +31,59 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def pick_device(name: str | None) -> str:
-    """'cuda' means this process's GPU (LOCAL_RANK) under torchrun."""
+def write_text_atomic(path, text: str) -> Path:
+    """Write `text` (UTF-8) to a temporary file next to `path`, then ``os.replace``: a crash never leaves a
+    half-written file, and the file gets the permissions a plain ``open`` would give (the user's umask)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def check_output_folder(path, what: str) -> Path:
+    """Fail now, before any model loads, when `path` can't become a writable folder; `what` names it in the
+    message ("--output_folder"). Nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} is a file, not a folder; pass a folder (it is created if missing)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} {path}: {existing} is a file, so no folder can be made under it; pass a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: {existing} is not writable (permission denied); pass a folder you can "
+                         "write to, or fix its permissions")
+    return path
+
+
+def pick_device(name: str | None, what: str = "--device") -> str:
+    """'cuda' means this process's GPU (LOCAL_RANK) under torchrun. A device this machine lacks, or a name
+    torch does not know, is a UsageError naming `what`."""
+    import torch
+
     name = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"{what} {name!r} is not a device; use cpu or cuda (cuda:N for GPU N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"{what} {name!r}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise UsageError(f"{what} {name}: CUDA is not available here ({why}); use {what} cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"{what} {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if name == "cuda":
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(name)

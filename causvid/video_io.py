@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from causvid.data.jsonfile import load_json
+from causvid.errors import RunError, UsageError
 
 __all__ = [
     "VideoReadError",
@@ -62,19 +63,19 @@ __all__ = [
 ]
 
 
-class VideoReadError(ValueError):
+class VideoReadError(UsageError):
     """A file can't be read as a video (missing, not a video, truncated, corrupt)."""
 
 
-class VideoWriteError(RuntimeError):
+class VideoWriteError(RunError):
     """ffmpeg failed while encoding a video."""
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UsageError):
     """A file can't be read as an image, or the requested crop doesn't fit it."""
 
 
-class CropInfoError(ValueError):
+class CropInfoError(UsageError):
     """A crop-info JSON file is unreadable or has invalid / missing fields."""
 
 

@@ -13,7 +13,7 @@ Each video is read whole, mapped to [-1, 1], trimmed to 1 + 4k frames (the VAE's
 caps the count first) and encoded to Wan-normalised latents (posterior mean), saved in float32. Outputs that
 already exist are skipped, so a stopped run continues where it was; files are written atomically. Videos that
 can't be used (missing, corrupt, or a size that is not a multiple of 8) are skipped with the reason logged and
-counted; they are retried on the next run.
+counted; they are retried on the next run. A rank that encodes none of its videos exits with 1.
 """
 import argparse
 import sys
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from causvid.data.video_info import read_info
+from causvid.errors import RunError
 from causvid.ode import atomic_save, log, pending_items, pick_device
 from causvid.video_io import VideoReadError, read_video
 
@@ -86,6 +87,8 @@ def encode_all(argv=None) -> int:
             f"{time.perf_counter() - start:.1f} s")
     log(f"done: {encoded} encoded, {already} already there, {len(failed)} skipped as unreadable"
         + "".join(f"\n  {i:08d}: {reason}" for i, reason in failed))
+    if not encoded and not already:
+        raise RunError(f"no latent written to {out}: all {len(failed)} videos of this rank are unreadable (see above)")
     return 0
 
 

@@ -17,7 +17,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from causvid.runtime import write_text_atomic  # noqa: E402
 
 MODES = ("overwrite", "keep", "append")
 
@@ -140,25 +145,10 @@ def _kind(value):
 def _write_atomic(path, data):
     """Write via a temp file in the same folder and os.replace, so a failure never leaves a
     partial output and an existing output is only replaced by a complete one."""
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".merge_json.", suffix=".tmp")
+        write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
     except OSError as e:
         raise MergeError(f"{path}: cannot write output: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        # mkstemp creates the file 0600; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise MergeError(f"{path}: cannot write output: {e.strerror or e}") from None
-        raise
 
 
 def _parse_args(argv):

@@ -21,8 +21,8 @@ with a logged reason and counted by reason in the summary.  Outputs that already
 are skipped, so an interrupted run can simply be restarted.  Videos are converted in
 parallel by a pool of --workers processes.
 
-Exit code: 0 when done (skipped videos included), 1 when a video could not be encoded or
-no input video was found, 2 for unusable arguments.
+Exit code: 0 when done (skipped videos included), 1 when a video could not be encoded, no
+input video was found or none was converted, 2 for unusable arguments.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 from collections import Counter
 from fractions import Fraction
@@ -44,6 +45,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from causvid.data.video_info import VIDEO_SUFFIXES, FrameStream  # noqa: E402
+from causvid.errors import UsageError  # noqa: E402
+from causvid.runtime import check_output_folder  # noqa: E402
 from causvid.video_io import VideoReadError, VideoWriteError, VideoWriter, resize_center_crop  # noqa: E402
 
 log = logging.getLogger("process_mixkit")
@@ -233,12 +236,31 @@ def main(argv=None) -> int:
     if problems:
         print(f"process_mixkit.py: error: {problems[0]}", file=sys.stderr)
         return 2
-    os.makedirs(args.output_dir, exist_ok=True)
+    try:
+        check_output_folder(args.output_dir, "--output_dir")  # the writer creates it with the first video
+    except UsageError as e:
+        print(f"process_mixkit.py: error: {e}", file=sys.stderr)
+        return 2
+    created = not os.path.exists(args.output_dir)
     summary = process_all(args.input_dir, args.output_dir, args.width, args.height, args.fps, args.num_frames, args.workers)
+    if created and os.path.isdir(args.output_dir) and not any(files for _, _, files in os.walk(args.output_dir)):
+        shutil.rmtree(args.output_dir)  # made for videos that were then skipped: leave no empty folders
     if summary["videos"] == 0:
-        log.error("no videos (%s) found in %s", " ".join(VIDEO_SUFFIXES), args.input_dir)
+        print(f"process_mixkit.py: error: no videos ({' '.join(VIDEO_SUFFIXES)}) found in {args.input_dir}",
+              file=sys.stderr)
         return 1
-    return 1 if summary["failed"] else 0
+    if summary["written"] + summary["existing"] == 0:
+        skipped = ", ".join(f"{v} {k}" for k, v in sorted(summary["skipped"].items()))
+        failed = f", {summary['failed']} failed" if summary["failed"] else ""
+        hint = (f"; the clips are shorter than --num_frames {args.num_frames} at --fps {args.fps:g}: lower "
+                "--num_frames or give longer clips" if TOO_SHORT in summary["skipped"] else "")
+        print(f"process_mixkit.py: error: no video converted from the {summary['videos']} in {args.input_dir} "
+              f"({skipped}{failed}){hint}", file=sys.stderr)
+        return 1
+    if summary["failed"]:
+        print(f"process_mixkit.py: error: {summary['failed']} videos could not be encoded (see above)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

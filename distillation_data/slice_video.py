@@ -32,7 +32,8 @@ summary; clips that already exist are kept as they are (the writer is atomic, so
 existing clip is complete), which makes an interrupted run resumable.
 
 Exit code: 0 when done (skipped entries included), 1 when a clip could not be encoded or
-no clip at all was produced, 2 for unusable arguments / annotation file.
+no clip at all was produced (then neither output file is written), 2 for unusable arguments /
+annotation file.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -54,6 +54,7 @@ if _REPO_ROOT not in sys.path:
 from tqdm import tqdm  # noqa: E402
 
 from causvid.data.video_info import FrameStream  # noqa: E402
+from causvid.runtime import write_text_atomic  # noqa: E402
 from causvid.video_io import VideoReadError, VideoWriteError, VideoWriter  # noqa: E402
 
 log = logging.getLogger("slice_video")
@@ -110,6 +111,8 @@ def load_annotation(path: str) -> list:
         raise AnnotationError(f"annotation {path!r} can't be read: {e}") from None
     if not isinstance(data, list):
         raise AnnotationError(f"annotation {path!r}: expected a JSON list of entries, got {type(data).__name__}")
+    if not data:
+        raise AnnotationError(f"annotation {path!r} holds no entries (an empty list): no clip to cut")
     return data
 
 
@@ -238,24 +241,6 @@ def cut_clips(task: SourceTask) -> dict[str, tuple[str, str]]:
 # --------------------------------------------------------------------------- #
 
 
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def default_prompt_file(output_json: str) -> str:
     root, _ = os.path.splitext(output_json)
     return root + "_prompts.txt"
@@ -345,8 +330,11 @@ def slice_videos(input_folder, output_folder, anno_json, output_json, prompt_fil
             reported.add(name)
             log.warning("entry %d (%s): skipped, %s: %s", i, relpath, st, detail)
 
-    _write_atomic(output_json, json.dumps(out_rows, ensure_ascii=False, indent=1) + "\n")
-    _write_atomic(prompt_file, "".join(r["caption"] + "\n" for r in out_rows))
+    if out_rows:  # no clip: no empty clip list or prompt file either
+        os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(prompt_file)), exist_ok=True)
+        write_text_atomic(output_json, json.dumps(out_rows, ensure_ascii=False, indent=1) + "\n")
+        write_text_atomic(prompt_file, "".join(r["caption"] + "\n" for r in out_rows))
     summary = {
         "entries": len(entries),
         "clips_written": clip_counts[WRITTEN],
@@ -358,11 +346,12 @@ def slice_videos(input_folder, output_folder, anno_json, output_json, prompt_fil
         "prompt_file": prompt_file,
     }
     skipped_txt = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"
-    log.info(
-        "done: %d entries -> %d clips written, %d already there; %d rows in %s (prompts: %s); skipped entries: %s",
-        len(entries), summary["clips_written"], summary["clips_existing"], len(out_rows), output_json, prompt_file,
-        skipped_txt,
-    )
+    if out_rows:
+        log.info(
+            "done: %d entries -> %d clips written, %d already there; %d rows in %s (prompts: %s); skipped entries: %s",
+            len(entries), summary["clips_written"], summary["clips_existing"], len(out_rows), output_json,
+            prompt_file, skipped_txt,
+        )
     return summary
 
 
@@ -398,11 +387,14 @@ def main(argv=None) -> int:
     except AnnotationError as e:
         print(f"slice_video.py: error: {e}", file=sys.stderr)
         return 2
-    if summary["failed"]:
-        log.error("%d clips could not be encoded", summary["failed"])
+    if summary["rows"] == 0:
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(summary["skipped"].items()))
+        print(f"slice_video.py: error: no clip was produced from the {summary['entries']} entries of "
+              f"{args.anno_json} (skipped: {skipped}); nothing written, see the warnings above", file=sys.stderr)
         return 1
-    if summary["rows"] == 0 and summary["entries"] > 0:
-        log.error("no clip was produced")
+    if summary["failed"]:
+        print(f"slice_video.py: error: {summary['failed']} clips could not be encoded (see above); the "
+              f"{summary['rows']} clips made are listed in {args.output_json}", file=sys.stderr)
         return 1
     return 0
 

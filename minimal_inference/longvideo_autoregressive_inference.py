@@ -13,22 +13,27 @@
 import sys
 
 from causvid.data.prompts import read_prompt_file
-from causvid.pipelines.cli import (build_generator, checkpoint_in, my_prompts, output_folder, progress,
-                                   prompt_file_parser, report, run, write_stream)
+from causvid.errors import non_negative_int, positive_int
+from causvid.pipelines.cli import Outputs, build_generator, checkpoint_in, my_prompts, progress, prompt_file_parser, run
 from causvid.pipelines.long_video import check_overlap, overlap_stream, rolling_stream
 
 
 def _main(argv=None):
     p = prompt_file_parser(__doc__.split("\n")[0])
-    p.add_argument("--num_rollout", type=int, default=3)
-    p.add_argument("--num_overlap_frames", type=int, default=3, help="latent frames shared by rollouts (K)")
-    p.add_argument("--mode", choices=["overlap", "rolling"], default="overlap")
-    p.add_argument("--local_attn_size", type=int, help="rolling: window in latent frames (default: training length)")
-    p.add_argument("--sink_size", type=int, help="rolling: first frames always kept (default: one block)")
+    p.add_argument("--num_rollout", type=positive_int, default=3,
+                   help="video length in training lengths: rollouts chained (overlap) or the same length rolled")
+    p.add_argument("--num_overlap_frames", type=positive_int, default=3,
+                   help="latent frames each rollout shares with the next (K); a multiple of num_frame_per_block")
+    p.add_argument("--mode", choices=["overlap", "rolling"], default="overlap",
+                   help="overlap: CausVid's chained rollouts; rolling: one rollout through a rolling KV window")
+    p.add_argument("--local_attn_size", type=positive_int,
+                   help="rolling: the KV window in latent frames (default: the training length)")
+    p.add_argument("--sink_size", type=non_negative_int,
+                   help="rolling: first latent frames always kept in the window (default: one block)")
     args = p.parse_args(argv)
     prompts = read_prompt_file(args.prompt_file_path)
-    generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=True)
-    check_overlap(generator, args.num_overlap_frames)
+    generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=True,
+                                check=lambda cfg: check_overlap(cfg, args.num_overlap_frames))
 
     def stream(i, prompt):
         common = dict(num_rollout=args.num_rollout, num_overlap_frames=args.num_overlap_frames, seed=args.seed,
@@ -38,11 +43,10 @@ def _main(argv=None):
         return rolling_stream(generator, prompt, local_attn_size=args.local_attn_size, sink_size=args.sink_size,
                               **common)
 
-    out = output_folder(args.output_folder)
+    outputs = Outputs(args.output_folder, args.overwrite, args.report_timing)
     for i, prompt in progress(my_prompts(prompts), "long videos"):
-        if write_stream(out / f"long_video_output_{i:03d}.mp4", stream(i, prompt), args.overwrite):
-            report(generator, f"long_video_output_{i:03d}.mp4 (last rollout)", args.report_timing)
-    return 0
+        outputs.write(f"long_video_output_{i:03d}.mp4", stream(i, prompt), generator, note=" (last rollout)")
+    return outputs.finish()
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,8 @@
 """Every inference CLI end to end on tiny Wan folders written in the real layouts (same loaders as a real
 folder): valid mp4s with the right frame count and size, framewise and chunkwise, long videos, I2V, and one-line
 errors for bad input with no partial mp4 left behind."""
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -56,15 +58,22 @@ def test_autoregressive_chunkwise(tmp_path, wan, checkpoint, prompts, capsys):
     argv = ["--config_path", str(TINY / "wan_causal_dmd.yaml"), "--checkpoint_folder", str(checkpoint),
             "--output_folder", str(out), "--prompt_file_path", str(prompts), "--wan_model_path", str(wan),
             "--report_timing"]
-    assert autoregressive(argv) == 0
+    screen = io.StringIO()  # stdout and stderr (the progress bar) as one terminal shows them
+    with contextlib.redirect_stdout(screen), contextlib.redirect_stderr(screen):
+        assert autoregressive(argv) == 0
+    lines = [line.rsplit("\r", 1)[-1] for line in screen.getvalue().splitlines()]  # after the bar's last redraw
+    timing = [line for line in lines if "FPS without VAE" in line]
+    assert len(timing) == 2 and all(line.startswith("[timing] output_00") for line in timing), timing  # not in the bar
+    assert lines[-1] == f"2 videos written, 0 failed -> {out}"
     # 6 latent frames -> 1 + 4*5 = 21 frames at 8x the 4x4 latent
     assert sorted(p.name for p in out.iterdir()) == ["output_000.mp4", "output_001.mp4"]
     assert frames(out / "output_000.mp4") == (21, 32, 32)
-    assert "FPS without VAE" in capsys.readouterr().out
     first = read_video(out / "output_000.mp4")
     assert not np.array_equal(first, read_video(out / "output_001.mp4"))  # per-prompt noise, never shared
     stamp = (out / "output_000.mp4").stat().st_mtime_ns
     assert autoregressive(argv) == 0 and (out / "output_000.mp4").stat().st_mtime_ns == stamp  # skipped
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"0 videos written, 2 skipped (already there; use --overwrite to regenerate), 0 failed -> {out}")
     assert autoregressive(argv + ["--overwrite"]) == 0
     assert np.array_equal(read_video(out / "output_000.mp4"), first)  # seeded: the same video again
 
@@ -123,6 +132,27 @@ def test_i2v_first_frame_is_the_image(tmp_path, wan, checkpoint):
     chunkwise = argv.copy()
     chunkwise[1] = str(TINY / "causal_forcing_dmd_chunkwise.yaml")
     assert inference(chunkwise) == 2  # I2V is framewise only
+
+
+@pytest.mark.parametrize("script", ["inference.py", "minimal_inference/autoregressive_inference.py",
+                                    "minimal_inference/bidirectional_inference.py",
+                                    "minimal_inference/longvideo_autoregressive_inference.py"])
+def test_help_gives_every_flag_a_sentence(script, monkeypatch):
+    from causvid.errors import ArgumentParser
+
+    parsers = []
+
+    def capture(self, argv=None, namespace=None):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        load_script(script).main(["--help"])
+    flags = {a.option_strings[-1]: a.help for a in parsers[0]._actions if a.option_strings}
+    assert [flag for flag, text in flags.items() if not text or len(text.split()) < 3] == []
+    if script == "inference.py":
+        assert "latent frames" in flags["--num_output_frames"] and "4(n-1)+1" in flags["--num_output_frames"]
 
 
 # -- bad input: one-line errors naming the thing, nothing half-written ---------------------------------------

@@ -208,7 +208,12 @@ def test_slice_video_cuts_clips_and_skips_bad_entries(tmp_path, caplog):
 
     argv = ["--input_folder", str(videos), "--output_folder", str(clips), "--anno_json", str(anno_json),
             "--output_json", str(out_json), "--workers", "2"]
-    assert sv.main(argv) == 0
+    umask = os.umask(0o022)
+    try:
+        assert sv.main(argv) == 0
+    finally:
+        os.umask(umask)
+    assert out_json.stat().st_mode & 0o777 == 0o644  # the user's umask, not mkstemp's 0600
 
     expected = [
         ("foo_2-7.mp4", "a cat on a mat"),

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from causvid.config import load_config
 from causvid.flow import flow_to_x0
 from causvid.training import distributed as D
+from causvid.training.checkpointing import latest_checkpoint
 from causvid.training.stages import DMDStage, Models
 from causvid.training.trainer import Trainer, TrainingDiverged
 from causvid.tiny_wan.dit import random_dit
@@ -174,42 +174,64 @@ def read_losses(logdir):
     return out
 
 
-def start_train(tiny_run_data, logdir, resume=False):
-    args = [sys.executable, str(ROOT / "train.py"), "--config_path", str(TINY / "ar_diffusion_tf_framewise.yaml"),
-            "--logdir", str(logdir), "--no_visualize", "--disable-wandb"] + (["--resume"] if resume else [])
-    args += overrides(tiny_run_data, "latents", max_iters=8, log_iters=2, lr=1e-3)
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+def train_argv(tiny_run_data, logdir):
+    return ["--config_path", str(TINY / "ar_diffusion_tf_framewise.yaml"), "--logdir", str(logdir), "--no_visualize",
+            "--disable-wandb"] + overrides(tiny_run_data, "latents", max_iters=8, log_iters=2, lr=1e-3)
 
 
-def wait_for_step(logdir, step, proc, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (Path(logdir) / "log.txt").exists() and max(read_losses(logdir), default=0) >= step:
-            return
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.05)
-    raise TimeoutError(f"step {step} never logged")
+def one_thread_cli(argv):
+    """The training CLI in this process with one torch thread, as the OMP_NUM_THREADS=1 subprocesses run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cli(argv)
+    finally:
+        torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_run_resumes_exactly(tiny_run_data, tmp_path, sig):
-    reference = tmp_path / "reference"
-    assert start_train(tiny_run_data, reference).wait(timeout=600) == 0
-    expected = read_losses(reference)
-    assert sorted(expected) == list(range(1, 9))
+@pytest.fixture(scope="module")
+def reference_losses(tiny_run_data, tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("reference")
+    assert one_thread_cli(train_argv(tiny_run_data, logdir)) == 0
+    losses = read_losses(logdir)
+    assert sorted(losses) == list(range(1, 9))
+    return losses
 
-    run = tmp_path / "killed"
-    proc = start_train(tiny_run_data, run)
-    wait_for_step(run, 3, proc)
-    proc.send_signal(sig)
-    code = proc.wait(timeout=300)
-    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)  # SIGTERM: saves, then exits cleanly
-    assert start_train(tiny_run_data, run, resume=True).wait(timeout=600) == 0
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_stopped_run_resumes_exactly_and_its_log_reads_as_one_run(tiny_run_data, reference_losses, tmp_path, sig):
+    """train.py gets `sig` right after logging step 3 (tests/stop_at_step.py: a known step, no clock). SIGTERM
+    and Ctrl-C finish the step, save it and stop (Ctrl-C: exit 130 and one line); SIGKILL leaves step 2's
+    checkpoint. --resume then reproduces the uninterrupted run's losses, and log.txt holds steps 1..8 once."""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "stop_at_step.py"), "3", sig, str(ROOT / "train.py"),
+                           *train_argv(tiny_run_data, run)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == {"SIGTERM": 0, "SIGINT": 130, "SIGKILL": -signal.SIGKILL}[sig], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    if sig == "SIGINT":
+        assert proc.stderr.strip().splitlines()[-1] == (f"interrupted (Ctrl-C) after step 3: saved step 3 in {run}; "
+                                                         "continue with --resume")
+    assert latest_checkpoint(run).name == ("checkpoint_model_000002" if sig == "SIGKILL" else "checkpoint_model_000003")
+    assert one_thread_cli(train_argv(tiny_run_data, run) + ["--resume"]) == 0
+    steps = [int(m.group(1)) for line in (run / "log.txt").read_text().splitlines()
+             if (m := re.match(r"step (\d+) ", line))]
+    assert steps == list(range(1, 9))  # the steps redone after the resume are not logged twice
     resumed = read_losses(run)
-    assert sorted(resumed) == list(range(1, 9))
     for step in range(1, 9):
-        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-9), step
+        assert resumed[step] == pytest.approx(reference_losses[step], rel=1e-6, abs=1e-9), step
+
+
+def test_keep_last_n_checkpoints(tiny_run_data, tmp_path):
+    from causvid.config import ConfigError
+
+    cfg = load_config(TINY / "causal_ode_chunkwise.yaml", overrides=overrides(
+        tiny_run_data, "ode6", max_iters=3, log_iters=1, keep_last_n=2))
+    Trainer(cfg, tmp_path, no_visualize=True).train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_model_*")) == ["checkpoint_model_000002",
+                                                                         "checkpoint_model_000003"]
+    with pytest.raises(ConfigError, match="keep_last_n=0"):
+        load_config(TINY / "causal_ode_chunkwise.yaml", overrides=["keep_last_n=0"])
 
 
 def cli(argv):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from causvid.data.lmdb import read_lmdb_meta, read_row, shared_lmdb
+from causvid.data.lmdb import lmdb_errors, read_lmdb_meta, read_row, shared_lmdb
 from causvid.data.prompts import PromptDataset
 
 __all__ = [
@@ -58,7 +58,7 @@ class ODERegressionLMDBDataset(torch.utils.data.Dataset):
     def _ode_latent(self, i: int) -> tuple[torch.Tensor, str]:
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} rows of {self.path}")
-        with shared_lmdb(self.path).begin() as txn:
+        with lmdb_errors(self.path), shared_lmdb(self.path).begin() as txn:
             row, prompt = read_row(txn, i, self.row_shape)
         latent = torch.from_numpy(row.astype(np.float32))
         if latent.ndim == 4:

@@ -40,6 +40,7 @@ import math
 import os
 import re
 import shutil
+import struct
 import threading
 from typing import Iterable, Sequence
 
@@ -47,9 +48,13 @@ import lmdb
 import numpy as np
 import torch
 
+from causvid.errors import UsageError
+
 __all__ = [
     "LMDBDataError",
     "LatentLMDBWriter",
+    "check_lmdb_file",
+    "lmdb_errors",
     "open_lmdb_readonly",
     "shared_lmdb",
     "release_shared_lmdb",
@@ -72,7 +77,7 @@ _LATENTS_SHAPE = b"latents_shape"
 _PROMPTS_SHAPE = b"prompts_shape"
 
 
-class LMDBDataError(ValueError):
+class LMDBDataError(UsageError):
     """A dataset file or LMDB can't be used as asked; the message says why, in one line."""
 
 
@@ -101,16 +106,78 @@ def _short(prompt: str, n: int = 60) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
+_MAGIC, _DATA_VERSION = 0xBEEFC0DE, 1
+# an LMDB meta page (lmdb's mdb.c, 64-bit): page header (pgno, pad, flags, lower, upper), then MDB_meta: magic,
+# version, address, mapsize, two MDB_db (md_pad -- the page size in the first one --, flags, depth, branch,
+# leaf and overflow page counts, entries, root), the last page used, the transaction id
+_META = struct.Struct("=Q2H2H" + "2I2Q" + "I2H5Q" * 2 + "2Q")
+
+
+def _read_meta(head: bytes, offset: int):
+    """(version, page size, last page, txn id) of the meta page at offset, or None without LMDB's magic."""
+    if len(head) < offset + _META.size:
+        return None
+    fields = _META.unpack_from(head, offset)
+    magic, version, psize = fields[5], fields[6], fields[9]
+    if magic != _MAGIC:
+        return None
+    return version, psize, fields[-2], fields[-1]
+
+
+def check_lmdb_file(path: str | os.PathLike) -> None:
+    """Check ``path/data.mdb`` before LMDB maps it: an LMDB header, and a file as long as its newest meta page
+    says. A truncated file would otherwise kill the process with SIGBUS when a missing page is read."""
+    path = os.fspath(path)
+    data = os.path.join(path, "data.mdb")
+    size = os.path.getsize(data)
+    again = "copy or write it again (an interrupted copy, download or write?)"
+    if size == 0:
+        raise LMDBDataError(f"LMDB {path}: data.mdb is empty (0 bytes); {again}")
+    with open(data, "rb") as f:
+        head = f.read(_META.size)
+        first = _read_meta(head, 0)
+        if first is None:
+            raise LMDBDataError(f"LMDB {path}: data.mdb is not an LMDB file (no LMDB header); point at the folder "
+                                "written by create_lmdb_iterative.py / the downloaded dataset")
+        if first[0] != _DATA_VERSION:
+            raise LMDBDataError(f"LMDB {path}: data.mdb has LMDB data version {first[0]}, this lmdb reads "
+                                f"version {_DATA_VERSION}; write it again with this LMDB")
+        psize = first[1]
+        f.seek(psize)
+        second = _read_meta(f.read(_META.size), 0)
+    if second is None:
+        raise LMDBDataError(f"LMDB {path}: data.mdb is {size} bytes, too short for its two header pages of "
+                            f"{psize} bytes; {again}")
+    _, _, last_page, _ = max(first, second, key=lambda meta: meta[3])  # the newest committed transaction
+    need = (last_page + 1) * psize
+    if size < need:
+        raise LMDBDataError(f"LMDB {path}: data.mdb is truncated: {size} bytes but its header says {need} "
+                            f"({last_page + 1} pages of {psize} bytes); {again}")
+
+
+@contextlib.contextmanager
+def lmdb_errors(path: str | os.PathLike):
+    """LMDB's own errors (MDB_CORRUPTED, MDB_INVALID, ...) as LMDBDataError naming the database."""
+    try:
+        yield
+    except lmdb.Error as e:
+        path = os.fspath(path)
+        text = str(e).removeprefix(f"{path}: ")
+        raise LMDBDataError(f"LMDB {path}: {text}; the database is damaged: copy or write it again") from None
+
+
 def open_lmdb_readonly(path: str | os.PathLike) -> lmdb.Environment:
     """A new read-only handle on an existing LMDB directory, without the lock file (as the original readers).
 
-    The caller closes it.  LMDB allows one handle per environment and process:
-    long-lived readers (the datasets) use :func:`shared_lmdb` instead.
+    The file is checked first (:func:`check_lmdb_file`). The caller closes the handle.  LMDB allows one handle
+    per environment and process: long-lived readers (the datasets) use :func:`shared_lmdb` instead.
     """
     path = os.fspath(path)
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "data.mdb")):
         raise FileNotFoundError(f"LMDB {path!r} not found (expected a directory holding data.mdb)")
-    return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+    check_lmdb_file(path)
+    with lmdb_errors(path):
+        return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
 
 
 # realpath -> (pid, identity of data.mdb, env): one read-only handle per LMDB and process
@@ -195,7 +262,7 @@ def read_lmdb_meta(path: str | os.PathLike) -> tuple[int, tuple[int, ...] | None
     ``row_shape`` is ``None`` when the database holds no rows yet.
     """
     path = os.fspath(path)
-    with _reader(path) as env, env.begin() as txn:
+    with lmdb_errors(path), _reader(path) as env, env.begin() as txn:
         return _parse_meta(txn, path)
 
 
@@ -273,6 +340,9 @@ class LatentLMDBWriter:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise LMDBDataError(f"{self.path!r} is a file; an LMDB is written as a directory")
         os.makedirs(self.path, exist_ok=True)
+        data = os.path.join(self.path, "data.mdb")
+        if os.path.exists(data) and os.path.getsize(data):
+            check_lmdb_file(self.path)  # resuming a damaged database would crash or extend the damage
         release_shared_lmdb(self.path)  # one handle per environment and process
         # False: keep rows that share a prompt (a synthetic world renders many videos per caption)
         self.unique_prompts = bool(unique_prompts)

@@ -18,6 +18,8 @@ from typing import Sequence, TypeVar
 
 import torch.utils.data
 
+from causvid.errors import UsageError
+
 __all__ = ["PromptFileError", "read_prompt_file", "PromptDataset", "shard_for_rank"]
 
 _BOM = b"\xef\xbb\xbf"
@@ -25,7 +27,7 @@ _BOM = b"\xef\xbb\xbf"
 T = TypeVar("T")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(UsageError):
     """A prompt file can't be used: missing, a folder, empty, or not UTF-8."""
 
 

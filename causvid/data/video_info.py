@@ -36,13 +36,14 @@ import numpy as np
 
 from causvid.video_io import VideoReadError, _ffmpeg_reason, _probe
 from causvid.data.jsonfile import load_json
+from causvid.errors import UsageError
 
 __all__ = ["VIDEO_SUFFIXES", "VideoInfoError", "is_video_name", "read_info", "FrameStream"]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 
 
-class VideoInfoError(ValueError):
+class VideoInfoError(UsageError):
     """A clip-list JSON can't be used (missing, not JSON, wrong shape)."""
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
+from causvid.errors import UsageError
 from causvid.models.latent_codec import LatentVideoCodec
 
 __all__ = [
@@ -54,7 +55,7 @@ def _default_latents(name: str) -> list[float]:
 _DEFAULT_LATENTS_MEAN = _default_latents("latents_mean")
 
 
-class VAECheckpointError(RuntimeError):
+class VAECheckpointError(UsageError, RuntimeError):
     """A VAE checkpoint file exists but its contents do not fit the model (missing / unexpected / mis-shaped keys)."""
 
 

@@ -1,51 +1,100 @@
 """What the inference CLIs share: flags, device and dtype, config, the prompt split across torchrun ranks,
-and writing a stream of pixel blocks into an mp4 (block by block into a `.partial` file, renamed when
-complete, so a failure never leaves a half video under the final name).
+the checks that need no model (run before any model loads), and the output folder: each video is written block
+by block into a `.partial` file renamed when complete, so a failure never leaves a half video under the final
+name, and the run ends with one line saying how many videos were written, skipped and failed, and where.
 
 The CLIs themselves (`minimal_inference/*.py`, `inference.py`) only say which model they load, how they
-name their outputs and, for long videos, how rollouts are chained.
+name their outputs and, for long videos, how rollouts are chained. Errors become one line through
+`causvid.errors.run_cli` (exported here as `run`).
 """
-import argparse
+import re
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from causvid.config import ConfigError, load_config
-from causvid.data.prompts import PromptFileError, shard_for_rank
-from causvid.models.vae import VAECheckpointError
-from causvid.models.wan.checkpoints import CheckpointError
-from causvid.pipelines.text_to_video import VideoGenerator, load_components
-from causvid.runtime import distributed_rank, pick_device
-from causvid.video_io import VideoWriter
+from causvid.config import ConfigError, generator_is_causal, load_config
+from causvid.data.prompts import shard_for_rank
+from causvid.errors import ArgumentParser, UsageError, run_cli
+from causvid.models.wan.checkpoints import check_weights_file
+from causvid.pipelines.text_to_video import VideoGenerator, check_wan_folder, load_components
+from causvid.runtime import check_output_folder, distributed_rank, pick_device
+from causvid.video_io import VideoWriteError, VideoWriter
 
 FPS = 16  # Wan2.1's sample_fps
-USER_ERRORS = (ConfigError, PromptFileError, CheckpointError, VAECheckpointError, FileNotFoundError, ValueError)
+run = run_cli
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config_path", required=True, help="YAML config (see configs/)")
-    p.add_argument("--output_folder", required=True)
-    p.add_argument("--wan_model_path", help="Wan2.1 folder; default: the config's wan_model_path")
-    p.add_argument("--seed", type=int, default=0, help="the noise of prompt i comes from (seed, i)")
-    p.add_argument("--overwrite", action="store_true", help="regenerate videos that already exist")
+def base_parser(description: str) -> ArgumentParser:
+    p = ArgumentParser(description=description)
+    p.add_argument("--config_path", required=True,
+                   help="YAML config of the model (configs/*.yaml): sampling steps, block size, video shape")
+    p.add_argument("--output_folder", required=True, help="folder the mp4s are written to (created if missing)")
+    p.add_argument("--wan_model_path",
+                   help="Wan2.1 folder (DiT, umT5 text encoder, VAE); default: the config's wan_model_path")
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed; the noise of prompt i comes from (seed, i), whatever the number of GPUs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate videos that already exist in --output_folder (default: skip them)")
     p.add_argument("--report_timing", action="store_true",
-                   help="print first-block latency and FPS with and without VAE decode")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
+                   help="print each video's first-block latency and FPS with and without VAE decode")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda (this torchrun rank's GPU) or cuda:N; default: cuda when available")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="weights and activations; default: bfloat16 on CUDA, float32 on CPU")
     return p
 
 
-def build_generator(args, checkpoint=None, causal=True, use_ema=False) -> VideoGenerator:
+def build_generator(args, checkpoint=None, causal=True, use_ema=False, checkpoint_flag="--checkpoint_folder",
+                    check=None) -> VideoGenerator:
+    """Load the model the flags describe. Everything that needs no model is checked first: the config, the
+    device, the Wan folder, the checkpoint file, the output folder and `check(config)` (the CLI's own flags)."""
     cfg = load_config(args.config_path)
     device = pick_device(args.device)
+    where = "--wan_model_path" if args.wan_model_path else f"wan_model_path (in {args.config_path})"
+    wan = check_wan_folder(args.wan_model_path or cfg.wan_model_path, where)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, checkpoint_flag, causal)
+    check_output_folder(args.output_folder, "--output_folder")
+    if check is not None:
+        check(cfg)
     default = torch.bfloat16 if device.startswith("cuda") else torch.float32
     dtype = getattr(torch, args.dtype) if args.dtype else default
-    components = load_components(args.wan_model_path or cfg.wan_model_path, checkpoint, use_ema=use_ema,
-                                 dtype=dtype, device=device)
+    components = load_components(wan, checkpoint, use_ema=use_ema, dtype=dtype, device=device)
     return VideoGenerator(components, cfg, causal=causal, device=device)
+
+
+def check_checkpoint(path, flag: str, causal: bool) -> None:
+    """The checkpoint exists, its first bytes are a checkpoint's, and, when the training run's config.yaml is
+    beside it, the model was trained with the attention this CLI samples with."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{flag} {path}: no such file or folder")
+    if path.is_file():
+        check_weights_file(path)
+    trained = _training_config(path)
+    if trained is not None and generator_is_causal(trained[1]) != causal:
+        kind = "causal (block-causal attention, KV cache)" if not causal else "bidirectional (full attention)"
+        other = ("minimal_inference/autoregressive_inference.py or inference.py" if not causal
+                 else "minimal_inference/bidirectional_inference.py")
+        raise UsageError(f"{flag} {path}: trained as a {kind} model ({trained[0]}); this CLI would sample it "
+                         f"the other way: use {other}")
+
+
+_CHECKPOINT_FOLDER = re.compile(r"^checkpoint_model_\d{6,}$")
+
+
+def _training_config(checkpoint: Path):
+    """(path, config) of the training run a checkpoint of ours came from (logdir/config.yaml beside
+    logdir/checkpoint_model_XXXXXX/model.pt), or None."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    if not _CHECKPOINT_FOLDER.match(folder.name) or not (folder.parent / "config.yaml").is_file():
+        return None
+    try:
+        return folder.parent / "config.yaml", load_config(folder.parent / "config.yaml")
+    except ConfigError:  # a config of another version: say nothing rather than guess
+        return None
 
 
 def my_prompts(prompts):
@@ -54,40 +103,58 @@ def my_prompts(prompts):
     return shard_for_rank(prompts, rank, world)
 
 
-def output_folder(path) -> Path:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def write_stream(path: Path, pixel_blocks, overwrite: bool) -> bool:
-    """Write pixel blocks [1, n, 3, H, W] into `path` as they arrive; skip an existing video unless
-    overwrite. Returns whether a video was written."""
-    if path.exists() and not overwrite:
-        return False
-    with VideoWriter(path, fps=FPS) as writer:
-        for pixels in pixel_blocks:
-            writer.write(pixels[0])
-    return True
-
-
 def progress(items, desc):
     rank, _ = distributed_rank()
     return tqdm(items, desc=desc, disable=rank != 0)
 
 
-def report(generator: VideoGenerator, name: str, enabled: bool):
-    if enabled:
-        print(f"[timing] {name}: {generator.timing.summary()}", flush=True)
+class Outputs:
+    """The output folder of a run: writes each video (or skips one that exists), counts, and ends the run with
+    one line saying what it did. A video that fails to encode is counted and the run goes on."""
+
+    def __init__(self, folder, overwrite: bool, report_timing: bool):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.overwrite, self.report_timing = overwrite, report_timing
+        self.written = self.skipped = self.failed = 0
+
+    def write(self, name: str, pixel_blocks, generator: VideoGenerator, note: str = "") -> None:
+        """Write pixel blocks [1, n, 3, H, W] into folder/name as they arrive."""
+        path = self.folder / name
+        if path.exists() and not self.overwrite:
+            self.skipped += 1
+            return
+        try:
+            with VideoWriter(path, fps=FPS) as writer:
+                for pixels in pixel_blocks:
+                    writer.write(pixels[0])
+        except (VideoWriteError, OSError, torch.OutOfMemoryError) as err:
+            self.failed += 1
+            text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            tqdm.write(f"error: {path}: {text}", file=sys.stderr)
+            return
+        self.written += 1
+        if self.report_timing:  # on its own line, above the progress bar
+            tqdm.write(f"[timing] {name}{note}: {generator.timing.summary()}")
+
+    def summary(self) -> str:
+        rank, world = distributed_rank()
+        who = f"rank {rank}/{world}: " if world > 1 else ""
+        skipped = f", {self.skipped} skipped (already there; use --overwrite to regenerate)" if self.skipped else ""
+        return f"{who}{self.written} videos written{skipped}, {self.failed} failed -> {self.folder}"
+
+    def finish(self) -> int:
+        """Print the summary line; the exit code (1 when a video failed)."""
+        print(self.summary(), flush=True)
+        return 1 if self.failed else 0
 
 
-def run(main_fn, argv=None) -> int:
-    """Run a CLI body; errors the user can fix (files, keys, folders, values) become one-line messages."""
-    try:
-        return main_fn(argv)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def check_num_frames(cfg, num_frames, config_path, flag="--num_output_frames") -> None:
+    """A causal rollout generates whole blocks of num_frame_per_block latent frames."""
+    block = cfg.num_frame_per_block
+    if num_frames is not None and num_frames % block:
+        raise UsageError(f"{flag} {num_frames}: {config_path} generates blocks of num_frame_per_block={block} latent "
+                         f"frames; pass a multiple of {block}")
 
 
 # -- CausVid's prompt-file CLIs (autoregressive_inference.py, bidirectional_inference.py) ----------------
@@ -95,16 +162,24 @@ def checkpoint_in(folder):
     """CausVid's checkpoint folders hold model.pt; no folder means the Wan folder's own weights."""
     if folder is None:
         return None
-    path = Path(folder) / "model.pt"
+    folder = Path(folder)
+    if folder.is_file():
+        raise UsageError(f"--checkpoint_folder {folder} is a file; pass the folder that holds model.pt "
+                         f"(here: {folder.parent})" + (" or use inference.py --checkpoint_path for a .pt file"
+                                                         if folder.name != "model.pt" else ""))
+    if not folder.is_dir():
+        raise UsageError(f"--checkpoint_folder {folder}: no such folder")
+    path = folder / "model.pt"
     if not path.exists():
-        raise FileNotFoundError(f"{folder}: no model.pt in the checkpoint folder")
+        raise UsageError(f"--checkpoint_folder {folder}: no model.pt in this folder")
     return path
 
 
 def prompt_file_parser(description):
     p = base_parser(description)
-    p.add_argument("--checkpoint_folder", help="folder with model.pt ('generator'); default: Wan folder weights")
-    p.add_argument("--prompt_file_path", required=True, help="one prompt per line")
+    p.add_argument("--checkpoint_folder",
+                   help="folder with model.pt (its 'generator' weights); default: the Wan folder's own weights")
+    p.add_argument("--prompt_file_path", required=True, help="text file with one prompt per line (UTF-8)")
     return p
 
 
@@ -114,9 +189,8 @@ def prompt_file_main(argv, causal: bool, description: str) -> int:
     args = prompt_file_parser(description).parse_args(argv)
     prompts = read_prompt_file(args.prompt_file_path)  # fail on a bad prompt file before loading models
     generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=causal)
-    out = output_folder(args.output_folder)
+    outputs = Outputs(args.output_folder, args.overwrite, args.report_timing)
     for i, prompt in progress(my_prompts(prompts), "videos"):
         stream = (pixels for _, pixels in generator.stream(prompt, seed=args.seed, index=i))
-        if write_stream(out / f"output_{i:03d}.mp4", stream, args.overwrite):
-            report(generator, f"output_{i:03d}.mp4", args.report_timing)
-    return 0
+        outputs.write(f"output_{i:03d}.mp4", stream, generator)
+    return outputs.finish()

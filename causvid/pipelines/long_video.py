@@ -11,6 +11,8 @@ two (``causvid.toy.evaluate``).
 """
 import torch
 
+from causvid.errors import UsageError
+
 __all__ = ["long_video_frames", "overlap_stream", "rolling_stream", "check_overlap"]
 
 
@@ -19,17 +21,18 @@ def long_video_frames(frames: int, num_rollout: int, num_overlap_frames: int) ->
     return frames + (num_rollout - 1) * (frames - num_overlap_frames)
 
 
-def check_overlap(generator, num_overlap_frames: int) -> None:
-    block, frames = generator.config.num_frame_per_block, generator.latent_shape[0]
+def check_overlap(config, num_overlap_frames: int) -> None:
+    """Overlaps a rollout of `config` (its block size, its training length) can chain; UsageError otherwise."""
+    block, frames = config.num_frame_per_block, config.image_or_video_shape[1]
     if num_overlap_frames % block or not 0 < num_overlap_frames < frames:
-        raise ValueError(f"--num_overlap_frames {num_overlap_frames} must be a multiple of num_frame_per_block "
+        raise UsageError(f"--num_overlap_frames {num_overlap_frames} must be a multiple of num_frame_per_block "
                          f"{block} and between 1 and {frames - 1}")
 
 
 def overlap_stream(generator, prompt: str, num_rollout: int, num_overlap_frames: int, seed: int = 0,
                    index: int = 0):
     """CausVid's chaining, streamed: every frame is yielded as soon as no later rollout will replace it."""
-    check_overlap(generator, num_overlap_frames)
+    check_overlap(generator.config, num_overlap_frames)
     k = num_overlap_frames
     hold = 4 * (k - 1) + 1  # pixel frames the next rollout regenerates from the overlap
     initial = None

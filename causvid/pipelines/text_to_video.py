@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from causvid.errors import UsageError
 from causvid.models.text_encoder import WanTextEncoder
 from causvid.models.vae import WanVAE
 from causvid.models.wan import WanDiT
@@ -31,12 +32,16 @@ class Components:
     vae: WanVAE  # or causvid.toy.latent_space.ToyVAE (same interface)
 
 
-def _wan_folder(path) -> Path:
+def check_wan_folder(path, what: str = "wan_model_path") -> Path:
+    """The Wan folder `what` (a flag or config key) names, or a UsageError saying what is wrong with it."""
     path = Path(path)
+    if path.is_file():
+        raise UsageError(f"{what} {path} is a file; pass the Wan model folder that holds it ({path.parent}?): "
+                         "config.json, the DiT weights, Wan2.1_VAE.pth and the umT5 text encoder")
     if not path.is_dir():
-        raise FileNotFoundError(f"Wan model folder {path} not found (set wan_model_path in the config or pass "
-                                "--wan_model_path; download with: hf download Wan-AI/Wan2.1-T2V-1.3B "
-                                "--local-dir wan_models/Wan2.1-T2V-1.3B)")
+        raise UsageError(f"{what}: Wan model folder {path} not found (set wan_model_path in the config or pass "
+                         "--wan_model_path; download with: hf download Wan-AI/Wan2.1-T2V-1.3B "
+                         "--local-dir wan_models/Wan2.1-T2V-1.3B)")
     return path
 
 
@@ -67,7 +72,7 @@ def load_vae(folder, dtype=torch.float32, device="cpu"):
 
 
 def load_components(wan_model_path, checkpoint=None, use_ema=False, dtype=torch.float32, device="cpu") -> Components:
-    wan = _wan_folder(wan_model_path)
+    wan = check_wan_folder(wan_model_path)
     dit = load_dit(wan, checkpoint, use_ema, dtype, device).eval().requires_grad_(False)
     text_encoder = load_text_encoder(wan, dit.config.text_len, dtype=dtype, device=device)
     vae = load_vae(wan, dtype=dtype, device=device)

@@ -5,13 +5,17 @@ A checkpoint is a folder `checkpoint_model_{step:06d}/` holding
   "generator_ema": ..., "critic": ...}` with keys prefixed `model.` (what their loaders and ours read);
 - `training_state.pt`: optimizers, step, data position, the EMA's start — what a resume needs beyond weights.
 The folder is written under a temporary name and renamed when complete, so a run killed mid-save leaves the
-previous checkpoint as the latest one.
+previous checkpoint as the latest one. `keep_last_n` (config) deletes older ones; on resume the run's log.txt is
+cut back to the checkpoint's step.
 """
 import re
 import shutil
 from pathlib import Path
 
 import torch
+
+from causvid.models.wan.checkpoints import torch_load
+from causvid.runtime import write_text_atomic
 
 PREFIX = "model."
 _NAME = re.compile(r"^checkpoint_model_(\d{6,})$")
@@ -40,14 +44,45 @@ def save_checkpoint(logdir, step: int, models: dict, training_state: dict) -> Pa
     return final
 
 
-def latest_checkpoint(logdir) -> Path:
-    """The newest complete checkpoint folder in logdir, or None."""
+def _complete_checkpoints(logdir) -> list:
+    """[(step, folder)] of the complete checkpoints in logdir, oldest first."""
     logdir = Path(logdir)
     if not logdir.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in logdir.iterdir() if (m := _NAME.match(p.name))
-             and (p / "model.pt").exists() and (p / "training_state.pt").exists()]
-    return max(found)[1] if found else None
+        return []
+    return sorted((int(m.group(1)), p) for p in logdir.iterdir() if (m := _NAME.match(p.name))
+                  and (p / "model.pt").exists() and (p / "training_state.pt").exists())
+
+
+def latest_checkpoint(logdir) -> Path:
+    """The newest complete checkpoint folder in logdir, or None."""
+    found = _complete_checkpoints(logdir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(logdir, keep_last_n) -> list:
+    """Delete all but the newest `keep_last_n` complete checkpoints (None: keep all); returns the deleted folders."""
+    if keep_last_n is None:
+        return []
+    old = [folder for _, folder in _complete_checkpoints(logdir)[:-keep_last_n]]
+    for folder in old:
+        shutil.rmtree(folder)
+    return old
+
+
+_STEP_LINE = re.compile(r"^step (\d+) ")
+
+
+def truncate_log(path, step: int) -> None:
+    """Cut a run's log.txt before the first line of a step after `step`, so that a resumed run's log reads as
+    one run (the steps a killed run did after its last checkpoint are run, and logged, again)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    cut = next((i for i, line in enumerate(lines) if (m := _STEP_LINE.match(line)) and int(m.group(1)) > step),
+               len(lines))
+    if cut < len(lines):
+        write_text_atomic(path, "".join(lines[:cut]))
 
 
 def load_checkpoint(folder) -> tuple:
@@ -56,6 +91,6 @@ def load_checkpoint(folder) -> tuple:
     for name in ("model.pt", "training_state.pt"):
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder}: not a training checkpoint (no {name})")
-    models = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-    state = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=False)
+    models = torch_load(folder / "model.pt")
+    state = torch_load(folder / "training_state.pt", weights_only=False)
     return {k: unpublished(v) for k, v in models.items()}, state

@@ -114,15 +114,23 @@ class ODEStage(Stage):
         self.times = denoising_steps(cfg) + ([0.0] if list(cfg.denoising_step_list)[-1] == 0 else [])
         self.layout = ode_layout(cfg)
 
+    def check_slots(self, slots: int, where: str = "the data") -> bool:
+        """Whether the rows are Causal Forcing's (per `ode_layout`); ConfigError if `slots` does not fit it."""
+        causal_forcing = self.layout == "causal_forcing"  # [noise, states..., ODE output, real latent]
+        n = len(self.times)
+        expected = [n + 2] if causal_forcing else [n, n + 1]
+        if slots not in expected:
+            levels = "[" + ", ".join(f"{t:g}" for t in self.times) + "]"
+            raise ConfigError(f"{where}: ODE rows have {slots} slot(s); ode_layout {self.layout!r} with the step "
+                              f"list {levels} needs {' or '.join(map(str, expected))}: set ode_layout (causvid: "
+                              f"{n} or {n + 1} slots, causal_forcing: {n + 2}) to match the data, or point "
+                              "data_path at ODE pairs (a latent LMDB has 1 slot: train on it with a diffusion config)")
+        return causal_forcing
+
     def generator_loss(self, models, batch, step):
         ode = batch["ode"]  # [B, S, F, C, H, W]
         slots, frames = ode.shape[1], ode.shape[2]
-        causal_forcing = self.layout == "causal_forcing"  # [noise, states..., ODE output, real latent]
-        expected = [len(self.times) + 2] if causal_forcing else [len(self.times), len(self.times) + 1]
-        if slots not in expected:
-            raise ValueError(f"ODE rows have {slots} slots; ode_layout {self.layout!r} with the step list "
-                             f"{self.times} needs {' or '.join(map(str, expected))} (set ode_layout: causvid or "
-                             "causal_forcing to match the data)")
+        causal_forcing = self.check_slots(slots)
         idx = self.levels(len(self.times), frames, batch, step, "level", ode.device,
                           per_block=self.causal and not causal_forcing)
         t = torch.tensor(self.times, device=ode.device)[idx]

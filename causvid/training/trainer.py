@@ -20,11 +20,13 @@ from causvid.data.prompts import read_prompt_file
 from causvid.pipelines.text_to_video import load_dit, load_text_encoder, load_vae
 from causvid.training import distributed as D
 from causvid import rng
-from causvid.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from causvid.errors import RunError
+from causvid.training.checkpointing import (latest_checkpoint, load_checkpoint, prune_checkpoints,
+                                           save_checkpoint, truncate_log)
 from causvid.training.stages import Models, make_stage
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunError):
     pass
 
 
@@ -60,6 +62,7 @@ class Trainer:
         self.ema = None
         self.step = 0
         self.stop_requested = False
+        self.stop_signal = None  # "SIGTERM" / "SIGINT" once one asked this process to stop
         self.history = []  # (step, logs) of this process's run
         if resume is not None:
             self._resume(resume)
@@ -73,7 +76,12 @@ class Trainer:
                                     f"{'a prompt file' if self.stage.data == 'prompts' else 'an LMDB'})")
         if self.stage.data == "prompts":
             return [{"prompts": p} for p in read_prompt_file(path)]
-        return ODERegressionLMDBDataset(path) if self.stage.data == "ode" else LatentLMDBDataset(path)
+        if self.stage.data == "latents":
+            return LatentLMDBDataset(path)
+        dataset = ODERegressionLMDBDataset(path)
+        if dataset.row_shape is not None:  # the rows' slots fit the step list: known now, not at step 1
+            self.stage.check_slots(1 if len(dataset.row_shape) == 4 else dataset.row_shape[0], f"data_path {path}")
+        return dataset
 
     def batch(self, step: int, micro: int, role: str = "generator") -> dict:
         """This rank's micro-batch: global sample positions, the dataset rows they map to, prompt embeddings.
@@ -134,7 +142,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------------------
     def train(self) -> list:
         cfg = self.cfg
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         end = cfg.max_iters if cfg.max_iters is not None else float("inf")
         bar = tqdm(total=None if end == float("inf") else end, initial=self.step, disable=not self.dist.is_main)
         started, start_step = time.perf_counter(), self.step
@@ -149,18 +157,24 @@ class Trainer:
                     self.save()
                     self._visualize()
                 if stop:
-                    self._print(f"SIGTERM: saved step {self.step}, stopping")
+                    saved = "nothing saved (--no_save)" if self.no_save else f"saved step {self.step}"
+                    self._print(f"{self.stop_signal or 'a signal on another rank'}: {saved}, stopping")
                     break
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             bar.close()
         seconds = time.perf_counter() - started
         self._print(f"done: {self.step - start_step} steps in {seconds:.1f} s "
                     f"({(self.step - start_step) / max(seconds, 1e-9):.2f} steps/s), peak memory {_peak_memory()}")
         return self.history
 
-    def _on_sigterm(self, *_):
+    def _on_signal(self, signum, _frame):
+        """SIGTERM or Ctrl-C: finish the step, save, stop. A second Ctrl-C stops at once, without saving."""
+        if self.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.stop_requested = True
+        self.stop_signal = signal.Signals(signum).name
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def save(self):
@@ -175,6 +189,7 @@ class Trainer:
                      "samples_seen": self.step * (2 if self.stage.has_critic else 1) * self.cfg.grad_accum
                      * self.dist.world_size * self.cfg.batch_size}
             path = save_checkpoint(self.logdir, self.step, models, state)
+            prune_checkpoints(self.logdir, self.cfg.keep_last_n)
             save_config(self.cfg, self.logdir / "config.yaml")
             self._print(f"saved {path}")
         D.barrier()
@@ -185,6 +200,8 @@ class Trainer:
     def _resume(self, resume):
         folder = latest_checkpoint(self.logdir) if resume == "latest" else Path(resume)
         if folder is None:
+            if self.dist.is_main:
+                truncate_log(self.logdir / "log.txt", 0)
             self._print(f"resume: no checkpoint in {self.logdir}, starting from step 0")
             return
         models, state = load_checkpoint(folder)
@@ -197,6 +214,8 @@ class Trainer:
             self.ema = D.ShardedEMA(self.models.generator, self.cfg.ema_weight)
             self.ema.load_full_state_dict(self.models.generator, models["generator_ema"])
         self.step = state["step"]
+        if self.dist.is_main:  # the log reads as one run: drop the lines of the steps that are run again
+            truncate_log(self.logdir / "log.txt", self.step)
         self._print(f"resumed from {folder} at step {self.step}")
 
     # -- output -----------------------------------------------------------------------------------------------

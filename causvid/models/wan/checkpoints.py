@@ -13,15 +13,18 @@ Sizes: what tensor shapes tell (dim, layers, ffn, text_dim, ...) is read from th
 names). Real and tiny checkpoints take exactly the same path.
 """
 import json
+import pickle
 import re
 from pathlib import Path
 
 import torch
 
+from causvid.errors import UsageError
+
 from .presets import PRESETS, WanConfig, get_preset
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
 
 
@@ -50,6 +53,7 @@ _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_o
 _LEADING_PREFIXES = ("model.", "module.")
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 def diffusers_to_wan_key(key: str) -> str:
@@ -74,9 +78,52 @@ def normalize_keys(state_dict: dict) -> dict:
 
 
 # -- reading files ------------------------------------------------------------------------------------
+def check_weights_file(path) -> None:
+    """Read the first bytes of a .pt / .safetensors file: fail with a CheckpointError naming it when it is empty,
+    a text file or cut short, before anything is loaded."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; expected a checkpoint file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); download or save it again")
+    if path.suffix == ".safetensors":
+        header = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+        if not 0 < header <= size - 8 or head[8:9] != b"{":
+            raise CheckpointError(f"{path}: not a safetensors file (no header; starts with {head[:8]!r}) or cut "
+                                  "short; download or save it again")
+    elif path.suffix in TORCH_SUFFIXES and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip or a pickle; this file "
+                              f"starts with {head[:12]!r}); point at the .pt that training or the release wrote")
+
+
+def torch_load(path, weights_only: bool = True, mmap: bool = False):
+    """torch.load on CPU; a file it can't read (cut short, not torch.save's) is a CheckpointError naming it."""
+    check_weights_file(path)
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            # legacy (non-zip) files cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{path}: can't be read as a PyTorch checkpoint ({text[:160]}); a truncated "
+                              "download or copy? get the file again") from err
+
+
 def _load_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
-    return load_file(str(path))
+    check_weights_file(path)
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: can't be read as safetensors ({err}); download or save it again") from err
 
 
 def _load_sharded(index_path: Path) -> dict:
@@ -94,10 +141,7 @@ def _load_sharded(index_path: Path) -> dict:
 
 
 def _load_torch(path: Path, use_ema: bool) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = torch_load(path, mmap=True)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     wanted = "generator_ema" if use_ema else "generator"
@@ -149,11 +193,11 @@ def read_checkpoint(path, use_ema: bool = False) -> tuple:
         state = _load_sharded(weights)
     elif weights.suffix == ".safetensors":
         state = _load_safetensors(weights)
-    elif weights.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+    elif weights.suffix in TORCH_SUFFIXES:
         state = _load_torch(weights, use_ema)
     else:
         raise CheckpointError(f"{weights}: unknown checkpoint format (expected .safetensors, .pt or an index .json)")
-    if use_ema and weights.suffix not in (".pt", ".pth", ".bin", ".ckpt"):
+    if use_ema and weights.suffix not in TORCH_SUFFIXES:
         raise CheckpointError(f"{weights}: use_ema applies to training checkpoints (.pt with 'generator_ema')")
     return normalize_keys(state), config, weights
 
