@@ -166,7 +166,8 @@ class Check:
         self.train_steps = args.train_steps or (1 if self.smoke else 2)
         self.latents = {}  # part name -> the rollout's clean latents (float32, CPU)
         self.results = None  # the JSON being written (set by run_parts)
-        self._vae = None
+        self._vae, self.vae_error = None, None
+        self.compiled = False  # a part compiled something: drop dynamo's caches after it
         self._workdir = None
         self._training_data = None
 
@@ -174,8 +175,13 @@ class Check:
         print(msg, flush=True)
 
     def vae(self):
-        if self._vae is None:
-            self._vae = bench.build_vae(self.settings.vae, self.settings.device, self.dtype)
+        """The decoder of the with-VAE figures; None (and the reason in vae_error) if it cannot be built, so the
+        inference parts still give their other figures."""
+        if self._vae is None and self.vae_error is None:
+            try:
+                self._vae = bench.build_vae(self.settings.vae, self.settings.device, self.dtype)
+            except Exception as err:
+                self.vae_error = f"{type(err).__name__}: {err}"
         return self._vae
 
     def model(self, **changes):
@@ -197,8 +203,11 @@ class Check:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
     def free(self) -> None:
-        """Between parts: drop compiled graphs (they hold their models) and cached device memory."""
-        torch._dynamo.reset()
+        """Between parts: drop compiled graphs and CUDA graph pools (they hold their models) and cached device
+        memory. (FlexAttention's compiled kernel is kept unless a part compiled blocks.)"""
+        if self.compiled:
+            torch._dynamo.reset()
+            self.compiled = False
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -220,8 +229,12 @@ def part_environment(c: Check) -> dict:
     if c.device.type == "cuda":
         props = torch.cuda.get_device_properties(c.device)
         env.update(capability=f"{props.major}.{props.minor}", memory_bytes=props.total_memory,
-                   multiprocessors=props.multi_processor_count, cudnn=torch.backends.cudnn.version(),
-                   nccl=".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None)
+                   multiprocessors=props.multi_processor_count, cudnn=torch.backends.cudnn.version())
+        try:
+            nccl = torch.cuda.nccl.version()
+            env["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
+        except Exception as err:  # a build without NCCL
+            env["nccl"] = f"unavailable: {type(err).__name__}: {err}"
     kernels = {name: _version(name) for name in ("flash_attn", "triton", "diffusers", "xformers")}
     kernels.update(flex_attention=flex_attention is not None, flash_attn_usable=flash_attn_func is not None,
                    sdpa_flash=torch.backends.cuda.flash_sdp_enabled(),
@@ -256,6 +269,7 @@ def part_inference(c: Check, key: str, mode: str = "cached", need: Callable = No
     opts = SpeedOptions(**{"attention_backend": "sdpa", **switches})
     if opts.compile or opts.cuda_graphs:
         opts.compile_backend = c.compile_backend
+        c.compiled = True
     model = c.model()
     apply_speed_options(model, opts)
     block = bench.mode_block(mode, s)
@@ -265,7 +279,7 @@ def part_inference(c: Check, key: str, mode: str = "cached", need: Callable = No
         out, latents = bench.bench_mode(mode, make, s, c.device, c.vae(), opts.overlap_decode, s.frames, c.log)
     out["flops"] = bench.flop_figures(model.config, mode, s, block, opts.cross_cache, out["total_s"]["median"])
     out.update(num_frame_per_block=block, options=asdict(opts), dtype=s.dtype, preset=s.preset,
-               latent_shape=list(noise.shape))
+               latent_shape=list(noise.shape), vae=s.vae if c.vae() is not None else f"none: {c.vae_error}")
     c.latents[key] = latents.float().cpu()
     return out
 
@@ -280,7 +294,10 @@ def stream_session_api():
     """The name of a streaming prompt-switch API in causvid.pipelines, if one has landed (None if not)."""
     import causvid.pipelines as pipelines
     for info in pkgutil.iter_modules(pipelines.__path__):
-        module = importlib.import_module(f"causvid.pipelines.{info.name}")
+        try:
+            module = importlib.import_module(f"causvid.pipelines.{info.name}")
+        except Exception:  # not this part's concern
+            continue
         if hasattr(module, "StreamSession"):
             return f"causvid.pipelines.{info.name}.StreamSession"
     return None
