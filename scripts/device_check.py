@@ -578,22 +578,27 @@ def run_parts(parts: list, check: Check, out: Path, meta: dict, budget_s: float,
         for part in parts:
             record = results["parts"][part.name]
             remaining = budget_s - (time.perf_counter() - start)
-            if stopped is not None or remaining <= 0:
+            if keep and (keep.get(part.name) or {}).get("status") == "ok":
+                results["parts"][part.name] = dict(keep[part.name], kept_from_earlier_run=True)
+            elif stopped is not None or remaining <= 0:
                 stopped = stopped or f"the budget of {budget_s:g} s ran out"
                 record.update(status="skipped", reason=f"not started: {stopped}")
             elif not _selected(part.name, selection):
                 record.update(status="skipped", reason="not selected (--parts)")
-            elif keep and (keep.get(part.name) or {}).get("status") == "ok":
-                results["parts"][part.name] = dict(keep[part.name], kept_from_earlier_run=True)
             else:
                 check.log(f"== {part.name}")
                 t0 = time.perf_counter()
                 try:
-                    if use_alarm:
-                        signal.setitimer(signal.ITIMER_REAL, remaining)
-                    if part.name in fail:
-                        raise RuntimeError(f"forced failure of {part.name} (--fail_part)")
-                    record.update(status="ok", result=part.fn(check))
+                    try:
+                        if use_alarm:
+                            signal.setitimer(signal.ITIMER_REAL, remaining)
+                        if part.name in fail:
+                            raise RuntimeError(f"forced failure of {part.name} (--fail_part)")
+                        result = part.fn(check)
+                    finally:  # disarmed before any handler below runs
+                        if use_alarm:
+                            signal.setitimer(signal.ITIMER_REAL, 0)
+                    record.update(status="ok", result=result)
                 except SkipPart as why:
                     record.update(status="skipped", reason=str(why))
                 except BudgetExceeded as why:
@@ -602,9 +607,6 @@ def run_parts(parts: list, check: Check, out: Path, meta: dict, budget_s: float,
                 except Exception as err:  # recorded; the next part runs
                     record.update(status="error", error=f"{type(err).__name__}: {err}",
                                   traceback=traceback.format_exc().splitlines()[-12:])
-                finally:
-                    if use_alarm:
-                        signal.setitimer(signal.ITIMER_REAL, 0)
                 record["seconds"] = time.perf_counter() - t0
                 check.free()
                 check.log(f"   {part.name}: {record['status']} in {record['seconds']:.1f} s"

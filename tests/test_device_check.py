@@ -129,6 +129,10 @@ def test_budget_stops_cleanly(tmp_path):
     assert p["parts"]["c"] == {"status": "skipped", "reason": "not started: the budget of 60 s ran out"}
     none = dc.run_parts(parts, _Stub(), tmp_path / "b.json", {}, budget_s=0)["parts"]
     assert all(part["status"] == "skipped" and "budget" in part["reason"] for part in none.values())
+    # a rerun (--keep_done --parts c) keeps what the first run measured, whatever it selects
+    rerun = dc.run_parts(parts, _Stub(), tmp_path / "a.json", {}, budget_s=60, selection=["c"], keep=p["parts"])
+    assert rerun["parts"]["a"] == dict(p["parts"]["a"], kept_from_earlier_run=True)
+    assert rerun["parts"]["b"]["reason"] == "not selected (--parts)" and rerun["parts"]["c"]["result"] == {"x": 3}
 
 
 def test_bad_input_is_one_line(tmp_path):
