@@ -203,13 +203,27 @@ def mode_block(mode: str, s: Settings) -> int:
 
 def build_dit(s: Settings) -> WanDiT:
     """Random weights at the preset's sizes: Wan's init, with the (zero-initialised) output head drawn too, so
-    the rollout's latents are not trivially the noise."""
+    the rollout's latents are not trivially the noise. Made in s.dtype on s.device from the start (the 14B
+    model in fp32 would take 56 GB before a cast to bf16)."""
     overrides = {"num_layers": s.num_layers} if s.num_layers else {}
     torch.manual_seed(s.seed)
-    with torch.device(s.device):
-        model = WanDiT.from_preset(s.preset, **overrides)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, s.dtype))
+    try:
+        with torch.device(s.device):
+            model = WanDiT.from_preset(s.preset, **overrides)
+    finally:
+        torch.set_default_dtype(default)
     torch.nn.init.xavier_uniform_(model.head.head.weight)
-    return model.to(getattr(torch, s.dtype)).eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
+
+
+def random_inputs(model_cfg, s: Settings, device, dtype) -> tuple:
+    """The rollout's noise [1, frames, C, h, w] and a random prompt embedding [1, text_len, text_dim]."""
+    gen = torch.Generator().manual_seed(s.seed)
+    noise = torch.randn(1, s.frames, model_cfg.in_dim, s.height, s.width, generator=gen).to(device, dtype)
+    context = torch.randn(1, model_cfg.text_len, model_cfg.text_dim, generator=gen).to(device, dtype)
+    return noise, context
 
 
 def build_skyreels(model: WanDiT, block: int):
@@ -336,6 +350,15 @@ def rollout_flops(model_cfg, mode: str, s: Settings, block: int, cross_cache: bo
             total[key] = total.get(key, 0) + v
     total["calls"] = len(calls)
     return total
+
+
+def flop_figures(model_cfg, mode: str, s: Settings, block: int, cross_cache: bool, seconds: float) -> dict:
+    """The rollout's analytic TFLOP, the TFLOP/s it reached in `seconds`, and MFU against s.peak_tflops."""
+    flops = rollout_flops(model_cfg, mode, s, block, cross_cache)
+    achieved = flops["total"] / seconds / 1e12
+    return dict(tflop_per_video=flops["total"] / 1e12, calls=flops["calls"],
+                breakdown_tflop={k: v / 1e12 for k, v in flops.items() if k not in ("total", "calls")},
+                achieved_tflops=achieved, mfu=achieved / s.peak_tflops if s.peak_tflops else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -531,9 +554,7 @@ def main(argv=None) -> dict:
     cfg = model.config
     apply_speed_options(model, opts)
     frame_tokens = (s.height // cfg.patch_size[1]) * (s.width // cfg.patch_size[2])
-    gen = torch.Generator().manual_seed(s.seed)
-    noise = torch.randn(1, s.frames, cfg.in_dim, s.height, s.width, generator=gen).to(device, dtype)
-    context = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen).to(device, dtype)
+    noise, context = random_inputs(cfg, s, device, dtype)
     vae = build_vae(s.vae, s.device, dtype)
     params = sum(p.numel() for p in model.parameters())
     env = environment(device)
@@ -586,12 +607,8 @@ def main(argv=None) -> dict:
             log(f"{mode}: {n_blocks} blocks of {block} frame(s)")
             out, latents[mode] = bench_mode(mode, make, s, device, vae if mode in CACHED_MODES else None,
                                             opts.overlap_decode, frames_done, log)
-            flops = rollout_flops(cfg, mode, s, block, opts.cross_cache or mode not in CACHED_MODES)
-            achieved = flops["total"] / out["total_s"]["median"] / 1e12
-            out["flops"] = dict(tflop_per_video=flops["total"] / 1e12, calls=flops["calls"],
-                                breakdown_tflop={k: v / 1e12 for k, v in flops.items() if k not in ("total", "calls")},
-                                achieved_tflops=achieved,
-                                mfu=achieved / s.peak_tflops if s.peak_tflops else None)
+            out["flops"] = flop_figures(cfg, mode, s, block, opts.cross_cache or mode not in CACHED_MODES,
+                                        out["total_s"]["median"])
             out["num_frame_per_block"] = block
             results["modes"][mode] = out
             if sky is not None and mode == "skyreels":

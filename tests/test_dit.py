@@ -257,3 +257,20 @@ def test_x0_head_returns_the_flow_its_clean_latent_implies():
     assert rollout_vs_full(x0_model, 3, num_blocks=2) <= 1e-5
     with pytest.raises(ValueError, match="prediction='eps'"):
         random_tiny(prediction="eps")
+
+
+def test_bf16_model_runs_and_matches_fp32():
+    """A model cast to bf16 (the GPU inference default) runs, its fp32 LayerNorm taking the bf16 affine weights
+    of the cross-attention norm, and agrees with the fp32 model to bf16 precision, cached and uncached."""
+    model = random_tiny()
+    half = random_tiny()
+    half.load_state_dict(model.state_dict())
+    half = half.to(torch.bfloat16)
+    x, t, c = torch.randn(1, 2, 16, H, W), torch.tensor([700.0]), torch.randn(1, 16, 32)
+    with torch.no_grad():
+        ref = model(x, t, c, causal=True)
+        out = half(x.bfloat16(), t, c.bfloat16(), causal=True)
+        cached = half(x[:, :1].bfloat16(), t, c.bfloat16(), cache=half.new_cache(1, max_frames=2), start_frame=0)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 2e-2
+    assert ((cached.float() - ref[:, :1]).norm() / ref[:, :1].norm()).item() < 2e-2

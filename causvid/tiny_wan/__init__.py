@@ -27,16 +27,25 @@ def write_tiny_training_data(root, frames: int = 6, rows: int = 6, seed: int = 0
     """A tiny Wan folder plus a dataset for every training stage: a latent LMDB (`latents`), ODE LMDBs in
     CausVid's 4-slot (`ode4`) and Causal Forcing's 6-slot (`ode6`) layouts, and a prompt file (`prompts.txt`);
     4x4 latents (32x32 pixels)."""
+    root = Path(root)
+    write_tiny_wan(root / "wan", seed=seed)
+    return write_training_datasets(root, frames=frames, rows=rows, seed=seed)
+
+
+def write_training_datasets(root, frames: int = 6, height: int = 4, width: int = 4, rows: int = 6,
+                            seed: int = 0) -> Path:
+    """The datasets of `write_tiny_training_data` at any latent size (random 16-channel latents): `latents`,
+    `ode4`, `ode6` and `prompts.txt` under root."""
     import torch
 
     from causvid.data.lmdb import LatentLMDBWriter
 
     root = Path(root)
-    write_tiny_wan(root / "wan", seed=seed)
     gen = torch.Generator().manual_seed(seed)
     for name, slots in (("latents", 1), ("ode4", 4), ("ode6", 6)):
         with LatentLMDBWriter(root / name) as writer:
             for i in range(rows):
-                writer.append(torch.randn(slots, frames, 16, 4, 4, generator=gen), f"a red square moving left {i}")
+                writer.append(torch.randn(slots, frames, 16, height, width, generator=gen),
+                              f"a red square moving left {i}")
     (root / "prompts.txt").write_text("\n".join(f"a blue circle moving up {i}" for i in range(rows)) + "\n")
     return root

@@ -47,10 +47,13 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 (as Wan does under bf16), returned in the input dtype."""
+    """LayerNorm computed in fp32 (as Wan does under bf16), returned in the input dtype. The affine weights are
+    taken in fp32 too: a model cast to bf16 would otherwise hand fp32 activations bf16 weights, which
+    F.layer_norm refuses."""
 
     def forward(self, x):
-        return super().forward(x.float()).type_as(x)
+        weight, bias = (None if p is None else p.float() for p in (self.weight, self.bias))
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
 class Attention(nn.Module):
