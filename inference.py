@@ -12,9 +12,10 @@ encoded as latent frame 0, cached at t = 0, and the rest of the video follows it
 import sys
 from pathlib import Path
 
-from causvid.data.prompts import read_prompt_file
 from causvid.errors import UsageError, positive_int
-from causvid.pipelines.cli import Outputs, base_parser, build_generator, check_num_frames, my_prompts, progress, run
+from causvid.pipelines.cli import (NUM_FRAMES_HELP, Outputs, add_schedule_flag, add_v2v_flags, base_parser,
+                                   build_generator, check_items, check_num_frames, input_latents, my_prompts,
+                                   progress, read_items, run)
 from causvid.video_io import load_image, read_crop_info, safe_filename
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -53,42 +54,45 @@ def unique_names(prompts):
     return names
 
 
-NUM_FRAMES_HELP = ("latent frames to generate (default: the config's image_or_video_shape[1], 21 for Wan); n latent "
-                   "frames decode to 4(n-1)+1 video frames at 16 fps (21 -> 81 frames, 5 s); a causal model "
-                   "needs a multiple of its num_frame_per_block")
-
-
 def _main(argv=None):
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--checkpoint_path", help="the weights: a .pt holding 'generator' / 'generator_ema', a "
                    ".safetensors, or a Wan / diffusers folder; default: the Wan folder's own weights")
-    p.add_argument("--data_path", required=True,
-                   help="prompt file (one prompt per line), or with --i2v a folder of images with captions")
+    p.add_argument("--data_path",
+                   help="prompt file (one prompt per line), or with --i2v a folder of images with captions "
+                        "(or give --prompt_schedule)")
     p.add_argument("--use_ema", action="store_true", help="load the checkpoint's EMA weights ('generator_ema')")
     p.add_argument("--num_output_frames", type=positive_int, help=NUM_FRAMES_HELP)
     p.add_argument("--i2v", action="store_true",
                    help="image-to-video: each image of --data_path becomes the first frame (framewise models)")
+    add_schedule_flag(p)
+    add_v2v_flags(p)
     args = p.parse_args(argv)
-    items = i2v_items(args.data_path) if args.i2v else [(prompt, None, None) for prompt in read_prompt_file(args.data_path)]
+    if args.i2v and (args.prompt_schedule or args.input_video):
+        raise UsageError("--i2v takes its prompts from --data_path's images: leave out --prompt_schedule / --input_video")
+    items = i2v_items(args.data_path) if args.i2v else [(prompt, None, None) for prompt in read_items(args, "--data_path")]
 
     def check(cfg):
         if args.i2v and cfg.num_frame_per_block != 1:
             raise UsageError(f"--i2v needs a framewise model (num_frame_per_block 1); {args.config_path} has "
                              f"{cfg.num_frame_per_block}")
         check_num_frames(cfg, args.num_output_frames, args.config_path)
+        check_items(args, cfg, args.num_output_frames)
 
     generator = build_generator(args, args.checkpoint_path, causal=True, use_ema=args.use_ema,
                                 checkpoint_flag="--checkpoint_path", check=check)
     _, _, h, w = generator.latent_shape
+    source = input_latents(args, generator)
     outputs = Outputs(args.output_folder, args.overwrite, args.report_timing)
-    names = unique_names(prompt for prompt, _, _ in items)  # over all prompts, so ranks agree
+    names = unique_names(p if isinstance(p, str) else p[0][0] for p, _, _ in items)  # over all, so ranks agree
     for i, (prompt, image, crop) in progress(my_prompts(items), "videos"):
         initial = None
         if image is not None:
             pixels = load_image(image, 8 * h, 8 * w, crop=crop)[None, None]
             initial = generator.components.vae.encode(pixels).to(generator.components.dit.dtype)
         stream = (px for _, px in generator.stream(prompt, num_frames=args.num_output_frames, seed=args.seed,
-                                                    index=i, initial_latent=initial))
+                                                    index=i, initial_latent=initial, input_latents=source,
+                                                    strength=args.strength))
         outputs.write(f"{names[i]}.mp4", stream, generator)
     return outputs.finish()
 

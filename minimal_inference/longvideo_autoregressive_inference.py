@@ -12,14 +12,14 @@
 """
 import sys
 
-from causvid.data.prompts import read_prompt_file
-from causvid.errors import non_negative_int, positive_int
-from causvid.pipelines.cli import Outputs, build_generator, checkpoint_in, my_prompts, progress, prompt_file_parser, run
-from causvid.pipelines.long_video import check_overlap, overlap_stream, rolling_stream
+from causvid.errors import UsageError, non_negative_int, positive_int
+from causvid.pipelines.cli import (Outputs, build_generator, check_items, checkpoint_in, my_prompts, progress,
+                                   prompt_file_parser, read_items, run)
+from causvid.pipelines.long_video import check_overlap, long_video_frames, overlap_stream, rolling_stream
 
 
 def _main(argv=None):
-    p = prompt_file_parser(__doc__.split("\n")[0])
+    p = prompt_file_parser(__doc__.split("\n")[0], schedule=True)
     p.add_argument("--num_rollout", type=positive_int, default=3,
                    help="video length in training lengths: rollouts chained (overlap) or the same length rolled")
     p.add_argument("--num_overlap_frames", type=positive_int, default=3,
@@ -31,9 +31,15 @@ def _main(argv=None):
     p.add_argument("--sink_size", type=non_negative_int,
                    help="rolling: first latent frames always kept in the window (default: one block)")
     args = p.parse_args(argv)
-    prompts = read_prompt_file(args.prompt_file_path)
-    generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=True,
-                                check=lambda cfg: check_overlap(cfg, args.num_overlap_frames))
+    if args.prompt_schedule and args.mode != "rolling":
+        raise UsageError("--prompt_schedule switches prompts inside one rollout: use it with --mode rolling")
+    prompts = read_items(args, "--prompt_file_path")
+
+    def check(cfg):
+        check_overlap(cfg, args.num_overlap_frames)
+        check_items(args, cfg, long_video_frames(cfg.image_or_video_shape[1], args.num_rollout, args.num_overlap_frames))
+
+    generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=True, check=check)
 
     def stream(i, prompt):
         common = dict(num_rollout=args.num_rollout, num_overlap_frames=args.num_overlap_frames, seed=args.seed,

@@ -12,6 +12,7 @@ prompt.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Sequence, TypeVar
@@ -20,7 +21,8 @@ import torch.utils.data
 
 from causvid.errors import UsageError
 
-__all__ = ["PromptFileError", "read_prompt_file", "PromptDataset", "shard_for_rank"]
+__all__ = ["PromptFileError", "read_prompt_file", "read_prompt_schedule", "check_schedule_blocks", "PromptDataset",
+           "shard_for_rank"]
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -97,6 +99,72 @@ def read_prompt_file(path: str | os.PathLike) -> list[str]:
         )
         prompts = [p for p in prompts if p]
     return prompts
+
+
+def read_prompt_schedule(path: str | os.PathLike) -> list[tuple[int, list[tuple[str, int]]]]:
+    """``--prompt_schedule FILE.jsonl``: one video per line, each a JSON list of
+    ``{"prompt": str, "start_frame": int}`` (latent frames; the first at 0, strictly increasing). Returns
+    ``[(line number, [(prompt, start_frame), ...]), ...]``; blank lines are skipped. A line that breaks a rule is a one-line
+    :class:`PromptFileError` naming ``file:line``; block boundaries are checked by ``check_schedule_blocks``
+    once the config is known (still before any model loads)."""
+    name = os.fspath(path)
+    if os.path.isdir(name) or not os.path.exists(name):
+        raise PromptFileError(f"--prompt_schedule {name!r}: {'is a folder' if os.path.isdir(name) else 'not found'}; "
+                              "expected a JSONL file, one video per line")
+    try:
+        with open(name, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PromptFileError(f"--prompt_schedule {name!r} can't be read as UTF-8 text: {e}") from None
+    schedules = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"--prompt_schedule {name}:{number}"
+        try:
+            items = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptFileError(f"{where}: not JSON ({e.msg} at column {e.colno}); expected a list like "
+                                  '[{"prompt": "...", "start_frame": 0}, ...]') from None
+        if not isinstance(items, list) or not items:
+            raise PromptFileError(f"{where}: expected a non-empty JSON list of {{\"prompt\", \"start_frame\"}} objects")
+        schedule = []
+        for item in items:
+            if not isinstance(item, dict) or set(item) != {"prompt", "start_frame"}:
+                raise PromptFileError(f"{where}: each entry must be an object with exactly the keys \"prompt\" and "
+                                      f"\"start_frame\", got {json.dumps(item)[:80]}")
+            prompt, start = item["prompt"], item["start_frame"]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise PromptFileError(f"{where}: empty prompt at start_frame {start}")
+            if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+                raise PromptFileError(f"{where}: start_frame must be a non-negative integer (latent frames), got "
+                                      f"{json.dumps(start)}")
+            if not schedule and start != 0:
+                raise PromptFileError(f"{where}: the first prompt must start at frame 0, not {start}")
+            if schedule and start <= schedule[-1][1]:
+                raise PromptFileError(f"{where}: start_frame {start} does not follow {schedule[-1][1]}: list the "
+                                      "switches in increasing order")
+            schedule.append((prompt.strip(), start))
+        schedules.append((number, schedule))
+    if not schedules:
+        raise PromptFileError(f"--prompt_schedule {name!r} holds no schedule; expected one JSON list per line")
+    return schedules
+
+
+def check_schedule_blocks(schedules, path, block_starts, num_frames: int) -> None:
+    """Every switch on a block boundary (`block_starts`: the latent frames where blocks begin) and before the
+    video's end (`num_frames` latent frames); else a one-line :class:`PromptFileError` naming the line."""
+    starts = set(block_starts)
+    for number, schedule in schedules:
+        for _, start in schedule:
+            if start >= num_frames:
+                raise PromptFileError(f"--prompt_schedule {path}:{number}: start_frame {start} is past the video's "
+                                      f"end ({num_frames} latent frames; see --num_output_frames)")
+            if start not in starts:
+                nearest = min(starts, key=lambda s: abs(s - start))
+                raise PromptFileError(f"--prompt_schedule {path}:{number}: start_frame {start} is not on a block "
+                                      f"boundary (blocks start at {', '.join(map(str, sorted(starts)[:5]))}, ...; "
+                                      f"nearest: {nearest})")
 
 
 def shard_for_rank(items: Sequence[T], rank: int, world_size: int) -> list[tuple[int, T]]:

@@ -175,22 +175,112 @@ def checkpoint_in(folder):
     return path
 
 
-def prompt_file_parser(description):
+def prompt_file_parser(description, schedule: bool = False):
+    """The flags of CausVid's prompt-file CLIs; `schedule`: a prompt schedule may replace the prompt file."""
     p = base_parser(description)
     p.add_argument("--checkpoint_folder",
                    help="folder with model.pt (its 'generator' weights); default: the Wan folder's own weights")
-    p.add_argument("--prompt_file_path", required=True, help="text file with one prompt per line (UTF-8)")
+    p.add_argument("--prompt_file_path", required=not schedule,
+                   help="text file with one prompt per line (UTF-8)" + (" (or give --prompt_schedule)" if schedule else ""))
+    if schedule:
+        add_schedule_flag(p)
     return p
 
 
-def prompt_file_main(argv, causal: bool, description: str) -> int:
-    from causvid.data.prompts import read_prompt_file
+NUM_FRAMES_HELP = ("latent frames to generate (default: the config's image_or_video_shape[1], 21 for Wan); n latent "
+                   "frames decode to 4(n-1)+1 video frames at 16 fps (21 -> 81 frames, 5 s); a causal model "
+                   "needs a multiple of its num_frame_per_block")
 
-    args = prompt_file_parser(description).parse_args(argv)
-    prompts = read_prompt_file(args.prompt_file_path)  # fail on a bad prompt file before loading models
-    generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=causal)
+
+def add_schedule_flag(p) -> None:
+    p.add_argument("--prompt_schedule", metavar="FILE.jsonl",
+                   help='prompts that change mid-video, in place of the prompt file: one video per line, a JSON list '
+                        'of {"prompt": str, "start_frame": int} (latent frames, the first at 0, increasing, on block '
+                        'boundaries); each switch re-caches the KV window under the new prompt')
+
+
+def add_v2v_flags(p) -> None:
+    p.add_argument("--input_video", metavar="PATH",
+                   help="video-to-video: this video, resized and centre-cropped to the config's size, is each "
+                        "prompt's source; the output has its length in whole blocks")
+    p.add_argument("--strength", type=float,
+                   help="video-to-video: the timestep T in (0, 1000] the input is noised to before the student's "
+                        "steps below T (1000: ignore the input; lower keeps more of it)")
+
+
+def read_items(args, data_flag: str):
+    """The prompts (a prompt file) or schedules (--prompt_schedule) of a run, read and checked before any model
+    loads: [prompt or [(prompt, start frame), ...]]."""
+    from causvid.data.prompts import read_prompt_file, read_prompt_schedule
+
+    data = getattr(args, data_flag.lstrip("-"))
+    schedule = getattr(args, "prompt_schedule", None)
+    if (data is None) == (schedule is None):
+        raise UsageError(f"give either {data_flag} (one prompt per line) or --prompt_schedule (prompts that change "
+                         "mid-video), not both" if data is not None else f"give {data_flag} or --prompt_schedule")
+    if getattr(args, "input_video", None) is not None and not 0 < (args.strength or 0) <= 1000:
+        raise UsageError(f"--strength {args.strength}: --input_video needs a timestep T in (0, 1000]")
+    if getattr(args, "strength", None) is not None and getattr(args, "input_video", None) is None:
+        raise UsageError("--strength needs --input_video (the video to start from)")
+    if getattr(args, "input_video", None) is not None:
+        from causvid.video_io import video_info
+        video_info(args.input_video)  # unreadable: one line naming it, before any model loads
+    if schedule is None:
+        return read_prompt_file(data)
+    return [items for _, items in read_prompt_schedule(schedule)]
+
+
+def check_items(args, cfg, num_frames=None) -> None:
+    """Once the config is known (before the model loads): schedule switches on block boundaries, inside the video."""
+    from causvid.data.prompts import check_schedule_blocks, read_prompt_schedule
+    from causvid.models.wan.attention import block_layout
+
+    if getattr(args, "prompt_schedule", None) is None:
+        return
+    frames = num_frames or cfg.image_or_video_shape[1]
+    starts = [s for s, _ in block_layout(frames, cfg.num_frame_per_block, bool(cfg.independent_first_frame))]
+    check_schedule_blocks(read_prompt_schedule(args.prompt_schedule), args.prompt_schedule, starts, frames)
+
+
+def input_latents(args, generator: VideoGenerator):
+    """--input_video as latents [1, F, C, h, w]: read, resized and centre-cropped to the config's size, encoded."""
+    if getattr(args, "input_video", None) is None:
+        return None
+    from causvid.video_io import read_video, resize_center_crop
+
+    frames = torch.from_numpy(read_video(args.input_video)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    vae, (_, _, h, w) = generator.components.vae, generator.latent_shape
+    usable = 1 + (frames.shape[0] - 1) // vae.temporal_factor * vae.temporal_factor
+    block = generator.config.num_frame_per_block
+    if 1 + (usable - 1) // vae.temporal_factor < block:
+        raise UsageError(f"--input_video {args.input_video}: {frames.shape[0]} frames make fewer latent frames than "
+                         f"one block ({block}); give a longer video")
+    video = torch.stack([resize_center_crop(f, h * vae.spatial_factor, w * vae.spatial_factor)
+                         for f in frames[:usable]]).clamp(-1, 1)
+    with torch.no_grad():
+        return vae.encode(video[None].to(generator.device, generator.components.dit.dtype))
+
+
+def prompt_file_main(argv, causal: bool, description: str) -> int:
+    from causvid.errors import positive_int
+
+    parser = prompt_file_parser(description, schedule=causal)
+    if causal:
+        parser.add_argument("--num_output_frames", type=positive_int, help=NUM_FRAMES_HELP)
+        add_v2v_flags(parser)
+    args = parser.parse_args(argv)
+    items = read_items(args, "--prompt_file_path")  # fail on bad prompts before loading models
+    num_frames = getattr(args, "num_output_frames", None)
+
+    def check(cfg):
+        check_num_frames(cfg, num_frames, args.config_path)
+        check_items(args, cfg, num_frames)
+
+    generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=causal, check=check)
+    source = input_latents(args, generator)
     outputs = Outputs(args.output_folder, args.overwrite, args.report_timing)
-    for i, prompt in progress(my_prompts(prompts), "videos"):
-        stream = (pixels for _, pixels in generator.stream(prompt, seed=args.seed, index=i))
+    for i, item in progress(my_prompts(items), "videos"):
+        stream = (pixels for _, pixels in generator.stream(item, num_frames=num_frames, seed=args.seed, index=i,
+                                                           input_latents=source, strength=getattr(args, "strength", None)))
         outputs.write(f"output_{i:03d}.mp4", stream, generator)
     return outputs.finish()

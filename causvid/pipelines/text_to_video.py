@@ -120,20 +120,32 @@ class VideoGenerator:
         _, c, h, w = self.latent_shape
         return torch.randn(1, num_frames, c, h, w, generator=gen).to(self.device, self.components.dit.dtype), gen
 
-    def stream(self, prompt: str, num_frames: int = None, seed: int = 0, index: int = 0, rollout: int = 0,
-               initial_latent=None, local_attn_size: int = None, sink_size: int = None):
+    def stream(self, prompt, num_frames: int = None, seed: int = 0, index: int = 0, rollout: int = 0,
+               initial_latent=None, local_attn_size: int = None, sink_size: int = None, input_latents=None,
+               strength: float = None):
         """Yield (latent block, its new pixel frames [1, n, 3, H, W] in [-1, 1]) as each block is finished: a
-        finite `StreamSession` for a causal model, the whole video at once for a bidirectional one."""
+        finite `StreamSession` for a causal model, the whole video at once for a bidirectional one.
+
+        prompt: a string, or a schedule [(prompt, start latent frame), ...] switching (with re-cache) at those
+        frames. input_latents + strength: video-to-video; the video is then the input's length, in whole blocks.
+        """
         cfg, comp = self.config, self.components
+        schedule = [(prompt, 0)] if isinstance(prompt, str) else list(prompt)
+        if input_latents is not None:
+            num_frames = input_latents.shape[1] // cfg.num_frame_per_block * cfg.num_frame_per_block
         num_frames = num_frames or self.latent_shape[0]
         start_time = time.perf_counter()
         self.timing = Timing()
         noise, gen = self.noise(num_frames, seed, index, rollout)
         if self.causal:
-            blocks = StreamSession(comp, cfg, prompt, noise=noise, generator=gen, initial_latent=initial_latent,
-                                   local_attn_size=local_attn_size, sink_size=sink_size)
+            session = StreamSession(comp, cfg, schedule[0][0], noise=noise, generator=gen,
+                                    initial_latent=initial_latent, local_attn_size=local_attn_size,
+                                    sink_size=sink_size, input_latents=input_latents, strength=strength)
+            blocks = _scheduled(session, dict((start, p) for p, start in schedule[1:]))
+        elif len(schedule) > 1 or input_latents is not None:
+            raise ValueError("prompt schedules and video-to-video need a causal (autoregressive) model")
         else:
-            blocks = self._bidirectional(prompt, noise, gen)
+            blocks = self._bidirectional(schedule[0][0], noise, gen)
         vae_seconds = 0.0
         for block in blocks:
             done = time.perf_counter()
@@ -159,3 +171,11 @@ class VideoGenerator:
             sampled = time.perf_counter()
             pixels = comp.vae.stream_decoder().decode(latents)
         yield StreamBlock(0, latents, pixels, prompt, sampled - started, time.perf_counter() - sampled)
+
+
+def _scheduled(session, switches: dict):
+    """The session's blocks, switching the prompt (with re-cache) where `switches` says {start frame: prompt}."""
+    while not session.finished:
+        if session.frame in switches:
+            session.set_prompt(switches[session.frame])
+        yield session.next_block()

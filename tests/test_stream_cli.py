@@ -1,0 +1,130 @@
+"""Prompt schedules and video-to-video through the CLIs, on the shipped toy student (real loading code): one
+video per schedule line with the frames it implies, bad schedules and inputs rejected before any model loads
+(one line naming the line / flag), and V2V at strength 1000 equal to text-to-video from the same noise."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from causvid.config import load_config
+from causvid.pipelines.text_to_video import VideoGenerator, load_components
+from causvid.toy import world
+from causvid.video_io import read_video, video_info, write_video
+
+from repo_scripts import load_script
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "toy" / "cf_dmd_chunkwise.yaml"
+TOY = ROOT / "checkpoints" / "toy"
+inference = load_script("inference.py").main
+autoregressive = load_script("minimal_inference/autoregressive_inference.py").main
+A, B, C = "a red square moving left", "a blue circle moving up", "a green triangle moving down"
+
+
+def schedule_file(tmp_path, *lines):
+    path = tmp_path / "schedule.jsonl"
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def base(tmp_path, wan=TOY):
+    return ["--config_path", str(CONFIG), "--wan_model_path", str(wan), "--output_folder", str(tmp_path / "out")]
+
+
+def test_a_schedule_writes_one_video_per_line(tmp_path, capsys):
+    path = schedule_file(tmp_path, [{"prompt": A, "start_frame": 0}, {"prompt": B, "start_frame": 6}],
+                         [{"prompt": C, "start_frame": 0}])
+    assert autoregressive(base(tmp_path) + ["--prompt_schedule", str(path), "--num_output_frames", "9"]) == 0
+    videos = sorted((tmp_path / "out").glob("*.mp4"))
+    assert [v.name for v in videos] == ["output_000.mp4", "output_001.mp4"]
+    assert all(video_info(v)[:3] == (1 + 4 * 8, 32, 32) for v in videos)  # 9 latent frames -> 33 pixel frames
+    assert "2 videos written" in capsys.readouterr().out
+
+
+def test_a_switch_changes_what_follows_and_nothing_before():
+    generator = VideoGenerator(load_components(TOY), load_config(CONFIG))
+    plain = torch.cat([x for x, _ in generator.stream(A, num_frames=9, seed=1)], 1)
+    switched = torch.cat([x for x, _ in generator.stream([(A, 0), (B, 3)], num_frames=9, seed=1)], 1)
+    assert torch.equal(plain[:, :3], switched[:, :3])
+    assert (plain[:, 3:] - switched[:, 3:]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", r"schedule.jsonl:1: not JSON"),
+    ([{"prompt": A, "start_frame": 3}, {"prompt": B, "start_frame": 0}], r":1: the first prompt must start at frame 0"),
+    ([{"prompt": A, "start_frame": 0}, {"prompt": B, "start_frame": 0}], r":1: start_frame 0 does not follow 0"),
+    ([{"prompt": "  ", "start_frame": 0}], r":1: empty prompt"),
+    ([{"prompt": A, "start_frame": 0}, {"prompt": B, "start_frame": 4}], r":1: start_frame 4 is not on a block boundary"),
+    ([{"prompt": A, "start_frame": 0}, {"prompt": B, "start_frame": 6}], r":1: start_frame 6 is past the video's end"),
+])
+def test_bad_schedules_fail_before_loading_naming_the_line(tmp_path, capsys, line, message):
+    empty_wan = tmp_path / "empty_wan"  # loading from it would fail: the check must come first
+    empty_wan.mkdir()
+    path = schedule_file(tmp_path, line)
+    code = inference(base(tmp_path, empty_wan) + ["--prompt_schedule", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_schedule_or_prompt_file_not_both(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(A + "\n")
+    path = schedule_file(tmp_path, [{"prompt": A, "start_frame": 0}])
+    assert inference(base(tmp_path) + ["--data_path", str(prompts), "--prompt_schedule", str(path)]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def source_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("v2v") / "source.mp4"
+    video = world.render(world.VideoSpec("square", "red", "left", 16.0, 16.0), num_frames=21)
+    write_video(path, video)
+    return path
+
+
+def test_v2v_at_strength_1000_equals_text_to_video(tmp_path, source_video):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(B + "\n")
+    t2v = base(tmp_path) + ["--data_path", str(prompts), "--num_output_frames", "6"]
+    assert inference(t2v) == 0
+    v2v = base(tmp_path / "v") + ["--data_path", str(prompts), "--input_video", str(source_video), "--strength", "1000"]
+    assert inference(v2v) == 0
+    name = f"{B}.mp4"
+    assert (read_video(tmp_path / "out" / name) == read_video(tmp_path / "v" / "out" / name)).all()
+
+
+def test_v2v_keeps_the_input_at_low_strength(tmp_path, source_video):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(B + "\n")
+    assert autoregressive(base(tmp_path) + ["--prompt_file_path", str(prompts), "--input_video", str(source_video),
+                                            "--strength", "150"]) == 0
+    out = read_video(tmp_path / "out" / "output_000.mp4").astype(float)
+    src = read_video(source_video).astype(float)
+    assert out.shape == src.shape  # 21 frames in, 6 latent frames = 2 whole blocks, 21 frames out
+    assert abs(out - src).mean() < 10  # within 10 of 255 per pixel on average: the input kept
+
+
+@pytest.mark.parametrize("kind, flags, message", [
+    ("text", ["--strength", "500"], "source.mp4"),
+    ("short", ["--strength", "500"], "fewer latent frames than one block"),
+    ("ok", ["--strength", "0"], r"--strength 0\.0: --input_video needs a timestep T in \(0, 1000\]"),
+    ("ok", [], r"--strength None"),
+])
+def test_v2v_bad_inputs_fail_cleanly(tmp_path, capsys, source_video, kind, flags, message):
+    video = tmp_path / "source.mp4"
+    if kind == "text":
+        video.write_text("not a video")
+    elif kind == "short":
+        write_video(video, torch.zeros(5, 3, 32, 32))  # 5 frames -> 2 latent frames < one block of 3
+    else:
+        video = source_video
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(B + "\n")
+    code = inference(base(tmp_path) + ["--data_path", str(prompts), "--input_video", str(video)] + flags)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and re.search(message, err), err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # no partial mp4
