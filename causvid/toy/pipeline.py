@@ -151,12 +151,18 @@ class ToyPipeline:
             cf_dmd = self.stage(f"cf_dmd_{layout}", lambda f: self.train(
                 f, f"cf_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(cf_ode), data_path=data / "prompts.txt",
                 **common))
+            # the same DMD without the originals' gradient through the KV cache (issue 13's comparison)
+            cf_detached = self.stage(f"cf_dmd_{layout}_detached", lambda f: self.train(
+                f, f"cf_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(cf_ode), data_path=data / "prompts.txt",
+                kv_cache_gradient="detached", **common))
             models.update({
                 f"AR diffusion ({layout}, 50-step)": (f"ar_diffusion_{layout}", teacher_folder, _last(ar)),
                 f"CausVid ODE init ({layout})": (f"ode_{layout}", teacher_folder, _last(ode)),
                 f"CausVid DMD ({layout})": (f"causvid_dmd_{layout}", teacher_folder, _last(dmd)),
                 f"Causal Forcing ODE init ({layout})": (f"ode_{layout}", teacher_folder, _last(cf_ode)),
                 f"Causal Forcing DMD ({layout})": (f"cf_dmd_{layout}", teacher_folder, _last(cf_dmd)),
+                f"Causal Forcing DMD ({layout}, detached cache gradient)": (f"cf_dmd_{layout}", teacher_folder,
+                                                                            _last(cf_detached)),
             })
         from causvid.toy.evaluate import evaluate_models, write_report
         self.stage("evaluate", lambda f: evaluate_models(f, models, self.budget, self.seed))
