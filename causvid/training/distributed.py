@@ -87,6 +87,12 @@ class ShardedEMA:
             self.shadow[name].lerp_(local(p).float(), 1.0 - self.decay)
 
     @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Write the average into `model`, a copy of the averaged one sharded the same way (a target network)."""
+        for name, p in sharded_parameters(model):
+            local(p).copy_(self.shadow[name])
+
+    @torch.no_grad()
     def full_state_dict(self, model: torch.nn.Module) -> dict:
         """Every rank must call this (it gathers); the result is complete on every rank, on CPU. Each shadow
         shard is swapped into its parameter for the gather (FSDP's own sharding, padding included), then the

@@ -68,3 +68,22 @@ def critic_flow_loss(pred_flow: torch.Tensor, noise: torch.Tensor, x0: torch.Ten
     """The fake score's denoising loss on generator samples x0 (flow parameterisation): mean of
     (pred_flow - (noise - x0))^2 over every element (DMD2, Yin et al. 2024, eq. 5, in flow form)."""
     return flow_matching_loss(pred_flow, noise, x0)
+
+
+def euler_step(x_t: torch.Tensor, flow: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+    """One Euler step of the flow ODE from timestep t to t_next ([B, F] each): x + (sigma_next - sigma) * flow,
+    the one-step solver of consistency distillation (Song et al. 2023, "Consistency Models", Eq. 6).
+    Computed in float64, returned in x_t's dtype."""
+    step = ((t_next.double() - t.double()) / 1000.0)[..., None, None, None]
+    return (x_t.double() + step * flow.double()).to(x_t.dtype)
+
+
+def consistency_distillation_loss(student_x0: torch.Tensor, target_x0: torch.Tensor, x_next: torch.Tensor,
+                                  t_next: torch.Tensor) -> torch.Tensor:
+    """Consistency distillation (Song et al. 2023, "Consistency Models", Eq. 7 with d = squared L2, lambda = 1):
+    mean || f_theta(x_t, t) - stopgrad f_ema(x_next, t_next) ||^2, where x_next is one teacher ODE step from x_t
+    (`euler_step`) and f is a model's x0 prediction. Frames with t_next = 0 take x_next itself as the target:
+    the boundary condition f(x, 0) = x (Eq. 5; an x0 = x_t - sigma * flow head meets it exactly)."""
+    at_boundary = (t_next == 0)[..., None, None, None]
+    target = torch.where(at_boundary, x_next, target_x0).detach()
+    return (student_x0.float() - target.float()).pow(2).mean()

@@ -9,6 +9,8 @@ the config picks the stage (`trainer`, or CausVid's `distillation_loss`).
 - dmd: distribution matching distillation with a critic (fake score) and the frozen teacher (real score);
   the generator's sample is built CausVid-style (noised data latents per block, or backward simulation) or
   Self-Forcing-style (its own KV-cached rollout, gradient from a random exit step only).
+- consistency_distillation: Causal Forcing++'s causal CD: the student's x0 matches its EMA's one teacher
+  Euler step further down the grid, all teacher-forced on the real latent (no ODE pairs).
 
 Every random draw is keyed by (seed, step, global sample index, purpose): see `rng.py`. The generator and
 the critic update of a step read different batches and draw afresh, as the originals do.
@@ -19,12 +21,14 @@ import torch
 
 from causvid.config import (ConfigError, denoising_steps, dmd_input, first_block_steps, generator_grid,
                             generator_is_causal, guidance_scale, ode_layout, score_grid, trainer_name, warp_shift)
-from causvid.flow import add_noise, cfg as guided, flow_to_x0, normalize_step_list, training_timesteps, x0_to_flow
+from causvid.flow import (add_noise, cfg as guided, euler_sigmas, flow_to_x0, normalize_step_list, training_timesteps,
+                          x0_to_flow)
 from causvid.models.wan.attention import block_layout
 from causvid.pipelines.rollout import Rollout, few_step_sampler
 from causvid import rng
-from causvid.training.losses import (blockwise, critic_flow_loss, dmd_loss, flow_matching_loss,
-                                     ode_regression_loss, shifted_timesteps, training_weight)
+from causvid.training.losses import (blockwise, consistency_distillation_loss, critic_flow_loss, dmd_loss,
+                                     euler_step, flow_matching_loss, ode_regression_loss, shifted_timesteps,
+                                     training_weight)
 
 
 @dataclass
@@ -32,12 +36,16 @@ class Models:
     generator: torch.nn.Module
     fake_score: torch.nn.Module = None  # the critic (DMD)
     real_score: torch.nn.Module = None  # the frozen teacher (DMD)
+    teacher: torch.nn.Module = None     # the frozen AR-diffusion teacher (consistency distillation)
+    target: torch.nn.Module = None      # the generator's EMA as a model (consistency distillation)
 
 
 class Stage:
     data = "latents"     # what the batch holds: "latents" (clean), "ode" (trajectories) or "prompts"
     has_critic = False
     needs_negative = False
+    needs_teacher = False  # Models.teacher: a frozen copy of generator_ckpt
+    ema_target = False     # Models.target: the generator's EMA from step 0, refreshed before each update
     last_output = None   # the generator's latest clean sample, for visualisation
 
     def __init__(self, cfg):
@@ -307,3 +315,70 @@ def make_stage(cfg) -> Stage:
     if name == "score_distillation" and cfg.distribution_loss != "dmd":
         raise ConfigError(f"distribution_loss {cfg.distribution_loss!r} is not implemented (only 'dmd')")
     return STAGES[name](cfg)
+
+
+class ConsistencyDistillationStage(Stage):
+    """Causal consistency distillation (Causal Forcing++ stage 2b, CF's `trainer: consistency_distillation`,
+    `model/naive_consistency.py`): the few-step initialisation for DMD without ODE pairs.
+
+    Student, frozen teacher (`Models.teacher`) and EMA target (`Models.target`) all start from the
+    AR-diffusion checkpoint (`generator_ckpt`). Per sample: an index n on the grid of `discrete_cd_N` levels
+    t_0 = 1000 > ... > t_{N-1} > 0 of the shift-`timestep_shift` Euler schedule, one n for the whole video
+    (every block and frame at t_n, as CF draws one index per call and feeds it to all 21 frames); the real
+    latent noised to t_n; one teacher Euler step with Wan-form CFG (uncond + guidance_scale (cond - uncond) on
+    the flow, the negative prompt as uncond) gives x at t_{n+1}; the loss is the MSE over all frames between
+    the student's x0 at (x_{t_n}, t_n) and the target's x0 at (x_{t_{n+1}}, t_{n+1}), without gradient
+    (`losses.consistency_distillation_loss`). Every model call is teacher-forced with the real latent as
+    clean context (`clean_x`): CF's teacher runs block by block on a KV cache filled with the real latents of
+    the earlier blocks, which attends exactly as the teacher-forcing mask does for all blocks at once.
+
+    As in CF, n is drawn from [0, N - 2], so t_{n+1} >= t_{N-1} > 0 and the boundary t_next = 0 (target =
+    x_{t_next}) never arises; the loss function still handles it. The target is the EMA from step 0: CF
+    makes its EMA at start-up from the loaded generator and updates it after every step (`ema_weight`);
+    `ema_start_step` only chooses which weights its checkpoints hold. Here checkpoints always hold both
+    `generator` and `generator_ema` (the EMA is also resume state), so `ema_start_step` is unused. CF's
+    checkpoints past ema_start_step most likely hold only the EMA (its DMD trainer's do; unverified for CD),
+    while a DMD run's `generator_ckpt` reads `generator`: to start DMD from the EMA, export `generator_ema`
+    first (`load_dit(..., use_ema=True)`).
+
+    Details the reference leaves open or where this differs slightly: CF's teacher step goes through its
+    inference pipeline's UniPC scheduler, whose single first-order step from a fresh scheduler is exactly
+    this Euler step, but on Wan's UniPC grid (top sigma 0.999, integer timesteps) while the student and the
+    target use the FlowMatchScheduler grid (top sigma 1, float timesteps); the two grids differ by under one
+    timestep. Here one grid serves all three models. CF's batch is one video per GPU; with more the per-video
+    draw and the mean over the batch are the natural extension.
+    """
+    needs_negative = True
+    needs_teacher = True
+    ema_target = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if not self.causal:
+            raise ConfigError("consistency_distillation needs a causal generator (causal: true): it is teacher-forced")
+        if not 0 < cfg.ema_weight < 1:
+            raise ConfigError(f"ema_weight={cfg.ema_weight}: consistency distillation needs an EMA target; "
+                              "set 0 < ema_weight < 1 (Causal Forcing: 0.99)")
+        if cfg.discrete_cd_N < 2:
+            raise ConfigError(f"discrete_cd_N={cfg.discrete_cd_N}: need at least 2 grid levels (Causal Forcing: 48)")
+        self.times = euler_sigmas(cfg.discrete_cd_N, float(cfg.timestep_shift))[:-1] * 1000.0  # N levels, > 0
+        self.scale = float(cfg.guidance_scale)
+
+    def generator_loss(self, models, batch, step):
+        x0, ctx = batch["clean"], batch["context"]
+        n = self.levels(len(self.times) - 1, x0.shape[1], batch, step, "cd_index", x0.device, per_block=False)
+        times = self.times.to(x0.device)
+        t, t_next = times[n].float(), times[n + 1].float()
+        x_t = add_noise(x0, self.noise(x0, batch, step, "noise"), t)
+        kw = dict(clean_x=x0, **self.generator_kwargs())
+        with torch.no_grad():
+            flow = guided(models.teacher(x_t, t, ctx, **kw), models.teacher(x_t, t, batch["negative"], **kw),
+                          self.scale)
+            x_next = euler_step(x_t, flow, t, t_next)
+            target = flow_to_x0(models.target(x_next, t_next, ctx, **kw), x_next, t_next)
+        pred = flow_to_x0(models.generator(x_t, t, ctx, **kw), x_t, t)
+        self.last_output = pred.detach()
+        return consistency_distillation_loss(pred, target, x_next, t_next)
+
+
+STAGES["consistency_distillation"] = ConsistencyDistillationStage

@@ -1,10 +1,13 @@
-"""The one training loop for every stage (diffusion / teacher forcing, ODE regression, DMD).
+"""The one training loop for every stage (diffusion / teacher forcing, ODE regression, DMD, consistency
+distillation).
 
 Per step: the generator is updated (every `dfake_gen_update_ratio`-th step when there is a critic), then the
 critic; each update accumulates `grad_accum` micro-batches, clips the gradient norm and steps AdamW. Then the
-EMA, logging, checkpoints. Which samples a step reads and every random draw are functions of (seed, step,
+EMA (for consistency distillation also the loss's target, copied into `Models.target` before each step),
+logging, checkpoints. Which samples a step reads and every random draw are functions of (seed, step,
 global sample index), so the numbers do not depend on the process count, on accumulation or on resuming.
 """
+import copy
 import math
 import resource
 import signal
@@ -42,8 +45,12 @@ class Trainer:
         wan = cfg.wan_model_path
         generator = load_dit(wan, cfg.generator_ckpt, device=device)
         self.text_encoder = text_encoder or _load_text_encoder(wan, device, generator.config.text_len)
+        frozen = {}  # consistency distillation: the teacher and the EMA target start as the loaded generator
+        if self.stage.needs_teacher:
+            frozen = {name: D.shard(copy.deepcopy(generator).eval().requires_grad_(False), cfg.mixed_precision)
+                      for name in ("teacher", "target")}
         generator.gradient_checkpointing = bool(cfg.gradient_checkpointing)
-        self.models = Models(D.shard(generator.train(), cfg.mixed_precision))
+        self.models = Models(D.shard(generator.train(), cfg.mixed_precision), **frozen)
         params = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         self.optimizers = {"generator": torch.optim.AdamW(self.models.generator.parameters(), **params)}
         if self.stage.has_critic:
@@ -59,7 +66,8 @@ class Trainer:
         self.negative = None
         if self.stage.needs_negative:
             self.negative = self.text_encoder.encode([cfg.negative_prompt]).to(device)
-        self.ema = None
+        # the EMA starts at ema_start_step, or at once when it is the loss's target (as Causal Forcing's CD does)
+        self.ema = D.ShardedEMA(self.models.generator, cfg.ema_weight) if self.stage.ema_target else None
         self.step = 0
         self.stop_requested = False
         self.stop_signal = None  # "SIGTERM" / "SIGINT" once one asked this process to stop
@@ -127,11 +135,13 @@ class Trainer:
 
     def train_step(self) -> dict:
         cfg, logs = self.cfg, {}
+        if self.models.target is not None:
+            self.ema.copy_to(self.models.target)
         if not self.stage.has_critic or self.step % cfg.dfake_gen_update_ratio == 0:
             logs["generator_loss"] = self._update("generator", self.models.generator, self.stage.generator_loss)
         if self.stage.has_critic:
             logs["critic_loss"] = self._update("critic", self.models.fake_score, self.stage.critic_loss)
-        if cfg.ema_weight > 0 and self.step >= cfg.ema_start_step:
+        if cfg.ema_weight > 0 and (self.step >= cfg.ema_start_step or self.stage.ema_target):
             if self.ema is None:
                 self.ema = D.ShardedEMA(self.models.generator, cfg.ema_weight)
             else:
