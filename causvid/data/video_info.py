@@ -34,8 +34,9 @@ from typing import Iterator
 
 import numpy as np
 
-from causvid.video_io import VideoReadError, _ffmpeg_reason, _probe
-from causvid.data.jsonfile import load_json
+from causvid.video_io.errors import VideoReadError
+from causvid.video_io.ffmpeg import ffmpeg_reason, probe
+from causvid.jsonfile import load_json
 
 __all__ = ["VIDEO_SUFFIXES", "VideoInfoError", "is_video_name", "read_info", "FrameStream"]
 
@@ -146,7 +147,7 @@ class FrameStream:
         self._proc: subprocess.Popen | None = None
         self._log = None
         self._started = False
-        meta = _probe(self.path)  # VideoReadError naming the file, with ffmpeg's reason
+        meta = probe(self.path)  # VideoReadError naming the file, with ffmpeg's reason
         size = meta["size"]
         self.width, self.height = int(size[0]), int(size[1])
         try:
@@ -216,7 +217,7 @@ class FrameStream:
         err = self.errors_so_far()
         self.close()
         if rc != 0 or (self.strict and (err or rest)):
-            reason = _ffmpeg_reason(err) if err else ("decoded data ends mid-frame" if rest else f"ffmpeg exit code {rc}")
+            reason = ffmpeg_reason(err) if err else ("decoded data ends mid-frame" if rest else f"ffmpeg exit code {rc}")
             raise VideoReadError(f"cannot read video {self.path!r}: {reason}")
         if self.frames_read == 0:
             raise VideoReadError(f"cannot read video {self.path!r}: no frames could be decoded")
