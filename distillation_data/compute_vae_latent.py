@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from causvid.data.video_info import read_info
-from causvid.ode import atomic_save, log, pending_items, pick_device
+from causvid.runtime import atomic_save, log, pending_items, pick_device
 from causvid.video_io import VideoReadError, read_video
 
 

@@ -11,8 +11,8 @@ from causvid.flow import WAN_NEGATIVE_PROMPT, cfg, euler_sample, euler_sigmas, w
 from causvid.models.text_encoder import WanTextEncoder
 from causvid.models.vae import WanVAE
 from causvid.models.wan.generate_ode_pairs import main as generate_ode_pairs
-from causvid.ode import (CAUSAL_ODE_STEP_LIST, causal_ode_slots, causal_ode_trajectory, item_noise,
-                         ode_slot_indices, slot_timesteps, teacher_forcing_flow)
+from causvid.ode_data.trajectory import (CAUSAL_ODE_STEP_LIST, causal_ode_slots, causal_ode_trajectory,
+                                         item_noise, ode_slot_indices, slot_timesteps, teacher_forcing_flow)
 from causvid.pipelines.text_to_video import load_dit
 from causvid.tiny_wan import write_tiny_wan
 from causvid.tiny_wan.dit import random_dit
@@ -79,7 +79,8 @@ def test_generate_ode_pairs_schedule_and_teacher_of_the_causvid_config():
     import argparse
 
     from causvid.config import load_config
-    from causvid.models.wan.generate_ode_pairs import schedule, teacher_folder
+    from causvid.ode_data.pairs import teacher_folder
+    from causvid.ode_data.trajectory import schedule
 
     config = load_config(ROOT / "configs/wan_causal_ode.yaml")
     sigmas, indices = schedule(config)
