@@ -67,13 +67,14 @@ def _main(argv=None):
         raise ValueError(f"--i2v needs a framewise model (num_frame_per_block 1); {args.config_path} has "
                          f"{generator.config.num_frame_per_block}")
     _, _, h, w = generator.latent_shape
+    factor = generator.components.vae.spatial_factor  # 8 for the Wan VAE, 2 for the toy latent space
     out = output_folder(args.output_folder)
     names = unique_names(prompt for prompt, _, _ in items)  # over all prompts, so ranks agree
     for i, (prompt, image, crop) in progress(my_prompts(items), "videos"):
         name = names[i]
         initial = None
         if image is not None:
-            pixels = load_image(image, 8 * h, 8 * w, crop=crop)[None, None]
+            pixels = load_image(image, factor * h, factor * w, crop=crop)[None, None]
             initial = generator.components.vae.encode(pixels).to(generator.components.dit.dtype)
         stream = (px for _, px in generator.stream(prompt, num_frames=args.num_output_frames, seed=args.seed,
                                                     index=i, initial_latent=initial))

@@ -280,6 +280,32 @@ def test_compute_vae_latent(tmp_path, wan, capsys):
     assert torch.equal(saved["second clip"], torch.load(out / "00000002.pt", weights_only=True)["second clip"])
 
 
+def test_compute_vae_latent_uses_the_folders_vae_and_its_spatial_factor(tmp_path):
+    """A toy folder's latent space has spatial factor 2: a 12x12 video (not a multiple of 8) is encoded, by the
+    toy VAE the folder's model_index.json names, to 6x6 latents equal to the frames projected by hand."""
+    from causvid.toy.folder import write_toy_folder
+    from causvid.toy.latent_space import projection_matrix
+    from causvid.toy.marker import read_toy_config
+
+    toy = write_toy_folder(tmp_path / "toy", random_dit("tiny", seed=1))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    frames = np.zeros((5, 12, 12, 3), np.uint8)
+    frames[:, :6] = (200, 40, 40)  # flat halves: H.264 keeps them within a level or two
+    write_video(videos / "a.mp4", frames)
+    (tmp_path / "info.json").write_text(json.dumps([{"video": "a.mp4", "caption": "a clip"}]))
+    argv = ["--input_video_folder", str(videos), "--output_latent_folder", str(tmp_path / "latents"),
+            "--info_path", str(tmp_path / "info.json"), "--wan_model_path", str(toy)]
+    assert compute_vae_latent.main(argv) == 0
+    latent = torch.load(tmp_path / "latents" / "00000000.pt", weights_only=True)["a clip"]
+    assert latent.shape == (1, 2, 16, 6, 6)  # frames 0 and 4 (keyframes), 12 / 2 = 6
+    pixels = compute_vae_latent.load_pixels(videos / "a.mp4", spatial_factor=2)[0, 0]  # frame 0, [3, 12, 12]
+    patches = torch.nn.functional.pixel_unshuffle(pixels[None], 2)[0]  # [12, 6, 6]
+    vae = read_toy_config(toy)["vae"]
+    by_hand = vae["scale"] * torch.einsum("zp,phw->zhw", projection_matrix(vae["seed"]), patches)
+    torch.testing.assert_close(latent[0, 0], by_hand, atol=1e-4, rtol=1e-4)
+
+
 def test_videos_to_lmdb_to_causal_ode(tmp_path, wan, ar_checkpoint):
     """The whole Causal-Forcing data path: mp4s -> VAE latents -> latent LMDB -> causal ODE data."""
     from causvid.data.datasets import LatentLMDBDataset
