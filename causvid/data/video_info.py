@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from fractions import Fraction
 from typing import Iterator
@@ -35,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from causvid.video_io.errors import VideoReadError
-from causvid.video_io.ffmpeg import ffmpeg_reason, probe
+from causvid.video_io.ffmpeg import ffmpeg_reason, popen_kwargs, probe
 from causvid.jsonfile import load_json
 
 __all__ = ["VIDEO_SUFFIXES", "VideoInfoError", "is_video_name", "read_info", "FrameStream"]
@@ -179,8 +178,8 @@ class FrameStream:
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
         ]  # fmt: skip
         self._log = tempfile.TemporaryFile()
-        kwargs = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform.startswith("win") else {"start_new_session": True}
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, **kwargs)
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
+                                      **popen_kwargs())
 
     def errors_so_far(self) -> str:
         """ffmpeg's error output so far ('' if none)."""
@@ -217,7 +216,8 @@ class FrameStream:
         err = self.errors_so_far()
         self.close()
         if rc != 0 or (self.strict and (err or rest)):
-            reason = ffmpeg_reason(err) if err else ("decoded data ends mid-frame" if rest else f"ffmpeg exit code {rc}")
+            reason = (ffmpeg_reason(err) if err
+                      else "decoded data ends mid-frame" if rest else f"ffmpeg exit code {rc}")
             raise VideoReadError(f"cannot read video {self.path!r}: {reason}")
         if self.frames_read == 0:
             raise VideoReadError(f"cannot read video {self.path!r}: no frames could be decoded")
