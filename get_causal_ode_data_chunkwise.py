@@ -4,11 +4,11 @@
         --generator_ckpt checkpoints/chunkwise/ar_diffusion.pt --rawdata_path dataset/clean_data \
         --output_folder dataset/ODE6KCausal_chunkwise_latents
 
-The implementation (shared with get_causal_ode_data_framewise.py) is `causvid.ode.causal_ode_main`.
+The implementation (shared with get_causal_ode_data_framewise.py) is `causvid.ode_data.causal.causal_ode_main`.
 """
 import sys
 
-from causvid.ode import causal_ode_main
+from causvid.ode_data.causal import causal_ode_main
 from causvid.pipelines.cli import run
 
 NUM_FRAME_PER_BLOCK = 3

@@ -82,13 +82,14 @@ def _main(argv=None):
     generator = build_generator(args, args.checkpoint_path, causal=True, use_ema=args.use_ema,
                                 checkpoint_flag="--checkpoint_path", check=check)
     _, _, h, w = generator.latent_shape
+    factor = generator.components.vae.spatial_factor  # 8 for the Wan VAE, 2 for the toy latent space
     source = input_latents(args, generator)
     outputs = Outputs(args.output_folder, args.overwrite, args.report_timing)
     names = unique_names(p if isinstance(p, str) else p[0][0] for p, _, _ in items)  # over all, so ranks agree
     for i, (prompt, image, crop) in progress(my_prompts(items), "videos"):
         initial = None
         if image is not None:
-            pixels = load_image(image, 8 * h, 8 * w, crop=crop)[None, None]
+            pixels = load_image(image, factor * h, factor * w, crop=crop)[None, None]
             initial = generator.components.vae.encode(pixels).to(generator.components.dit.dtype)
         stream = (px for _, px in generator.stream(prompt, num_frames=args.num_output_frames, seed=args.seed,
                                                     index=i, initial_latent=initial, input_latents=source,

@@ -13,7 +13,6 @@ setup(
         "safetensors>=0.4",
         "omegaconf>=2.3",
         "lmdb>=1.4",
-        "einops>=0.7",
         "imageio>=2.30",
         "imageio-ffmpeg>=0.4",
         "tqdm>=4.60",

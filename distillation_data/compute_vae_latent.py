@@ -12,8 +12,9 @@ written to ``<output_latent_folder>/<i:08d>.pt``.
 Each video is read whole, mapped to [-1, 1], trimmed to 1 + 4k frames (the VAE's temporal stride; ``--max_frames``
 caps the count first) and encoded to Wan-normalised latents (posterior mean), saved in float32. Outputs that
 already exist are skipped, so a stopped run continues where it was; files are written atomically. Videos that
-can't be used (missing, corrupt, or a size that is not a multiple of 8) are skipped with the reason logged and
-counted; they are retried on the next run. A rank that encodes none of its videos exits with 1.
+can't be used (missing, corrupt, or a size that is not a multiple of the VAE's spatial factor) are skipped with
+the reason logged and counted; they are retried on the next run. A rank that encodes none of its videos exits
+with 1.
 """
 import argparse
 import sys
@@ -24,19 +25,21 @@ import torch
 
 from causvid.data.video_info import read_info
 from causvid.errors import RunError
-from causvid.ode import atomic_save, log, pending_items, pick_device
+from causvid.runtime import atomic_save, log, pending_items, pick_device
 from causvid.video_io import VideoReadError, read_video
 
 
-def load_pixels(path, max_frames=None, temporal_factor=4):
-    """uint8 video file -> float pixels [1, T, 3, H, W] in [-1, 1] with T = 1 + 4k (extra frames dropped)."""
+def load_pixels(path, max_frames=None, temporal_factor=4, spatial_factor=8):
+    """uint8 video file -> float pixels [1, T, 3, H, W] in [-1, 1] with T = 1 + 4k (extra frames dropped); the
+    sides must be multiples of the VAE's spatial factor (8 for Wan's, 2 for the toy latent space)."""
     frames = read_video(path)  # [T, H, W, 3] uint8; VideoReadError on anything unreadable
     if max_frames:
         frames = frames[:max_frames]
     keep = 1 + (len(frames) - 1) // temporal_factor * temporal_factor
     h, w = frames.shape[1:3]
-    if h % 8 or w % 8:
-        raise VideoReadError(f"video {str(path)!r} is {h}x{w}; the VAE needs sides that are multiples of 8")
+    if h % spatial_factor or w % spatial_factor:
+        raise VideoReadError(f"video {str(path)!r} is {h}x{w}; the VAE needs sides that are multiples of "
+                             f"{spatial_factor}")
     video = torch.from_numpy(frames[:keep]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return video[None]
 
@@ -46,7 +49,7 @@ def parser():
     p.add_argument("--input_video_folder", required=True)
     p.add_argument("--output_latent_folder", required=True)
     p.add_argument("--info_path", required=True, help="JSON: clip list [{video, caption}] or flat dict")
-    p.add_argument("--wan_model_path", default="wan_models/Wan2.1-T2V-1.3B", help="Wan folder with the VAE")
+    p.add_argument("--wan_model_path", default="wan_models/Wan2.1-T2V-1.3B", help="model folder with the VAE (Wan, or any folder whose model_index.json names one)")
     p.add_argument("--max_frames", type=int, help="use at most this many frames of each video (then 1 + 4k)")
     p.add_argument("--device", default=None, help="default: cuda when available (LOCAL_RANK's GPU), else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
@@ -56,7 +59,7 @@ def parser():
 
 @torch.no_grad()
 def encode_all(argv=None) -> int:
-    from causvid.models.vae import WanVAE
+    from causvid.pipelines.text_to_video import load_vae
 
     args = parser().parse_args(argv)
     entries = read_info(args.info_path)
@@ -69,13 +72,13 @@ def encode_all(argv=None) -> int:
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda")
                                                            else torch.float32)
-    vae = WanVAE.from_pretrained(args.wan_model_path, dtype=dtype, device=device)
+    vae = load_vae(args.wan_model_path, dtype=dtype, device=device)  # the folder's VAE (model_index.json)
     encoded, failed = 0, []
     for n, (index, (relpath, caption)) in enumerate(todo):
         path = Path(args.input_video_folder) / relpath
         start = time.perf_counter()
         try:
-            pixels = load_pixels(path, args.max_frames, vae.temporal_factor)
+            pixels = load_pixels(path, args.max_frames, vae.temporal_factor, vae.spatial_factor)
             latent = vae.encode(pixels.to(device=device, dtype=dtype)).float().cpu()
         except VideoReadError as err:
             failed.append((index, str(err)))

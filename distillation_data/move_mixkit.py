@@ -24,13 +24,9 @@ import os
 import shutil
 import sys
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from causvid.data.video_info import VIDEO_SUFFIXES  # noqa: E402
+from causvid.data.video_info import VIDEO_SUFFIXES
 
 log = logging.getLogger("move_mixkit")
 

@@ -37,17 +37,13 @@ import sys
 from collections import Counter
 from fractions import Fraction
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
+import torch
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from causvid.data.video_info import VIDEO_SUFFIXES, FrameStream  # noqa: E402
-from causvid.errors import UsageError  # noqa: E402
-from causvid.runtime import check_output_folder  # noqa: E402
-from causvid.video_io import VideoReadError, VideoWriteError, VideoWriter, resize_center_crop  # noqa: E402
+from causvid.data.video_info import VIDEO_SUFFIXES, FrameStream
+from causvid.errors import UsageError
+from causvid.runtime import check_output_folder
+from causvid.video_io import VideoReadError, VideoWriteError, VideoWriter, resize_center_crop
 
 log = logging.getLogger("process_mixkit")
 

@@ -47,15 +47,11 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from causvid.data.video_info import FrameStream  # noqa: E402
-from causvid.runtime import write_text_atomic  # noqa: E402
-from causvid.video_io import VideoReadError, VideoWriteError, VideoWriter  # noqa: E402
+from causvid.data.video_info import FrameStream
+from causvid.runtime import write_text_atomic
+from causvid.video_io import VideoReadError, VideoWriteError, VideoWriter
 
 log = logging.getLogger("slice_video")
 

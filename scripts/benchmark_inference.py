@@ -46,7 +46,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -54,17 +53,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(REPO))
-
-from causvid.config import denoising_steps, first_block_steps, load_config  # noqa: E402
-from causvid.models.wan import WanDiT, get_preset  # noqa: E402
-from causvid.models.wan.attention import set_attention_backend  # noqa: E402
-from causvid.pipelines.rollout import causal_rollout, few_step_sampler  # noqa: E402
-from causvid.pipelines.speed import (SpeedOptions, apply_speed_options, compile_blocks,  # noqa: E402
+from causvid.config import denoising_steps, first_block_steps, load_config
+from causvid.models.wan import WanDiT, get_preset
+from causvid.models.wan.attention import set_attention_backend
+from causvid.pipelines.rollout import causal_rollout, few_step_sampler
+from causvid.pipelines.speed import (SpeedOptions, apply_speed_options, compile_blocks,
                                      overlapped_decode, sdpa_kernel)
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/causal_forcing_dmd_chunkwise.yaml"  # Wan2.1-T2V-1.3B shapes: 21 x 60 x 104 latents
 DEFAULT_TINY_CONFIG = "configs/tiny/causal_forcing_dmd_chunkwise.yaml"  # its tiny mirror: 6 x 4 x 4 latents
 MODES = ("cached", "framewise", "chunkwise", "nocache", "skyreels")

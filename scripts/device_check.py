@@ -54,10 +54,8 @@ from typing import Callable
 import torch
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for path in (REPO, HERE):  # the package from a checkout, and benchmark_inference next to this file
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+if str(HERE) not in sys.path:  # benchmark_inference beside this file, also when the tests import this one
+    sys.path.insert(0, str(HERE))
 
 import benchmark_inference as bench  # noqa: E402
 from causvid.config import load_config  # noqa: E402

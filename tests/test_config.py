@@ -60,7 +60,28 @@ def test_shipped_config_loads(path):
             assert {k: got[k] for k in value} == value
         else:
             assert got == value, key
-    denoising_steps(cfg), first_block_steps(cfg), trainer_name(cfg), real_score_path(cfg)
+    # the derived settings, from the file by hand: steps without a trailing 0, warped on the shifted grid
+    # (sigma -> shift * sigma / (1 + (shift - 1) * sigma)); the trainer named, or CausVid's loss's; the real score
+    # in wan_models/<real_name> as Self-Forcing / Causal Forcing load it (the 1.3B base when none is named)
+    raw = _raw(path)
+    shift = (raw.get("model_kwargs") or {}).get("timestep_shift", raw.get("timestep_shift"))
+    for key, derived in (("denoising_step_list", denoising_steps), ("denoising_step_list_first_chunk",
+                                                                     first_block_steps)):
+        steps = raw.get(key)
+        if steps is None:
+            assert derived(cfg) is None, key
+            continue
+        steps = [t / 1000 for t in (steps[:-1] if steps[-1] == 0 else steps)]
+        if raw.get("warp_denoising_step"):
+            steps = [shift * s / (1 + (shift - 1) * s) for s in steps]
+        assert derived(cfg) == pytest.approx([1000 * s for s in steps], abs=1e-3), key
+    assert trainer_name(cfg) == raw.get("trainer") or {"dmd": "score_distillation", "ode": "ode"}[
+        raw["distillation_loss"]]
+    real = raw.get("real_name", "Wan2.1-T2V-1.3B")
+    if path.parent == CONFIGS:
+        assert real_score_path(cfg) == f"wan_models/{real}"
+    else:
+        assert Path(real_score_path(cfg)).name in ({real} if real != "Wan2.1-T2V-1.3B" else {real, "wan"})
 
 
 @pytest.mark.parametrize("name", NAMES)

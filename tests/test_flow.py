@@ -1,5 +1,6 @@
 """Tests for causvid/flow.py: schedules, noising, CFG, and the Euler / UniPC samplers (CPU, float64)."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,9 +135,16 @@ def test_cfg():
 
 
 def test_wan_negative_prompt():
-    p = flow.WAN_NEGATIVE_PROMPT
-    assert p.startswith("色调艳丽，过曝，静态，") and p.endswith("三条腿，背景人很多，倒着走")
-    assert len(p) == 137 and len(p.split("，")) == 28 and "JPEG压缩残留" in p
+    """The constant is character for character the negative prompt the seeds' config files carry (Wan's
+    shared_config.py default), and a config that sets none gets it."""
+    from omegaconf import OmegaConf
+
+    from causvid.config import Config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    seeds = {OmegaConf.load(f).get("negative_prompt") for f in configs.glob("*.yaml")} - {None}
+    assert seeds == {flow.WAN_NEGATIVE_PROMPT}
+    assert Config().negative_prompt == flow.WAN_NEGATIVE_PROMPT
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -33,12 +33,31 @@ def wan(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A CausVid-style checkpoint folder: model.pt with an FSDP-prefixed 'generator' (and an EMA)."""
+    """A CausVid-style checkpoint folder: model.pt with an FSDP-prefixed 'generator' and an EMA of other weights
+    (so a run that loads the wrong one shows); ema_only.pt holds the EMA weights as its 'generator'."""
     folder = tmp_path_factory.mktemp("ckpt")
     state = random_dit("tiny", seed=7).state_dict()
+    ema = random_dit("tiny", seed=8).state_dict()
     torch.save({"generator": {f"model._fsdp_wrapped_module.{k}": v for k, v in state.items()},
-                "generator_ema": {f"model.{k}": v for k, v in state.items()}}, folder / "model.pt")
+                "generator_ema": {f"model.{k}": v for k, v in ema.items()}}, folder / "model.pt")
+    torch.save({"generator": ema}, folder / "ema_only.pt")
     return folder
+
+
+def generator_for(config, wan, checkpoint):
+    """The VideoGenerator a CLI builds, made in-process: the reference the CLIs' videos are compared with."""
+    from causvid.config import load_config
+    from causvid.pipelines.text_to_video import VideoGenerator, load_components
+
+    return VideoGenerator(load_components(wan, checkpoint), load_config(config))
+
+
+def as_mp4(tmp_path, name, pixel_blocks):
+    """Frames as the CLIs write them (same encoder), read back: equal arrays mean equal videos."""
+    from causvid.video_io import write_video
+
+    video = torch.cat(list(pixel_blocks), dim=1)[0]
+    return read_video(write_video(tmp_path / f"{name}.mp4", video))
 
 
 @pytest.fixture
@@ -79,12 +98,19 @@ def test_autoregressive_chunkwise(tmp_path, wan, checkpoint, prompts, capsys):
 
 
 def test_inference_framewise_ema_and_prompt_names(tmp_path, wan, checkpoint, prompts):
-    out = tmp_path / "out"
-    assert inference(["--config_path", str(TINY / "causal_forcing_dmd_framewise.yaml"), "--checkpoint_path",
-                      str(checkpoint / "model.pt"), "--data_path", str(prompts), "--output_folder", str(out),
-                      "--wan_model_path", str(wan), "--use_ema", "--seed", "3"]) == 0
-    assert frames(out / "a red square moving left.mp4") == (13, 32, 32)  # 4 latent frames
-    assert (out / "a blue circle moving up.mp4").exists()
+    """--use_ema gives the video of the EMA weights (here unlike the generator's)."""
+    argv = ["--config_path", str(TINY / "causal_forcing_dmd_framewise.yaml"), "--data_path", str(prompts),
+            "--wan_model_path", str(wan), "--seed", "3"]
+    runs = {}
+    for name, extra in (("ema", ["--checkpoint_path", str(checkpoint / "model.pt"), "--use_ema"]),
+                        ("generator", ["--checkpoint_path", str(checkpoint / "model.pt")]),
+                        ("ema_only", ["--checkpoint_path", str(checkpoint / "ema_only.pt")])):
+        assert inference(argv + extra + ["--output_folder", str(tmp_path / name)]) == 0
+        runs[name] = read_video(tmp_path / name / "a red square moving left.mp4")
+    assert runs["ema"].shape == (13, 32, 32, 3)  # 4 latent frames
+    assert (tmp_path / "ema" / "a blue circle moving up.mp4").exists()
+    assert np.array_equal(runs["ema"], runs["ema_only"])
+    assert not np.array_equal(runs["ema"], runs["generator"])
 
 
 def test_inference_many_step_ar_diffusion_with_cfg(tmp_path, wan, prompts):
@@ -106,26 +132,68 @@ def test_bidirectional_on_a_diffusers_layout_folder(tmp_path, prompts):
 
 @pytest.mark.parametrize("mode", ["overlap", "rolling"])
 def test_long_video_three_times_the_training_length(tmp_path, wan, checkpoint, prompts, mode):
+    from causvid.pipelines.long_video import overlap_stream
+
     out = tmp_path / "out"
-    assert longvideo(["--config_path", str(TINY / "wan_causal_dmd.yaml"), "--checkpoint_folder", str(checkpoint),
+    config = TINY / "wan_causal_dmd.yaml"
+    assert longvideo(["--config_path", str(config), "--checkpoint_folder", str(checkpoint),
                       "--output_folder", str(out), "--prompt_file_path", str(prompts), "--wan_model_path", str(wan),
                       "--num_rollout", "3", "--num_overlap_frames", "3", "--mode", mode]) == 0
     # 3 rollouts of 21 frames sharing 9 frames twice: 21 + 2 * 12 = 45 (12 latent frames, 2x the training 6)
-    assert frames(out / "long_video_output_000.mp4") == (45, 32, 32)
+    video = read_video(out / "long_video_output_000.mp4")
+    assert video.shape == (45, 32, 32, 3)
+    gen = generator_for(config, wan, checkpoint / "model.pt")
+    prompt = "a red square moving left"
+    if mode == "rolling":
+        # one session of 12 latent frames through a window of the training length (6) keeping one block (3)
+        window = [px for _, px in gen.stream(prompt, num_frames=12, local_attn_size=6, sink_size=3)]
+        full = [px for _, px in gen.stream(prompt, num_frames=12)]
+        assert not torch.allclose(torch.cat(window, 1), torch.cat(full, 1))  # the window changes the video
+        assert np.array_equal(video, as_mp4(tmp_path, "window", window))
+        return
+    # overlap: rollout 1's first 12 frames are kept; the seam (frame 12, where the held-back 9 frames begin) is the
+    # decode of rollout 1's frame 12 re-encoded by the VAE; the video is the one the library streams
+    first = torch.cat([px for _, px in gen.stream(prompt, rollout=0)], dim=1)
+    vae = gen.components.vae
+    anchor = vae.decode(vae.encode(first[:, 12:13]))[:, 0]
+    streamed = torch.cat(list(overlap_stream(gen, prompt, num_rollout=3, num_overlap_frames=3)), dim=1)
+    assert torch.equal(streamed[:, :12], first[:, :12])
+    torch.testing.assert_close(streamed[:, 12], anchor, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(streamed[:, 12], first[:, 12], atol=1e-3)  # the seam is re-encoded, not copied
+    assert np.array_equal(video, as_mp4(tmp_path, "overlap", [streamed]))
 
 
 def test_i2v_first_frame_is_the_image(tmp_path, wan, checkpoint):
-    data = tmp_path / "i2v"
-    (data / "26-15").mkdir(parents=True)
-    image = np.zeros((64, 64, 3), np.uint8)
-    image[:, :32] = (255, 0, 0)
-    iio.imwrite(data / "26-15" / "000001.png", image)
-    (data / "target_crop_info_26-15.json").write_text(json.dumps([{
-        "file_name": "000001.png", "caption": "a red wall", "type": "i2v", "origin_width": 64, "origin_height": 64,
-        "target_crop": {"target_bbox": [0, 0, 64, 64], "target_ratio": "1:1"}}]))
+    """On a toy folder (a latent space of spatial factor 2 that reproduces frame 0 exactly) the first frame of the
+    video is the image, by value; on a Wan folder (factor 8) the sizes follow; chunkwise models are refused."""
+    from causvid.toy.folder import write_toy_folder
+
+    def i2v_folder(root, size):
+        (root / "26-15").mkdir(parents=True)
+        image = np.zeros((size, size, 3), np.uint8)
+        image[:, : size // 2] = (255, 0, 0)
+        image[size // 2:, size // 2:] = (0, 0, 255)
+        iio.imwrite(root / "26-15" / "000001.png", image)
+        (root / "target_crop_info_26-15.json").write_text(json.dumps([{
+            "file_name": "000001.png", "caption": "a red wall", "type": "i2v", "origin_width": size,
+            "origin_height": size, "target_crop": {"target_bbox": [0, 0, size, size], "target_ratio": "1:1"}}]))
+        return image
+
+    toy = write_toy_folder(tmp_path / "toy", random_dit("tiny", seed=2))
+    image = i2v_folder(tmp_path / "toy_i2v", 8)  # 4x4 latents x 2 = 8x8 pixels: no resize
+    argv = ["--config_path", str(TINY / "causal_forcing_dmd_framewise.yaml"), "--data_path",
+            str(tmp_path / "toy_i2v"), "--output_folder", str(tmp_path / "toy_out"), "--wan_model_path", str(toy),
+            "--i2v"]
+    assert inference(argv) == 0
+    video = read_video(tmp_path / "toy_out" / "a red wall.mp4")
+    assert video.shape == (13, 8, 8, 3)
+    error = np.abs(video[0].astype(int) - image)  # H.264 alone gives a max of 19, a mean of 2.1 on this image
+    assert error.mean() <= 4 and error.max() <= 32
+
+    i2v_folder(tmp_path / "i2v", 64)
     out = tmp_path / "out"
     argv = ["--config_path", str(TINY / "causal_forcing_dmd_framewise.yaml"), "--checkpoint_path",
-            str(checkpoint / "model.pt"), "--data_path", str(data), "--output_folder", str(out),
+            str(checkpoint / "model.pt"), "--data_path", str(tmp_path / "i2v"), "--output_folder", str(out),
             "--wan_model_path", str(wan), "--i2v"]
     assert inference(argv) == 0
     assert frames(out / "a red wall.mp4") == (13, 32, 32)

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import lmdb
 import numpy as np
@@ -159,35 +158,26 @@ def test_killed_create_resumes_to_the_same_database(tmp_path):
     write_pt_files(tmp_path / "pt", list(range(12)))
     create(tmp_path / "pt", tmp_path / "clean", commit_every=2)
 
+    # the run kills itself (SIGKILL: no cleanup, as a crash) when it starts loading the 7th file, a known point
     script = textwrap.dedent(
         f"""
-        import time
+        import os, signal
         import causvid.data.lmdb as m
-        load = m._load_pt
-        def slow_load(path):
-            time.sleep(0.25)
+        load, loaded = m._load_pt, []
+        def load_then_die(path):
+            loaded.append(path)
+            if len(loaded) == 7:
+                os.kill(os.getpid(), signal.SIGKILL)
             return load(path)
-        m._load_pt = slow_load
+        m._load_pt = load_then_die
         m.create_lmdb_from_pt({str(tmp_path / "pt")!r}, {str(tmp_path / "db")!r}, commit_every=2, progress=False)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
-    try:
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                if read_lmdb_meta(tmp_path / "db")[0] >= 4:
-                    break
-            except (FileNotFoundError, lmdb.Error):
-                pass
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO)
     assert proc.returncode == -signal.SIGKILL
 
     killed_rows = read_lmdb_meta(tmp_path / "db")[0]
-    assert 4 <= killed_rows < 12 and killed_rows % 2 == 0  # whole commits only
+    assert killed_rows == 6  # files 0-5 were stored in three whole commits
     assert set(dump(tmp_path / "db")).issuperset({f"latents_{i}_data".encode() for i in range(killed_rows)})
 
     stats = create(tmp_path / "pt", tmp_path / "db", commit_every=2)

@@ -11,8 +11,8 @@ from causvid.flow import WAN_NEGATIVE_PROMPT, cfg, euler_sample, euler_sigmas, w
 from causvid.models.text_encoder import WanTextEncoder
 from causvid.models.vae import WanVAE
 from causvid.models.wan.generate_ode_pairs import main as generate_ode_pairs
-from causvid.ode import (CAUSAL_ODE_STEP_LIST, causal_ode_slots, causal_ode_trajectory, item_noise,
-                         ode_slot_indices, slot_timesteps, teacher_forcing_flow)
+from causvid.ode_data.trajectory import (CAUSAL_ODE_STEP_LIST, causal_ode_slots, causal_ode_trajectory,
+                                         item_noise, ode_slot_indices, slot_timesteps, teacher_forcing_flow)
 from causvid.pipelines.text_to_video import load_dit
 from causvid.tiny_wan import write_tiny_wan
 from causvid.tiny_wan.dit import random_dit
@@ -81,7 +81,8 @@ def test_generate_ode_pairs_schedule_and_teacher_of_the_causvid_config():
     import argparse
 
     from causvid.config import load_config
-    from causvid.models.wan.generate_ode_pairs import schedule, teacher_folder
+    from causvid.ode_data.pairs import teacher_folder
+    from causvid.ode_data.trajectory import schedule
 
     config = load_config(ROOT / "configs/wan_causal_ode.yaml")
     sigmas, indices = schedule(config)
@@ -279,6 +280,32 @@ def test_compute_vae_latent(tmp_path, wan, capsys):
     assert compute_vae_latent.main(argv[:3] + [str(tmp_path / "flat"), "--info_path", str(flat)] + argv[6:]) == 0
     saved = torch.load(tmp_path / "flat" / "00000000.pt", weights_only=True)
     assert torch.equal(saved["second clip"], torch.load(out / "00000002.pt", weights_only=True)["second clip"])
+
+
+def test_compute_vae_latent_uses_the_folders_vae_and_its_spatial_factor(tmp_path):
+    """A toy folder's latent space has spatial factor 2: a 12x12 video (not a multiple of 8) is encoded, by the
+    toy VAE the folder's model_index.json names, to 6x6 latents equal to the frames projected by hand."""
+    from causvid.toy.folder import write_toy_folder
+    from causvid.toy.latent_space import projection_matrix
+    from causvid.toy.marker import read_toy_config
+
+    toy = write_toy_folder(tmp_path / "toy", random_dit("tiny", seed=1))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    frames = np.zeros((5, 12, 12, 3), np.uint8)
+    frames[:, :6] = (200, 40, 40)  # flat halves: H.264 keeps them within a level or two
+    write_video(videos / "a.mp4", frames)
+    (tmp_path / "info.json").write_text(json.dumps([{"video": "a.mp4", "caption": "a clip"}]))
+    argv = ["--input_video_folder", str(videos), "--output_latent_folder", str(tmp_path / "latents"),
+            "--info_path", str(tmp_path / "info.json"), "--wan_model_path", str(toy)]
+    assert compute_vae_latent.main(argv) == 0
+    latent = torch.load(tmp_path / "latents" / "00000000.pt", weights_only=True)["a clip"]
+    assert latent.shape == (1, 2, 16, 6, 6)  # frames 0 and 4 (keyframes), 12 / 2 = 6
+    pixels = compute_vae_latent.load_pixels(videos / "a.mp4", spatial_factor=2)[0, 0]  # frame 0, [3, 12, 12]
+    patches = torch.nn.functional.pixel_unshuffle(pixels[None], 2)[0]  # [12, 6, 6]
+    vae = read_toy_config(toy)["vae"]
+    by_hand = vae["scale"] * torch.einsum("zp,phw->zhw", projection_matrix(vae["seed"]), patches)
+    torch.testing.assert_close(latent[0, 0], by_hand, atol=1e-4, rtol=1e-4)
 
 
 def test_videos_to_lmdb_to_causal_ode(tmp_path, wan, ar_checkpoint):

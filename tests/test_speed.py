@@ -1,7 +1,6 @@
 """The speed switches of causvid.pipelines.speed leave the outputs as the plain path makes them: compiled blocks,
 recomputed (instead of reused) cross-attention K/V, and VAE decode overlapped with generation."""
 import threading
-import time
 
 import pytest
 import torch
@@ -175,20 +174,23 @@ def test_overlapped_decode_same_frames_same_order():
 
 
 def test_overlapped_decode_runs_generation_during_decode():
-    """Block b's decode waits until block b+1 is being generated: this only finishes if the two overlap."""
+    """Block b's decode waits until block b+1 is being generated: this only finishes if the two overlap. A
+    rollout run on the decoding thread (no overlap) fails at once instead of waiting forever."""
     started = [threading.Event() for _ in range(4)]
-    grad_modes = []
+    grad_modes, threads = [], []
 
     def blocks():
         for b in range(4):
             started[b].set()
+            threads.append(threading.get_ident())
             grad_modes.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
             yield b, torch.full((1, 1), float(b))
 
     def decode(z):
         b = int(z.item())
+        assert threads[b] != threading.get_ident(), "block b was generated on the decoding thread: no overlap"
         if b + 1 < 4:
-            assert started[b + 1].wait(10), "block b+1 was not generated while block b was decoded"
+            started[b + 1].wait()  # set by the worker, which is one block ahead
         return z * 10
 
     with torch.no_grad():
@@ -197,11 +199,13 @@ def test_overlapped_decode_runs_generation_during_decode():
     assert grad_modes == [(False, False)] * 4  # the worker thread inherits the caller's grad mode
     started = [threading.Event() for _ in range(4)]
     grad_modes.clear()
+    threads.clear()
     with torch.inference_mode():
         assert len(list(overlapped_decode(blocks(), decode))) == 4
     assert grad_modes == [(False, True)] * 4
     started = [threading.Event() for _ in range(4)]
     grad_modes.clear()
+    threads.clear()
     assert len(list(overlapped_decode(blocks(), decode))) == 4
     assert grad_modes == [(True, False)] * 4
 
@@ -219,23 +223,28 @@ def test_overlapped_decode_errors_and_early_stop():
     def endless():
         for b in range(10_000):
             produced.append(b)
-            time.sleep(0.001)
             yield b, torch.zeros(1)
 
+    before = set(threading.enumerate())
     stream = overlapped_decode(endless(), lambda z: z, max_ahead=1)
     assert next(stream)[0] == 0
-    stream.close()  # stops and joins the worker
-    n = len(produced)
-    time.sleep(0.05)
-    assert len(produced) == n < 10
+    stream.close()  # stops and joins the worker: no thread is left to produce more
+    assert set(threading.enumerate()) == before
+    # block 0 (consumed), one in the queue (max_ahead), one generated and refused
+    assert len(produced) <= 3
 
 
 def test_sdpa_kernel():
-    q = torch.randn(1, 2, 8, 4)
+    """The context restricts SDPA to the named kernel: on CPU, which has no memory-efficient kernel, SDPA under
+    "efficient" finds none, and after the context (or under "auto") it runs again."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    q = torch.randn(1, 2, 8, 4, dtype=torch.float64)
+    reference = torch.softmax(q @ q.transpose(-1, -2) / 2.0, dim=-1) @ q  # head dim 4: scale 1 / sqrt(4)
     with sdpa_kernel("math"):
-        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
-    assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, q, q), atol=1e-6)
-    with sdpa_kernel(None):
-        pass
+        assert torch.allclose(sdpa(q, q, q), reference)
+    with pytest.raises(RuntimeError, match="No viable backend"), sdpa_kernel("efficient"):
+        sdpa(q.float(), q.float(), q.float())
+    with sdpa_kernel(None), sdpa_kernel("auto"):
+        assert torch.allclose(sdpa(q, q, q), reference)
     with pytest.raises(ValueError, match="unknown SDPA kernel"):
         sdpa_kernel("fast")

@@ -48,13 +48,45 @@ def _true_lengths(tokenizer, prompts, text_len):
 # ---------------------------------------------------------------------------------------------- layouts
 
 
-def test_wan_and_diffusers_layouts_load_equal(folders, wan_te):
+def test_wan_and_diffusers_layouts_load_equal(folders, wan_te, tmp_path):
+    """Both layouts written without the loader's rename table: the diffusers one by transformers' own
+    ``UMT5EncoderModel.save_pretrained``, the Wan one under the names of Wan's module tree (wan.md, ``_REF_*``
+    below). Each loads to the transformers model's own output; the tiny writer's layouts (one sharded) agree."""
+    tokenizer_dir = os.path.join(folders["wan"], "google", "umt5-xxl")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                        relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                        feed_forward_proj="gated-gelu")
+    torch.manual_seed(11)
+    model = UMT5EncoderModel(config).eval()
+    diffusers = tmp_path / "diffusers"
+    model.save_pretrained(diffusers / "text_encoder")
+    tokenizer.save_pretrained(diffusers / "tokenizer")
+    wan = tmp_path / "wan"
+    shutil.copytree(tokenizer_dir, wan / "google" / "umt5-xxl")
+    to_wan = {t: w for w, t in _REF_GLOBAL.items()}
+    block_to_wan = {t: w for w, t in _REF_BLOCK.items()}
+    sd = {}
+    for key, value in model.state_dict().items():
+        if key == "encoder.embed_tokens.weight":  # the tied copy of shared.weight; Wan stores one
+            continue
+        if key in to_wan:
+            sd[to_wan[key]] = value
+        else:  # encoder.block.N.<rest>
+            _, _, n, rest = key.split(".", 3)
+            sd[f"blocks.{n}.{block_to_wan[rest]}"] = value
+    torch.save(sd, wan / WAN_T5_CHECKPOINT)
+    with torch.no_grad():
+        ref = _reference_recipe(str(wan), PROMPTS,
+                                lambda ids, mask: model(input_ids=ids, attention_mask=mask).last_hidden_state)
+    for folder in (wan, diffusers):
+        te = WanTextEncoder.from_pretrained(folder, dtype=torch.float32, text_len=TEXT_LEN)
+        torch.testing.assert_close(te.encode(PROMPTS), ref, atol=1e-5, rtol=1e-5)
+
     a = wan_te.encode(PROMPTS)
     for name in ("diffusers", "sharded"):
         te = WanTextEncoder.from_pretrained(folders[name], dtype=torch.float32, text_len=TEXT_LEN)
         assert te.tokenizer.get_vocab() == wan_te.tokenizer.get_vocab()
-        assert te.model.config.num_heads == wan_te.model.config.num_heads
-        assert te.model.config.d_kv == wan_te.model.config.d_kv
         assert torch.equal(te.encode(PROMPTS), a), name
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from causvid.toy.folder import TOY_MARKER, is_toy_folder, read_toy_config, write_toy_folder
+from causvid.toy.folder import write_toy_folder
+from causvid.toy.marker import TOY_MARKER, is_toy_folder, read_toy_config
 from causvid.toy.latent_space import ToyVAE, projection_matrix, unit_rms_scale
 from causvid.toy.text_encoder import ToyTextEncoder, prompt_words, word_vector
 from causvid.tiny_wan.dit import random_dit
@@ -174,7 +175,8 @@ def test_toy_folder_layout(toy, tmp_path):
     from causvid.models.wan import WanDiT
 
     names = sorted(p.name for p in toy.iterdir())
-    assert names == sorted(["config.json", "diffusion_pytorch_model.safetensors", TOY_MARKER])
+    assert names == sorted(["config.json", "diffusion_pytorch_model.safetensors", TOY_MARKER, "model_index.json"])
+    assert json.loads((toy / "model_index.json").read_text())["vae"] == ["causvid.toy.latent_space", "ToyVAE"]
     assert is_toy_folder(toy) and not is_toy_folder(tmp_path) and not is_toy_folder(toy / TOY_MARKER)
     cfg = read_toy_config(toy)
     assert cfg["text_encoder"] == {"dim": 32, "seed": 5, "text_len": 16}
@@ -186,6 +188,26 @@ def test_toy_folder_layout(toy, tmp_path):
     (tmp_path / TOY_MARKER).write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="format"):
         read_toy_config(tmp_path)
+
+
+def test_the_loaders_follow_the_model_index_not_the_marker(toy, tmp_path):
+    """Without model_index.json a folder is a Wan folder, marker or not; with one, its classes are used."""
+    import shutil
+
+    from causvid.pipelines.text_to_video import load_vae
+
+    bare = Path(shutil.copytree(toy, tmp_path / "bare"))
+    (bare / "model_index.json").unlink()
+    with pytest.raises(FileNotFoundError):  # the Wan VAE's checkpoint, which a toy folder lacks
+        load_vae(bare)
+    (bare / "model_index.json").write_text(json.dumps({"vae": ["causvid.toy.latent_space", "ToyVAE"]}))
+    assert isinstance(load_vae(bare), ToyVAE)
+    (bare / "model_index.json").write_text(json.dumps({"vae": ["mylib", "MyVAE"]}))
+    with pytest.raises(ValueError, match="model_index.json: 'vae' is \\['mylib', 'MyVAE'\\]"):
+        load_vae(bare)
+    (bare / "model_index.json").write_text(json.dumps({"vae": ["causvid.toy.latent_space", "NoSuchVAE"]}))
+    with pytest.raises(ValueError, match="NoSuchVAE, which does not exist"):
+        load_vae(bare)
 
 
 def test_load_components_gives_the_toy_parts(toy):

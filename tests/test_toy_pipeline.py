@@ -42,7 +42,7 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
 
     # the shipped checkpoint is what this command makes (at full steps): same files, keys, shapes and dtypes
     assert _tensors(release) == _tensors(SHIPPED)
-    for name in ("config.json", "toy_world.json"):
+    for name in ("config.json", "toy_world.json", "model_index.json"):
         assert (release / name).read_text() == (SHIPPED / name).read_text(), name
     assert json.loads((release / "release.json").read_text())["reproduce"] == \
         json.loads((SHIPPED / "release.json").read_text())["reproduce"]

@@ -1,5 +1,4 @@
 """The toy world (causvid.toy.world) and its rule-based analyser (causvid.toy.analyser)."""
-import time
 
 import numpy as np
 import pytest
@@ -115,13 +114,13 @@ def test_caption_round_trip_and_parsing():
     assert parse_caption("") == (None, None, None)
 
 
-def test_render_batch_fast():
-    specs = sample_specs(500, seed=9)
-    t0 = time.perf_counter()
+def test_render_batch_equals_rendering_one_by_one():
+    """The batched renderer (what makes data generation fast) draws each video as it is drawn alone."""
+    specs = sample_specs(24, seed=9)
     videos = render_batch(specs, 21)
-    elapsed = time.perf_counter() - t0
-    assert videos.shape == (500, 21, 3, 32, 32)
-    assert elapsed < 12, f"500 videos took {elapsed:.1f}s (2,000 must stay well under a minute)"
+    assert videos.shape == (24, 21, 3, 32, 32)
+    for spec, video in zip(specs, videos):
+        assert torch.equal(video, render(spec, 21))
 
 
 # ------------------------------------------------------------------------------------------- analyser

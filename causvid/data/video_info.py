@@ -27,16 +27,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from fractions import Fraction
 from typing import Iterator
 
 import numpy as np
 
-from causvid.video_io import VideoReadError, _ffmpeg_reason, _probe
-from causvid.data.jsonfile import load_json
 from causvid.errors import UsageError
+from causvid.jsonfile import load_json
+from causvid.video_io.errors import VideoReadError
+from causvid.video_io.ffmpeg import ffmpeg_reason, popen_kwargs, probe
 
 __all__ = ["VIDEO_SUFFIXES", "VideoInfoError", "is_video_name", "read_info", "FrameStream"]
 
@@ -147,7 +147,7 @@ class FrameStream:
         self._proc: subprocess.Popen | None = None
         self._log = None
         self._started = False
-        meta = _probe(self.path)  # VideoReadError naming the file, with ffmpeg's reason
+        meta = probe(self.path)  # VideoReadError naming the file, with ffmpeg's reason
         size = meta["size"]
         self.width, self.height = int(size[0]), int(size[1])
         try:
@@ -179,8 +179,8 @@ class FrameStream:
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
         ]  # fmt: skip
         self._log = tempfile.TemporaryFile()
-        kwargs = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform.startswith("win") else {"start_new_session": True}
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, **kwargs)
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
+                                      **popen_kwargs())
 
     def errors_so_far(self) -> str:
         """ffmpeg's error output so far ('' if none)."""
@@ -217,7 +217,8 @@ class FrameStream:
         err = self.errors_so_far()
         self.close()
         if rc != 0 or (self.strict and (err or rest)):
-            reason = _ffmpeg_reason(err) if err else ("decoded data ends mid-frame" if rest else f"ffmpeg exit code {rc}")
+            reason = (ffmpeg_reason(err) if err
+                      else "decoded data ends mid-frame" if rest else f"ffmpeg exit code {rc}")
             raise VideoReadError(f"cannot read video {self.path!r}: {reason}")
         if self.frames_read == 0:
             raise VideoReadError(f"cannot read video {self.path!r}: no frames could be decoded")

@@ -3,9 +3,10 @@ the inference CLIs drive.
 
 `load_components` reads the Wan folder (text encoder, VAE, and the DiT unless a checkpoint replaces it) the
 same way for the real 1.3B / 14B releases and for the tiny folders of `scripts/make_tiny_wan.py`.
-`load_text_encoder` / `load_vae` are the one loading hook for the text encoder and the VAE (every CLI and the
-trainer go through them): a toy-world folder (one holding `toy_world.json`, see `causvid.toy.folder`) gives the
-toy encoder and latent space with the same interfaces, any other folder umT5 and the Wan VAE.
+`load_dit` / `load_text_encoder` / `load_vae` are the one loading hook for each component (every CLI and the
+trainer go through them): the folder's `model_index.json` names the class that builds it
+(`causvid.models.model_index`; a toy-world folder names the toy encoder and latent space, which share the Wan
+classes' interfaces); a folder without one is a Wan folder (umT5, the Wan VAE, `WanDiT`).
 `VideoGenerator.stream` yields pixel frames block by block as the causal rollout finishes each block, so the
 first frames can be written (or shown) before the video is complete.
 """
@@ -16,20 +17,20 @@ from pathlib import Path
 import torch
 
 from causvid.errors import UsageError
+from causvid.models.model_index import component_class
 from causvid.models.text_encoder import WanTextEncoder
 from causvid.models.vae import WanVAE
 from causvid.models.wan import WanDiT
 from causvid.models.wan.checkpoints import config_from_json, read_folder_config
 from causvid.pipelines.rollout import bidirectional_sample
 from causvid.pipelines.stream import StreamBlock, StreamSession, make_sampler
-from causvid.toy.folder import is_toy_folder
 
 
 @dataclass
 class Components:
     dit: WanDiT
-    text_encoder: WanTextEncoder  # or causvid.toy.text_encoder.ToyTextEncoder (same interface)
-    vae: WanVAE  # or causvid.toy.latent_space.ToyVAE (same interface)
+    text_encoder: WanTextEncoder  # or the class the folder's model_index.json names (same interface)
+    vae: WanVAE  # idem (the toy world's ToyVAE)
 
 
 def check_wan_folder(path, what: str = "wan_model_path") -> Path:
@@ -48,27 +49,23 @@ def check_wan_folder(path, what: str = "wan_model_path") -> Path:
 def load_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None, device=None) -> WanDiT:
     """The DiT: the Wan folder's own weights, or a checkpoint (published .pt, Wan or diffusers folder) whose
     sizes the tensors give and whose head count, text length and prediction come from the Wan folder's config.json."""
+    dit_class = component_class(wan_folder, "transformer")
     if checkpoint is None:
-        return WanDiT.from_pretrained(wan_folder, dtype=dtype, device=device)
+        return dit_class.from_pretrained(wan_folder, dtype=dtype, device=device)
     sizes = config_from_json(read_folder_config(wan_folder), wan_folder)
     sizes = {k: v for k, v in sizes.items() if k in ("num_heads", "text_len", "prediction")}
-    return WanDiT.from_pretrained(checkpoint, use_ema=use_ema, dtype=dtype, device=device, **sizes)
+    return dit_class.from_pretrained(checkpoint, use_ema=use_ema, dtype=dtype, device=device, **sizes)
 
 
 def load_text_encoder(folder, text_len, dtype=torch.float32, device="cpu"):
-    """The folder's text encoder: the toy one for a toy-world folder, umT5 (`WanTextEncoder`) otherwise."""
-    if is_toy_folder(folder):
-        from causvid.toy.text_encoder import ToyTextEncoder
-        return ToyTextEncoder.from_pretrained(folder, dtype=dtype, device=device, text_len=text_len)
-    return WanTextEncoder.from_pretrained(folder, dtype=dtype, device=device, text_len=text_len)
+    """The folder's text encoder: the class its model_index.json names, umT5 (`WanTextEncoder`) without one."""
+    cls = component_class(folder, "text_encoder")
+    return cls.from_pretrained(folder, dtype=dtype, device=device, text_len=text_len)
 
 
 def load_vae(folder, dtype=torch.float32, device="cpu"):
-    """The folder's VAE: the toy latent space for a toy-world folder, the Wan VAE (`WanVAE`) otherwise."""
-    if is_toy_folder(folder):
-        from causvid.toy.latent_space import ToyVAE
-        return ToyVAE.from_pretrained(folder, dtype=dtype, device=device)
-    return WanVAE.from_pretrained(folder, dtype=dtype, device=device)
+    """The folder's VAE: the class its model_index.json names, the Wan VAE (`WanVAE`) without one."""
+    return component_class(folder, "vae").from_pretrained(folder, dtype=dtype, device=device)
 
 
 def load_components(wan_model_path, checkpoint=None, use_ema=False, dtype=torch.float32, device="cpu") -> Components:

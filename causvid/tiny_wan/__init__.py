@@ -20,6 +20,10 @@ def write_tiny_wan(folder, layout: str = "wan", preset: str = "tiny", seed: int 
     (write_wan_dit if layout == "wan" else write_diffusers_dit)(dit, folder)
     write_tiny_vae(folder, layout=layout, seed=seed)
     write_tiny_text_encoder(folder, layout=layout, seed=seed, d_model=dit.config.text_dim)
+    if layout == "diffusers":  # the release's model_index.json (tokenizer and scheduler entries left out)
+        from causvid.models.model_index import write_model_index
+        write_model_index(folder, "WanPipeline", transformer=("diffusers", "WanTransformer3DModel"),
+                          text_encoder=("transformers", "UMT5EncoderModel"), vae=("diffusers", "AutoencoderKLWan"))
     return folder
 
 

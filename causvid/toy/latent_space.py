@@ -1,6 +1,6 @@
 """The toy world's latent space: a fixed linear "VAE" behind :class:`causvid.models.vae.WanVAE`'s interface.
 
-Nothing is learned; the map is defined by a seed and a scale (``toy_world.json``, see :mod:`causvid.toy.folder`).
+Nothing is learned; the map is defined by a seed and a scale (``toy_world.json``, see :mod:`causvid.toy.marker`).
 
 Spatial (per frame)
     pixel-unshuffle by 2 (each 2x2 patch of the 3 colour channels gives 12 values, channel-major as
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from causvid.models.latent_codec import LatentVideoCodec
-from causvid.toy.folder import DEFAULT_VAE_SCALE, read_toy_config
+from causvid.toy.marker import DEFAULT_VAE_SCALE, read_toy_config
 
 __all__ = ["Z_DIM", "SPATIAL_FACTOR", "TEMPORAL_FACTOR", "ToyVAE", "ToyStreamingDecoder", "projection_matrix",
            "unit_rms_scale"]

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-from causvid.config import load_config, warp_shift
+from causvid.config import load_config
 from causvid.data.lmdb import LatentLMDBWriter
 from causvid.models.wan import WanDiT
-from causvid.ode import causal_ode_slots, ode_slot_indices, sample_trajectory
-from causvid.flow import cfg as guided, euler_sigmas
+from causvid.ode_data.trajectory import batch_noise, causal_ode_slots, ode_pairs, schedule
 from causvid.toy import world
 from causvid.toy.folder import write_toy_folder
 
@@ -196,22 +195,16 @@ class ToyPipeline:
         cfg = load_config(CONFIGS / "ode_chunkwise.yaml")
         teacher_cfg = load_config(CONFIGS / "teacher.yaml")
         dit, encoder = self._teacher(teacher_folder)
-        sigmas = euler_sigmas(self.budget.ode_euler_steps, warp_shift(cfg))
-        indices = ode_slot_indices(list(cfg.denoising_step_list), sigmas, warp=True, shift=warp_shift(cfg))
+        sigmas, indices = schedule(cfg, self.budget.ode_euler_steps)
         captions = [world.caption(s) for s in world.sample_specs(self.budget.ode_prompts, seed=self.seed + 1)]
         negative = encoder.encode([teacher_cfg.negative_prompt])
         shape = list(cfg.image_or_video_shape)[1:]
         with LatentLMDBWriter(folder / "lmdb", unique_prompts=False) as writer, torch.no_grad():
             for i in range(0, len(captions), 64):
                 batch = captions[i:i + 64]
-                context = encoder.encode(batch)
-                noise = torch.randn([len(batch)] + shape, generator=torch.Generator().manual_seed(self.seed + i))
-                neg = negative.expand(len(batch), -1, -1)
-
-                def flow(x, t):
-                    return guided(dit(x, t[:, None].expand(x.shape[:2]), context),
-                                  dit(x, t[:, None].expand(x.shape[:2]), neg), teacher_cfg.guidance_scale)
-                states = sample_trajectory(flow, noise, sigmas, indices)
+                states = ode_pairs(dit, batch_noise(self.seed, range(i, i + len(batch)), shape),
+                                   encoder.encode(batch), sigmas=sigmas, indices=indices, negative_context=negative,
+                                   guidance_scale=teacher_cfg.guidance_scale)
                 for caption, row in zip(batch, states):
                     writer.append(row, caption)
 
@@ -224,8 +217,7 @@ class ToyPipeline:
         teacher_cfg = load_config(CONFIGS / "teacher.yaml")
         dit = load_dit(teacher_folder, ar_checkpoint).eval().requires_grad_(False)
         encoder = load_text_encoder(teacher_folder, dit.config.text_len)
-        sigmas = euler_sigmas(self.budget.ode_euler_steps, warp_shift(cfg))
-        indices = ode_slot_indices(list(cfg.denoising_step_list), sigmas, warp=True, shift=warp_shift(cfg))
+        sigmas, indices = schedule(cfg, self.budget.ode_euler_steps)
         data = LatentLMDBDataset(latents)
         rows = [data[i] for i in range(min(self.budget.ode_prompts, len(data)))]
         negative = encoder.encode([teacher_cfg.negative_prompt])
@@ -234,9 +226,9 @@ class ToyPipeline:
                 batch = rows[i:i + 64]
                 clean = torch.stack([r["clean_latent"] for r in batch])
                 context = encoder.encode([r["prompts"] for r in batch])
-                noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(self.seed + 7 + i))
+                noise = batch_noise(self.seed, range(i, i + len(batch)), clean.shape[1:])
                 slots = causal_ode_slots(dit, noise, clean, context, num_frame_per_block=block, sigmas=sigmas,
-                                         indices=indices, negative_context=negative.expand(len(batch), -1, -1),
+                                         indices=indices, negative_context=negative,
                                          guidance_scale=teacher_cfg.guidance_scale, mode="blockwise_kv")
                 for r, row in zip(batch, slots):
                     writer.append(row, r["prompts"])

@@ -12,7 +12,7 @@ Recipe (no weights, no tokenizer, nothing trained):
 
 So the same word always gives the same row, different prompts give different embeddings, and a prompt's
 embedding depends only on its words. Settings (``dim``, ``seed``, ``text_len``) come from the toy folder's
-``toy_world.json`` (see :mod:`causvid.toy.folder`).
+``toy_world.json`` (see :mod:`causvid.toy.marker`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from causvid.toy.folder import read_toy_config
+from causvid.toy.marker import read_toy_config
 from causvid.models.prompt_encoder import CachedPromptEncoder
 
 __all__ = ["ToyTextEncoder", "prompt_words", "word_vector"]
