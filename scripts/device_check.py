@@ -54,6 +54,7 @@ from typing import Callable
 import torch
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 if str(HERE) not in sys.path:  # benchmark_inference beside this file, also when the tests import this one
     sys.path.insert(0, str(HERE))
 
