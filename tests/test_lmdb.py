@@ -13,8 +13,6 @@ import torch
 from causvid.data.datasets import (
     LatentLMDBDataset,
     ODERegressionLMDBDataset,
-    ResumableDistributedSampler,
-    distributed_loader,
 )
 from causvid.data.lmdb import (
     LatentLMDBWriter,
@@ -336,69 +334,9 @@ def test_dataset_in_worker_processes(tmp_path):
     ds = ODERegressionLMDBDataset(tmp_path / "db")
     ds[0]  # the parent opens its env before the workers fork
     ODERegressionLMDBDataset(tmp_path / "db")[1]  # a second dataset on the same LMDB shares the handle
-    loader = distributed_loader(ds, batch_size=3, rank=0, world_size=1, seed=0, num_workers=2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
     it = iter(loader)
     batches = [next(it) for _ in range(2)]
     del it
     assert batches[0]["ode_latent"].shape == (3, *ROW)
     assert sorted(p for b in batches for p in b["prompts"]) == sorted(prompt_of(i) for i in range(6))
-
-
-# ----------------------------------------------------------------------------- distributed_loader
-
-
-class Indices(torch.utils.data.Dataset):
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return i
-
-
-def take(loader, k):
-    it = iter(loader)
-    return [next(it).tolist() for _ in range(k)]
-
-
-def test_ranks_partition_each_epoch():
-    n, B, W = 26, 2, 3  # 4 global steps of 6 per epoch, 2 samples dropped
-    per_rank = [take(distributed_loader(Indices(n), B, r, W, seed=5), 8) for r in range(W)]
-    for epoch in range(2):
-        seen = [i for r in range(W) for b in per_rank[r][4 * epoch : 4 * epoch + 4] for i in b]
-        assert len(seen) == 24 and len(set(seen)) == 24
-    order0 = np.random.default_rng([5, 0]).permutation(n)
-    assert per_rank[1][0] == [int(order0[1]), int(order0[4])]  # rank r takes global positions r, r + W, ...
-
-
-def test_order_depends_only_on_seed_and_epoch():
-    a = take(distributed_loader(Indices(20), 4, 0, 1, seed=1), 10)
-    torch.manual_seed(123)  # the global RNG plays no part
-    assert take(distributed_loader(Indices(20), 4, 0, 1, seed=1), 10) == a
-    assert take(distributed_loader(Indices(20), 4, 0, 1, seed=2), 10) != a
-    assert a[:5] != a[5:]  # a new order each epoch
-    assert take(distributed_loader(Indices(20), 4, 0, 1, seed=1, shuffle=False), 5) == [
-        list(range(k, k + 4)) for k in range(0, 20, 4)
-    ]
-
-
-def test_resume_from_start_index_equals_continuing():
-    n, B, W = 23, 2, 2
-    for r in range(W):
-        full = take(distributed_loader(Indices(n), B, r, W, seed=3), 20)
-        for step in (0, 3, 5, 11):  # 5 steps per epoch: 11 is inside epoch 2
-            resumed = take(distributed_loader(Indices(n), B, r, W, seed=3, start_index=step * B * W), 20 - step)
-            assert resumed == full[step:]
-    with pytest.raises(ValueError, match="multiple of world_size"):
-        distributed_loader(Indices(n), B, 0, W, seed=3, start_index=3)
-
-
-def test_no_drop_last_repeats_to_full_batches():
-    s = ResumableDistributedSampler(5, 2, 0, 2, seed=0, drop_last=False)
-    assert s.samples_per_epoch == 8
-    batches = [take(distributed_loader(Indices(5), 2, r, 2, seed=0, drop_last=False), 2) for r in range(2)]
-    assert set(i for b in batches for batch in b for i in batch) == set(range(5))
-    with pytest.raises(ValueError, match="fewer than one global batch"):
-        distributed_loader(Indices(5), 2, 0, 3, seed=0)

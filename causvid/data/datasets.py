@@ -1,4 +1,5 @@
-"""Training datasets over the LMDB latent stores, and a resumable distributed loader.
+"""Training datasets over the LMDB latent stores (the trainer picks each step's rows itself: a permutation per
+epoch keyed by the seed, `causvid.training.trainer`).
 
 * :class:`ODERegressionLMDBDataset` -- CausVid / Self-Forcing ODE pairs:
   ``{"prompts": str, "ode_latent": float32 [S, F, C, H, W]}``.
@@ -6,8 +7,6 @@
   ``"clean_latent"`` = the last slot ``[F, C, H, W]`` (the VAE latent for
   ``clean_data`` / the ground truth for ``ODE6KCausal``).
 * prompt-only data: :class:`causvid.data.prompts.PromptDataset` (re-exported).
-* :func:`distributed_loader` -- a DataLoader whose per-rank order depends only on
-  ``(seed, epoch)`` and that can start at any global sample position.
 
 The LMDB environment is opened on the first ``__getitem__`` of each process
 (read-only, ``lock=False``) and shared by every dataset of that process on the
@@ -19,7 +18,6 @@ no handle themselves, so they pickle for ``spawn`` workers.
 from __future__ import annotations
 
 import os
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,8 +30,6 @@ __all__ = [
     "ODERegressionLMDBDataset",
     "LatentLMDBDataset",
     "PromptDataset",
-    "ResumableDistributedSampler",
-    "distributed_loader",
 ]
 
 
@@ -84,107 +80,3 @@ class LatentLMDBDataset(ODERegressionLMDBDataset):
 
 
 # ----------------------------------------------------------------------------- sampling
-
-
-def _check_rank(rank: int, world_size: int) -> None:
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
-
-
-def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The global sample order of one epoch: a function of ``(seed, epoch)`` only."""
-    if not shuffle:
-        return np.arange(num_samples)
-    return np.random.default_rng([seed, epoch]).permutation(num_samples)
-
-
-class ResumableDistributedSampler(torch.utils.data.Sampler):
-    """Endless, deterministic per-rank sample indices, resumable at any global position.
-
-    The global stream is epoch 0, epoch 1, ...; each epoch is :func:`epoch_order`
-    cut (``drop_last``) or wrapped around (not ``drop_last``) to a whole number
-    of global batches ``batch_size * world_size``, so every batch is full and no
-    batch spans two epochs.  Rank ``r`` takes the global positions ``r, r + W,
-    r + 2W, ...`` (the strided split of ``DistributedSampler``).  After ``k``
-    steps the ranks together have consumed ``k * batch_size * world_size``
-    samples: that number, as ``start_index``, continues the stream exactly.
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        batch_size: int,
-        rank: int,
-        world_size: int,
-        seed: int = 0,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        start_index: int = 0,
-    ):
-        _check_rank(rank, world_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_samples < 1:
-            raise ValueError("the dataset is empty")
-        if start_index < 0 or start_index % world_size:
-            raise ValueError(
-                f"start_index must be a non-negative multiple of world_size={world_size} "
-                f"(a global sample position reached by all ranks), got {start_index}"
-            )
-        global_batch = batch_size * world_size
-        if drop_last and num_samples < global_batch:
-            raise ValueError(
-                f"{num_samples} samples are fewer than one global batch ({batch_size} x {world_size} ranks); "
-                f"use drop_last=False to repeat samples"
-            )
-        self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
-        self.seed, self.shuffle, self.start_index = seed, shuffle, start_index
-        per_epoch = num_samples // global_batch if drop_last else -(-num_samples // global_batch)
-        self.samples_per_epoch = per_epoch * global_batch  # global samples per epoch
-
-    def _epoch(self, epoch: int) -> np.ndarray:
-        """Global order of one epoch, cut or wrapped to ``samples_per_epoch``."""
-        order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
-        return np.resize(order, self.samples_per_epoch)  # np.resize repeats from the start
-
-    def __iter__(self) -> Iterator[int]:
-        epoch, offset = divmod(self.start_index, self.samples_per_epoch)
-        while True:
-            order = self._epoch(epoch)
-            for pos in range(offset + self.rank, self.samples_per_epoch, self.world_size):
-                yield int(order[pos])
-            epoch, offset = epoch + 1, 0
-
-
-def distributed_loader(
-    dataset,
-    batch_size: int,
-    rank: int,
-    world_size: int,
-    seed: int,
-    shuffle: bool = True,
-    drop_last: bool = True,
-    num_workers: int = 0,
-    start_index: int = 0,
-) -> torch.utils.data.DataLoader:
-    """An endless DataLoader giving rank ``rank`` its ``batch_size`` samples per step.
-
-    The order depends only on ``(seed, epoch)`` (not on torch's global RNG nor on
-    ``num_workers``).  ``start_index`` is a global sample position (summed over
-    ranks): to resume after ``step`` steps pass ``step * batch_size * world_size``;
-    the batches then equal those an uninterrupted run would have produced.
-    Use it with ``next(iterator)``; ``len()`` is undefined (the stream is endless).
-    """
-    sampler = ResumableDistributedSampler(
-        len(dataset), batch_size, rank, world_size, seed, shuffle, drop_last, start_index
-    )
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=False,  # every batch is full by construction
-        persistent_workers=num_workers > 0,
-    )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from causvid import rng
 from causvid.errors import UsageError
 from causvid.models.model_index import component_class
 from causvid.models.text_encoder import WanTextEncoder
@@ -113,7 +114,7 @@ class VideoGenerator:
     def noise(self, num_frames, seed, index, rollout=0):
         """Per-video noise from (seed, prompt index, rollout): the same video whatever the rank count or order
         (never one noise tensor shared by every prompt, as CausVid's script does)."""
-        gen = torch.Generator().manual_seed(hash((seed, index, rollout)) & 0x7FFF_FFFF_FFFF_FFFF)
+        gen = rng.generator(seed, index, rollout)  # the keyed randomness of causvid.rng, as in training
         _, c, h, w = self.latent_shape
         return torch.randn(1, num_frames, c, h, w, generator=gen).to(self.device, self.components.dit.dtype), gen
 
