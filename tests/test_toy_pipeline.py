@@ -29,7 +29,7 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     for stage in ("causvid_dmd_chunkwise", "cf_dmd_framewise", "ar_diffusion_chunkwise"):
         assert list((out / stage / "run").glob("checkpoint_model_*/model.pt")), stage
     results = json.loads((out / "evaluate" / "results.json").read_text())
-    assert len(results) == 11  # teacher + 5 models x 2 layouts
+    assert len(results) == 13  # teacher + 6 models x 2 layouts (CF DMD also with the detached cache gradient)
     long = results["Causal Forcing DMD (chunkwise)"]["long_video"]  # overlap vs rolling, same length
     assert set(long) == {"latent_frames", "overlap", "rolling"} and long["overlap"]["drift_all_acc"]
     report = (out / "report.md").read_text()
