@@ -67,6 +67,10 @@ def create_app(components, config, options: ServeOptions) -> FastAPI:
     height = int(config.image_or_video_shape[3]) * int(vae.spatial_factor)
     width = int(config.image_or_video_shape[4]) * int(vae.spatial_factor)
     text_len = int(components.dit.config.text_len)
+    block = int(config.num_frame_per_block) * int(vae.temporal_factor)  # pixel frames of a (later) block
+    if options.queue_frames < block:
+        raise ValueError(f"queue_frames {options.queue_frames}: a client's queue must hold a block "
+                         f"({block} frames) or every block would lose frames")
     image_format = options.image_format
     if image_format == "auto":
         image_format = "png" if width * height <= 128 * 128 else "jpeg"
