@@ -21,6 +21,8 @@ from websockets.sync.client import connect
 from causvid.config import load_config
 from causvid.pipelines.stream import StreamSession
 from causvid.pipelines.text_to_video import load_components
+from causvid.pipelines.cli import run as run_cli
+from causvid.serve.__main__ import main
 from causvid.serve.app import ServeOptions, create_app
 from causvid.serve.live import Frame, Outbox, seconds_to_wait
 from causvid.serve.server import BackgroundServer
@@ -337,3 +339,30 @@ def test_a_send_that_blocks_drops_the_oldest_frames_and_stats_say_so(toy, refere
     events = [json.loads(m["text"]) for m in sent if m.get("text")]
     final = [e for e in events if e["type"] == "stats"][-1]
     assert final["dropped"] >= seen["dropped"] and final["frames"] == len(frames_sent)
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+def test_the_cli_needs_no_argument_binds_loopback_and_says_so(capsys):
+    served = []
+
+    def serve(app, sock):
+        served.append((app.state.options, sock.getsockname()))
+        sock.close()
+
+    assert main(["--port", "0"], serve=serve) == 0
+    options, (host, port) = served[0]
+    assert host == "127.0.0.1" and port > 0
+    assert (options.fps, options.video_fps, options.max_sessions) == (16, 16, 2)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"serving cf_dmd_chunkwise (checkpoints/toy) at http://127.0.0.1:{port} (loopback only; "
+                     "Ctrl-C stops)", "stopped; served 0 session(s), wrote nothing"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_sessions", "0"], "error: --max_sessions 0: must be at least 1"),
+    (["--fps", "-1"], "error: --fps -1.0: must be >= 0 (0: unpaced)"),
+    (["--config_path", "missing.yaml"], "error: config file not found: missing.yaml"),
+])
+def test_bad_flags_give_one_line(argv, message, capsys):
+    assert run_cli(main, argv) == 2
+    assert capsys.readouterr().err.splitlines() == [message]

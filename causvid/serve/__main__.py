@@ -59,20 +59,21 @@ def build(args):
         print(f"note: {args.config_path} has no denoising_step_list: 50-step sampling, the stream will be slow",
               file=sys.stderr)
     folder = wan or gen.config.wan_model_path
-    name = f"{Path(args.config_path).stem} ({args.checkpoint_path or folder})"
+    weights = Path(args.checkpoint_path or folder).resolve()
+    name = f"{Path(args.config_path).stem} ({weights.relative_to(ROOT) if weights.is_relative_to(ROOT) else weights})"
     options = ServeOptions(model_name=name, fps=FPS if args.fps is None else args.fps, video_fps=FPS,
                            max_sessions=args.max_sessions,
                            suggestions=TOY_PROMPTS if is_toy_folder(folder) else [])
     return create_app(gen.components, gen.config, options), name
 
 
-def main(argv=None) -> int:
+def main(argv=None, serve=run) -> int:
     args = parser().parse_args(argv)
     app, name = build(args)
     sock = bind(args.host, args.port)
     where = "loopback only" if args.host in ("127.0.0.1", "localhost", "::1") else "REACHABLE FROM OTHER MACHINES"
     print(f"serving {name} at {url_of(sock)} ({where}; Ctrl-C stops)", flush=True)
-    run(app, sock)
+    serve(app, sock)
     print(f"stopped; served {app.state.sessions.served} session(s), wrote nothing", flush=True)
     return 0
 
