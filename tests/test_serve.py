@@ -36,7 +36,8 @@ RECV_TIMEOUT = 60          # a hang fails the test instead of blocking the suite
 
 @pytest.fixture(scope="module")
 def toy():
-    return load_components(ROOT / "checkpoints" / "toy"), load_config(ROOT / "configs" / "toy" / "cf_dmd_chunkwise.yaml")
+    config = load_config(ROOT / "configs" / "toy" / "cf_dmd_chunkwise.yaml")
+    return load_components(ROOT / "checkpoints" / "toy"), config
 
 
 @pytest.fixture(scope="module")

@@ -39,9 +39,9 @@ def test_the_page_streams_draws_and_switches_prompts():
             page.fill("#prompt", "a red square moving left")
             page.click("#go")
             page.wait_for_function("window.framesDrawn >= 20", timeout=LIMIT_MS)
-            assert page.text_content("#go") == "Switch" and page.text_content("#current") == "a red square moving left"
-            assert page.evaluate("[document.querySelector('#screen').width, document.querySelector('#screen').height]") \
-                == [32, 32]
+            assert page.text_content("#go") == "Switch"
+            assert page.text_content("#current") == "a red square moving left"
+            assert page.eval_on_selector("#screen", "c => [c.width, c.height]") == [32, 32]
 
             page.fill("#prompt", "a blue circle moving up")
             page.click("#go")
