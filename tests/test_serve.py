@@ -24,7 +24,7 @@ from causvid.pipelines.text_to_video import load_components
 from causvid.pipelines.cli import run as run_cli
 from causvid.serve.__main__ import main
 from causvid.serve.app import ServeOptions, create_app
-from causvid.serve.live import Frame, Outbox, seconds_to_wait
+from causvid.serve.live import Frame, LiveStream, Outbox, seconds_to_wait
 from causvid.serve.server import BackgroundServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +130,30 @@ def test_the_worker_makes_at_most_one_block_ahead_of_the_paced_clock():
     assert seconds_to_wait(16, made=21, last_block=12, elapsed=0.1) == pytest.approx(9 / 16 - 0.1)
     assert seconds_to_wait(16, made=21, last_block=12, elapsed=1.0) == 0.0  # late: no wait
     assert seconds_to_wait(0, made=21, last_block=12, elapsed=0.0) == 0.0   # unpaced
+
+
+def test_a_paced_stream_stays_one_block_ahead_until_a_switch_wakes_it(toy):
+    """At 0.001 frames/s the worker makes two blocks (one ahead of the first) and then waits ~2.5 hours; a switch
+    wakes it at once. Unpaced, a third block under the first prompt would be in progress when the switch came."""
+    async def scenario():
+        puts = asyncio.Queue()
+
+        class Recording(Outbox):
+            def put_frames(self, frames):
+                super().put_frames(frames)
+                puts.put_nowait(frames)
+
+        box = Recording(capacity=64)
+        live = LiveStream(*toy, A, SEED, fps=0.001, outbox=box, loop=asyncio.get_running_loop()).start()
+        first, second = [await asyncio.wait_for(puts.get(), RECV_TIMEOUT) for _ in range(2)]
+        live.set_prompt(box.switch(), B)
+        third = await asyncio.wait_for(puts.get(), RECV_TIMEOUT)
+        await live.join()
+        return first, second, third
+
+    first, second, third = asyncio.run(scenario())
+    assert [len(first), len(second)] == [FIRST, BLOCK] and {(f.version, f.prompt) for f in first + second} == {(0, A)}
+    assert len(third) == BLOCK and {(f.version, f.prompt) for f in third} == {(1, B)}
 
 
 # -- over WebSockets --------------------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ class LiveStream:
         self.outbox, self.loop, self.image_format = outbox, loop, image_format
         self._prompt = (version, prompt)  # (version, prompt): written by the event loop, read by the worker
         self._stop = threading.Event()
+        self._wake = threading.Event()  # ends a pacing wait early: a switch (its block ahead was flushed), a stop
         self.error = None
         self.frames_made = 0
         self.thread = threading.Thread(target=self._run, name=f"live-stream-{seed}", daemon=True)
@@ -118,9 +119,11 @@ class LiveStream:
 
     def set_prompt(self, version: int, prompt: str) -> None:
         self._prompt = (version, prompt)
+        self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     async def join(self) -> None:
         """Stop and wait (without blocking the event loop) until the thread has let go of its session."""
@@ -137,12 +140,13 @@ class LiveStream:
     def _generate(self):
         version, prompt = self._prompt
         session = StreamSession(self.components, self.config, prompt, seed=self.seed)
-        first = None
+        first, made = None, 0  # the pacing clock: time of the first frame, frames made since
         while not self._stop.is_set():
             wanted = self._prompt
             if wanted[0] != version:
                 version, prompt = wanted
                 session.set_prompt(prompt)
+                first, made = None, 0  # the frames made ahead were flushed: the clock restarts with this block
             block = session.next_block()
             if self._stop.is_set():
                 break
@@ -152,10 +156,11 @@ class LiveStream:
             self.loop.call_soon_threadsafe(self.outbox.put_frames, frames)
             now = time.perf_counter()
             first = now if first is None else first
-            self.frames_made += n
-            if self.fps > 0 and self.frames_made / self.fps < now - first:
-                first = now - self.frames_made / self.fps  # late: the clock restarts here, no burst
-            self._stop.wait(seconds_to_wait(self.fps, self.frames_made, n, now - first))
+            self.frames_made, made = self.frames_made + n, made + n
+            if self.fps > 0 and made / self.fps < now - first:
+                first = now - made / self.fps  # late: the clock restarts here, no burst
+            self._wake.wait(seconds_to_wait(self.fps, made, n, now - first))
+            self._wake.clear()
 
     def _deliver_event(self, event):
         try:
