@@ -19,11 +19,17 @@ setup(
         "tokenizers>=0.15",
         "sentencepiece>=0.1.99",
         "ftfy>=6.0",
+        "pillow>=9.0",
+        # the live server (python -m causvid.serve) and its WebSocket client in tests and benchmarks
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "websockets>=13.0",
     ],
+    package_data={"causvid.serve": ["static/*.html"]},
     extras_require={
         # flash-attn needs a CUDA toolchain to build; the model falls back to PyTorch attention without it.
         "flash": ["flash-attn>=2.5"],
         "wandb": ["wandb"],
-        "test": ["pytest>=7.0"],
+        "test": ["pytest>=7.0", "playwright>=1.40"],
     },
 )
