@@ -15,7 +15,7 @@ import torch
 from causvid.config import load_config
 from causvid.pipelines.long_video import long_video_frames, overlap_stream, rolling_stream
 from causvid.pipelines.text_to_video import VideoGenerator, load_components
-from causvid.toy import analyser, world
+from causvid.toy import analyser, streaming, world
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "toy"
 
@@ -45,6 +45,8 @@ def evaluate_model(config_name, wan_folder, checkpoint, budget, seed):
     result.update(_drift(longs, captions))
     if config_name.endswith(("dmd_framewise", "dmd_chunkwise")):
         result["long_video"] = compare_long_video(generator, captions[:budget.long_video_prompts], budget, seed)
+    if config_name.endswith("dmd_chunkwise"):  # switching after the training window, V2V (causvid.toy.streaming)
+        result["streaming"] = streaming.measure(components, cfg, budget.stream_pairs, budget.drift_factor, seed=seed)
     return result, videos[:3], captions[:3]
 
 
@@ -124,6 +126,10 @@ def write_report(out, times: dict) -> Path:
                 m = modes[mode]
                 lines.append(f"| {name} | {mode} | {' → '.join(f'{v:.2f}' for v in m['drift_all_acc'])} | "
                              f"{' → '.join(f'{v:.3f}' for v in m['drift_background_err'])} | {m['all_acc']:.2f} |")
+    streams = {name: r["streaming"] for name, r in results.items() if "streaming" in r}
+    if streams:
+        lines += ["", "## Streaming", ""] + [line for name, r in streams.items()
+                                            for line in streaming.markdown(r, "###", name) + [""]]
     lines += ["", "## Time per stage (this machine)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]
     lines += [f"| **total** | {sum(times.values()):.0f} |", "", "## Samples", ""]

@@ -51,6 +51,7 @@ class Budget:
     eval_videos: int = 32
     drift_videos: int = 4       # per model: rollouts of drift_factor times the training length
     long_video_prompts: int = 16  # per DMD student: overlap vs rolling-window long videos (4 prompts decided nothing)
+    stream_pairs: int = 16      # per chunkwise DMD student: prompt-switch pairs and V2V videos (causvid.toy.streaming)
     teacher_sampling_steps: int = 50
     drift_factor: int = 4       # drift is measured on rollouts this many times the training length
     batch_size: int = 0         # 0: each config's own
@@ -59,7 +60,7 @@ class Budget:
     def quick(cls):
         return cls(videos=32, ode_prompts=4, teacher_steps=2, ar_steps=1, ode_steps=1, dmd_steps=1,
                    ode_euler_steps=8, eval_videos=1, drift_videos=1, long_video_prompts=1, teacher_sampling_steps=2,
-                   drift_factor=2, batch_size=2)
+                   drift_factor=2, batch_size=2, stream_pairs=1)
 
 
 class ToyPipeline:

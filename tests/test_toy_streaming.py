@@ -1,0 +1,88 @@
+"""The toy world's streaming measurements (causvid.toy.streaming): the switching metric on rendered ground truth,
+and both measurements at a tiny size on the shipped student (table structure, and the sanity relation the
+metric must satisfy: a fresh stream of B scores B at least as well as a stream of A that never switched)."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from causvid.config import load_config
+from causvid.pipelines.text_to_video import load_components
+from causvid.toy import streaming, world
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensor ops on a shared machine: intra-op threads only wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    config = load_config(ROOT / "configs" / "toy" / "cf_dmd_chunkwise.yaml")
+    return load_components(ROOT / "checkpoints" / "toy"), config
+
+
+def test_frames_until_b_holds_is_the_first_window_showing_b():
+    assert streaming.frames_until_holds([False, False, True, False, True]) == 2
+    assert streaming.frames_until_holds([True, False]) == 0
+    assert streaming.frames_until_holds([False, False]) is None
+    assert streaming.frames_until_holds([]) is None
+
+
+def test_switch_pairs_differ_in_every_attribute_and_start_from_the_held_out_captions():
+    pairs = streaming.switch_pairs(16, seed=0)
+    held_out = [world.caption(s) for s in world.sample_specs(16, seed=10_000)]  # evaluate.py's eval captions
+    assert [a for a, _ in pairs] == held_out
+    for a, b in pairs:
+        assert all(x != y for x, y in zip(world.parse_caption(a), world.parse_caption(b))), (a, b)
+
+
+def test_metric_on_rendered_videos(toy):
+    """Rendered A for the training window, then rendered B: B holds at once in every window; A throughout: never."""
+    vae = toy[0].vae
+    a, b = world.sample_spec(1), world.sample_spec(2, shapes=("triangle",), colours=("green",), directions=("up",))
+    assert (a.shape, a.colour, a.direction) != ("triangle", "green", "up")
+    before, after = vae.num_pixel_frames(6), vae.num_pixel_frames(18) - vae.num_pixel_frames(6)
+    switched = torch.cat([world.render(a, before), world.render(b, after, start_frame=before)])
+    kw = dict(window=6, windows=2, block=3)
+    got = streaming.score_after(switched, 6, world.caption(b), vae, **kw)
+    assert got["windows"]["all"] == [True, True] and got["onset_latent"] == 0 and got["onset_pixel"] == 0
+    never = streaming.score_after(world.render(a, before + after), 6, world.caption(b), vae, **kw)
+    assert never["windows"]["all"] == [False, False] and never["onset_latent"] is None
+    # a restart's frames (from latent 0): its first window is 21 pixel frames, not 24
+    fresh = streaming.score_after(world.render(b, vae.num_pixel_frames(12)), 0, world.caption(b), vae, **kw)
+    assert fresh["windows"]["all"] == [True, True] and fresh["onset_latent"] == 0
+
+
+def test_measurements_on_the_shipped_student(toy):
+    components, config = toy
+    result = streaming.measure(components, config, pairs=1, windows=1, strengths=(500,))
+    s, v = result["switching"], result["v2v"]
+    assert s["switch_latent_frame"] == 6 and s["pixel_frames_per_window"] == 24 and len(s["pairs"]) == 1
+    assert tuple(s["modes"]) == streaming.MODES
+    for mode in s["modes"].values():
+        assert all(len(mode[f"{k}_acc"]) == 1 for k in ("all", "colour", "shape", "direction"))
+        assert 0 <= mode["at_once"] <= mode["within_one_block"] <= 1 - mode["never"] + 1e-9
+    restart, ignored = s["modes"]["restart with B"], s["modes"]["no switch (A)"]
+    assert all(r >= i for r, i in zip(restart["all_acc"], ignored["all_acc"]))
+    attributes = ("colour_acc", "shape_acc", "direction_acc")
+    assert sum(restart[k][0] for k in attributes) >= sum(ignored[k][0] for k in attributes)
+    assert list(v["rows"]) == ["0", "500"]
+    assert v["rows"]["0"]["new_colour_acc"] == 0 and v["rows"]["0"]["input_colour_kept"] == 1  # the input itself
+    lines = streaming.markdown(result, name="toy")
+    rows = [line for line in lines if line.startswith("| ") and "|---" not in line]
+    assert len(rows) == 2 + len(streaming.MODES) + len(v["rows"])  # two headers, one row per mode and strength
+    assert all(any(line.startswith(f"| {m} |") for line in rows) for m in streaming.MODES)
+
+
+def test_cli_rejects_bad_strengths_in_one_line(capsys):
+    assert streaming.main(["--checkpoint", "checkpoints/toy", "--config", "configs/toy/cf_dmd_chunkwise.yaml",
+                           "--strengths", "500,1200"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --strengths") and "\n" not in err
