@@ -159,3 +159,35 @@ def test_v2v_bad_inputs(toy, strength, frames, message):
     comp, cfg = toy
     with pytest.raises(ValueError, match=message):
         StreamSession(comp, cfg, A, input_latents=torch.zeros(1, frames, 16, 16, 16), strength=strength)
+
+
+def test_resink_makes_the_first_block_under_the_new_prompt_the_sink(toy):
+    """A switch with resink in a rolling window (6 frames, sink 3): the old sink (A's first block) is dropped;
+    the first block under B sees only the window's last A block, re-cached under B, and itself (reference: a
+    cache-free block-causal forward over those contiguous frames at their own positions); then that block is
+    the sink, and the A block leaves the window."""
+    comp, cfg = toy
+    dit, steps, grid = comp.dit, denoising_steps(cfg), generator_grid(cfg)
+    noise, gen = noise_of(18), torch.Generator().manual_seed(7)
+    session = StreamSession(comp, cfg, A, noise=noise, generator=gen, local_attn_size=6, sink_size=3)
+    before = [session.next_block() for _ in range(4)]
+    state = gen.get_state()
+    session.set_prompt(B, resink=True)
+    got = session.next_block().latents
+
+    hand_gen, ctx = torch.Generator(), comp.text_encoder.encode([B])
+    hand_gen.set_state(state)
+    x = noise[:, 12:15]
+    with torch.no_grad():
+        for i, step in enumerate(steps):
+            t = torch.cat([torch.zeros(1, 3), torch.full((1, 3), step)], dim=1)
+            flow = dit(torch.cat([before[-1].latents, x], 1), t, ctx, causal=True, num_frame_per_block=3,
+                       start_frame=9)[:, 3:]
+            x0 = flow_to_x0(flow, x, step, grid)
+            if i + 1 < len(steps):
+                x = add_noise(x0, torch.randn(x0.shape, generator=hand_gen), steps[i + 1], grid)
+    assert (got - x0).abs().max() <= 1e-5
+    cache = session.rollout.streams[0].cache
+    session.next_block()
+    assert cache.sink_start == 12 and sorted(cache._slot_frame.tolist()) == list(range(12, 18))
+    assert [s for s in session.rollout.streams[0].starts] == [12, 15]

@@ -134,9 +134,11 @@ class Rollout:
         self.generated += 1
         return x0
 
-    def set_context(self, context: torch.Tensor, recache: bool = True) -> None:
-        """The prompt of the blocks from the next one on (the negative prompt's stream keeps its own)."""
-        self.streams[0].switch(context, recache)
+    def set_context(self, context: torch.Tensor, recache: bool = True, resink: bool = False) -> None:
+        """The prompt of the blocks from the next one on (the negative prompt's stream keeps its own).
+        resink (a rolling window): the old sink is dropped and the next block becomes the sink, so the stream
+        anchors on the new prompt; the window's other blocks are re-cached for continuity until evicted."""
+        self.streams[0].switch(context, recache, resink)
 
     def _check(self, size):
         if size != self.next_block_size():
@@ -215,22 +217,30 @@ class _Stream:
         if not cache.rolling:
             return
         oldest_kept = cache.frames_end - (cache.capacity - cache.sink_size)
-        keep = [i for i, s in enumerate(self.starts) if s < cache.sink_size or s >= oldest_kept]
+        sink = range(cache.sink_start, cache.sink_start + cache.sink_size)
+        keep = [i for i, s in enumerate(self.starts) if s in sink or s >= oldest_kept]
         self.done, self.done_t, self.starts = ([xs[i] for i in keep] for xs in (self.done, self.done_t, self.starts))
 
-    def switch(self, context, recache):
+    def switch(self, context, recache, resink=False):
         """A new prompt: only the cross-attention (recache False), or every cached frame written again under it
         (LongLive's re-cache: one refresh pass per block still in the window, at its own positions, the sink
-        included, each block seeing the re-cached blocks before it)."""
+        included, each block seeing the re-cached blocks before it). resink: the old sink's frames are dropped
+        and the next block becomes the sink (re-caching the others)."""
         self.context = context
         if self.cache is None:
-            if not recache:
+            if not recache or resink:
                 raise ValueError("without a KV cache every call recomputes the context: a switch always re-caches")
             return
-        if not recache:
+        if not (recache or resink):
             return
         cache, end = self.cache, self.cache.frames_end
+        if resink:
+            old_sink = range(cache.sink_start, cache.sink_start + cache.sink_size)
+            keep = [i for i, s in enumerate(self.starts) if s not in old_sink]
+            self.done, self.done_t, self.starts = ([xs[i] for i in keep] for xs in (self.done, self.done_t, self.starts))
         cache.reset()
+        if resink:
+            cache.move_sink(end)
         with torch.no_grad():
             for clean, t, start in zip(self.done, self.done_t, self.starts):
                 cache.seek(start)

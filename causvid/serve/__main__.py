@@ -18,7 +18,7 @@ from causvid.config import denoising_steps, generator_is_causal
 from causvid.pipelines.cli import FPS, build_generator, run as run_cli
 from causvid.serve.app import ServeOptions, create_app
 from causvid.serve.server import bind, run, url_of
-from causvid.toy.folder import is_toy_folder
+from causvid.toy.marker import is_toy_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY_CONFIG, TOY_FOLDER = ROOT / "configs" / "toy" / "cf_dmd_chunkwise.yaml", ROOT / "checkpoints" / "toy"

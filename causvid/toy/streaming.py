@@ -9,7 +9,9 @@ direction. An endless `StreamSession` (its default rolling window: the training 
 A for the training window (the config's `image_or_video_shape[1]` latent frames, S), then continues for
 `windows` windows of S latent frames in one of four modes:
 
-- ``re-cache``: `set_prompt(B)` with LongLive's KV re-cache of the frames still in the window;
+- ``re-cache + re-sink``: `set_prompt(B)` (the session's default): LongLive's KV re-cache of the frames still in
+  the window, and the old sink (A's first block) dropped, so the first block under B becomes the sink;
+- ``re-cache, old sink kept``: `set_prompt(B, resink=False)`, LongLive's re-cache with its global sink;
 - ``no re-cache``: `set_prompt(B, recache=False)`, only the cross-attention changes (the naive switch);
 - ``restart with B``: a fresh stream of B from frame 0 (its frames stand for those after the switch);
 - ``no switch (A)``: the stream of A continues; scored on B, the floor the metric gives a stream that ignores B.
@@ -56,7 +58,7 @@ from causvid.toy import analyser, world
 __all__ = ["MODES", "switch_pairs", "frames_until_holds", "score_after", "measure_switching", "measure_v2v",
            "measure", "markdown", "main"]
 
-MODES = ("re-cache", "no re-cache", "restart with B", "no switch (A)")
+MODES = ("re-cache + re-sink", "re-cache, old sink kept", "no re-cache", "restart with B", "no switch (A)")
 ATTRIBUTES = ("colour", "shape", "direction")
 STRENGTHS = (250, 500, 625, 750, 1000)  # 625: the shipped student's last step level (CausVid's V2V choice)
 HELD_OUT = 10_000  # the evaluation's held-out specs are world.sample_specs(n, HELD_OUT + seed) (evaluate.py)
@@ -89,12 +91,12 @@ def frames_until_holds(ok: list[bool]) -> int | None:
 
 def _stream(components, config, prompt, frames, generator, switch=None, kv=None):
     """Pixels [T, 3, H, W] of the first `frames` latent frames of an endless session; switch: (latent frame,
-    prompt, recache); kv: StreamSession's local_attn_size / sink_size (default: the session's)."""
+    prompt, recache[, resink]); kv: StreamSession's local_attn_size / sink_size (default: the session's)."""
     session = StreamSession(components, config, prompt, generator=generator, **(kv or {}))
     pixels = []
     while session.frame < frames:
         if switch is not None and session.frame == switch[0]:
-            session.set_prompt(switch[1], recache=switch[2])
+            session.set_prompt(switch[1], recache=switch[2], resink=switch[3] if len(switch) > 3 else False)
         pixels.append(session.next_block().pixels[0])
     return torch.cat(pixels)
 
@@ -132,7 +134,8 @@ def measure_switching(components, config, pairs: int = 16, windows: int = 4, see
     per_pair = []
     for i, (a, b) in enumerate(switch_pairs(pairs, seed)):
         gen = lambda: _generator(seed, 3000 + i)  # noqa: E731 (the same noise for every mode)
-        runs = {"re-cache": _stream(components, config, a, total, gen(), (switch, b, True), kv),
+        runs = {"re-cache + re-sink": _stream(components, config, a, total, gen(), (switch, b, True, True), kv),
+                "re-cache, old sink kept": _stream(components, config, a, total, gen(), (switch, b, True, False), kv),
                 "no re-cache": _stream(components, config, a, total, gen(), (switch, b, False), kv),
                 "no switch (A)": _stream(components, config, a, total, gen(), kv=kv)}
         scored = {mode: score_after(video, switch, b, vae, **kw) for mode, video in runs.items()}

@@ -66,6 +66,7 @@ class KVCache:
         self._read_index = None  # token index of the valid slots when they are not a prefix (see seek)
         self._new_frames = False
         self._slot_frame = torch.full((self.capacity,), -1, dtype=torch.long)  # frame held per slot, -1 = empty
+        self.sink_start = 0  # first frame of the sink (moved by a re-sink)
 
     def seek(self, frame: int) -> None:
         """Make `frame` the next frame to write, leaving the frames before it unwritten (a prompt switch's
@@ -85,8 +86,18 @@ class KVCache:
 
     # -- frames -------------------------------------------------------------------------------------
     def slot_of_frame(self, frame: torch.Tensor) -> torch.Tensor:
+        """Slot of each frame: the sink's frames [sink_start, sink_start + sink_size) in slots 0..sink-1, every
+        other frame in the ring after them (frames before a moved sink too, until later frames overwrite them)."""
         ring = self.capacity - self.sink_size
-        return torch.where(frame < self.sink_size, frame, self.sink_size + (frame - self.sink_size) % ring)
+        rel = frame - self.sink_start
+        return torch.where((rel >= 0) & (rel < self.sink_size), rel, self.sink_size + (rel - self.sink_size) % ring)
+
+    def move_sink(self, frame: int) -> None:
+        """Make frames [frame, frame + sink_size) the sink from now on (a prompt switch's re-sink): call on an
+        empty cache (after `reset`), before writing again."""
+        if not self.rolling:
+            raise ValueError("only a rolling window (local_attn_size) has a sink to move")
+        self.sink_start = frame
 
     def begin(self, start_frame: int, num_frames: int, frame_tokens: int, device) -> None:
         """Validate a call for frames [start_frame, start_frame + num_frames) and prepare its slot writes."""
