@@ -56,7 +56,8 @@ def build_generator(args, checkpoint=None, causal=True, use_ema=False, checkpoin
     wan = check_wan_folder(args.wan_model_path or cfg.wan_model_path, where)
     if checkpoint is not None:
         check_checkpoint(checkpoint, checkpoint_flag, causal)
-    check_output_folder(args.output_folder, "--output_folder")
+    if getattr(args, "output_folder", None) is not None:  # the server writes no files
+        check_output_folder(args.output_folder, "--output_folder")
     if check is not None:
         check(cfg)
     default = torch.bfloat16 if device.startswith("cuda") else torch.float32
