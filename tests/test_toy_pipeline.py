@@ -23,13 +23,17 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert main(["--out", str(out), "--quick", "--release", str(release)]) == 0
     stages = ["base", "data", "teacher", "ode_pairs", "evaluate"] + [
         f"{s}_{layout}" for layout in LAYOUTS for s in
-        ("causvid_ode", "causvid_dmd", "ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd")]
+        ("causvid_ode", "causvid_dmd", "ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd", "cf_cd", "cfpp_dmd")]
+    stages += [f"cf_dmd_{layout}_{kind}" for layout in LAYOUTS for kind in ("detached", "long")]
+    stages += ["cfpp_dmd_framewise_1step", "cfpp_dmd_framewise_2step"]
     for stage in stages:
         assert (out / stage / "DONE").exists(), stage
     for stage in ("causvid_dmd_chunkwise", "cf_dmd_framewise", "ar_diffusion_chunkwise"):
         assert list((out / stage / "run").glob("checkpoint_model_*/model.pt")), stage
     results = json.loads((out / "evaluate" / "results.json").read_text())
-    assert len(results) == 13  # teacher + 6 models x 2 layouts (CF DMD also with the detached cache gradient)
+    # teacher + 9 models x 2 layouts (CF DMD also with the detached cache gradient and long rollouts, CF++ CD and
+    # DMD) + the 1- and 2-step framewise CF++ students
+    assert len(results) == 21
     long = results["Causal Forcing DMD (chunkwise)"]["long_video"]  # overlap vs rolling, same length
     assert set(long) == {"latent_frames", "overlap", "rolling"} and long["overlap"]["drift_all_acc"]
     report = (out / "report.md").read_text()

@@ -47,6 +47,8 @@ class Budget:
     ar_steps: int = 400
     ode_steps: int = 300
     dmd_steps: int = 150
+    cd_steps: int = 300         # Causal Forcing++: causal consistency distillation in place of ODE data + ODE init
+    long_rollout: int = 4       # long-rollout DMD students roll out this many training lengths (Self-Forcing++)
     ode_euler_steps: int = 48   # the ODE data's Euler schedule (states saved at the student's levels)
     eval_videos: int = 32
     drift_videos: int = 4       # per model: rollouts of drift_factor times the training length
@@ -58,9 +60,9 @@ class Budget:
 
     @classmethod
     def quick(cls):
-        return cls(videos=32, ode_prompts=4, teacher_steps=2, ar_steps=1, ode_steps=1, dmd_steps=1,
+        return cls(videos=32, ode_prompts=4, teacher_steps=2, ar_steps=1, ode_steps=1, dmd_steps=1, cd_steps=1,
                    ode_euler_steps=8, eval_videos=1, drift_videos=1, long_video_prompts=1, teacher_sampling_steps=2,
-                   drift_factor=2, batch_size=2, stream_pairs=1)
+                   drift_factor=2, batch_size=2, stream_pairs=1, long_rollout=2)
 
 
 class ToyPipeline:
@@ -155,8 +157,30 @@ class ToyPipeline:
             cf_detached = self.stage(f"cf_dmd_{layout}_detached", lambda f: self.train(
                 f, f"cf_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(cf_ode), data_path=data / "prompts.txt",
                 kv_cache_gradient="detached", **common))
+            # the same DMD on windows of a rollout long_rollout times the training length (Self-Forcing++)
+            frames = load_config(CONFIGS / f"cf_dmd_{layout}.yaml").image_or_video_shape[1]
+            cf_long = self.stage(f"cf_dmd_{layout}_long", lambda f: self.train(
+                f, f"cf_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(cf_ode), data_path=data / "prompts.txt",
+                long_rollout_frames=b.long_rollout * frames, **common))
+            # Causal Forcing++: AR diffusion -> causal consistency distillation -> DMD (no ODE data)
+            cd = self.stage(f"cf_cd_{layout}", lambda f: self.train(
+                f, f"cf_cd_{layout}", b.cd_steps, generator_ckpt=_last(ar), data_path=data / "latents", **common))
+            cfpp_dmd = self.stage(f"cfpp_dmd_{layout}", lambda f: self.train(
+                f, f"cf_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(cd), data_path=data / "prompts.txt",
+                **common))
+            if layout == "framewise":  # CF++'s 1- and 2-step framewise students (block 0 in 4 steps)
+                for n in (1, 2):
+                    few = self.stage(f"cfpp_dmd_framewise_{n}step", lambda f, n=n: self.train(
+                        f, f"cf_dmd_framewise_{n}step", b.dmd_steps, generator_ckpt=_last(cd),
+                        data_path=data / "prompts.txt", **common))
+                    models[f"Causal Forcing++ DMD (framewise, {n}-step)"] = (f"cf_dmd_framewise_{n}step",
+                                                                            teacher_folder, _last(few))
             models.update({
                 f"AR diffusion ({layout}, 50-step)": (f"ar_diffusion_{layout}", teacher_folder, _last(ar)),
+                f"Causal Forcing DMD ({layout}, long rollout x{b.long_rollout})": (f"cf_dmd_{layout}", teacher_folder,
+                                                                                 _last(cf_long)),
+                f"Causal Forcing++ CD init ({layout})": (f"cf_cd_{layout}", teacher_folder, _last(cd)),
+                f"Causal Forcing++ DMD ({layout})": (f"cf_dmd_{layout}", teacher_folder, _last(cfpp_dmd)),
                 f"CausVid ODE init ({layout})": (f"ode_{layout}", teacher_folder, _last(ode)),
                 f"CausVid DMD ({layout})": (f"causvid_dmd_{layout}", teacher_folder, _last(dmd)),
                 f"Causal Forcing ODE init ({layout})": (f"ode_{layout}", teacher_folder, _last(cf_ode)),
