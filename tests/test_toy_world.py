@@ -12,13 +12,7 @@ from causvid.toy.world import (BACKGROUND, COLOURS, DIRECTIONS, SHAPES, VideoSpe
 N = 300
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The analyser runs many small tensor ops: on a busy machine, intra-op threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
