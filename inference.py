@@ -69,8 +69,9 @@ def _main(argv=None):
     add_v2v_flags(p)
     args = p.parse_args(argv)
     if args.i2v and (args.prompt_schedule or args.input_video):
-        raise UsageError("--i2v takes its prompts from --data_path's images: leave out --prompt_schedule / --input_video")
-    items = i2v_items(args.data_path) if args.i2v else [(prompt, None, None) for prompt in read_items(args, "--data_path")]
+        raise UsageError("--i2v takes its prompts from --data_path's images: leave out --prompt_schedule and "
+                         "--input_video")
+    items = i2v_items(args.data_path) if args.i2v else [(p, None, None) for p in read_items(args, "--data_path")]
 
     def check(cfg):
         if args.i2v and cfg.num_frame_per_block != 1:

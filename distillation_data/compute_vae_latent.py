@@ -49,7 +49,8 @@ def parser():
     p.add_argument("--input_video_folder", required=True)
     p.add_argument("--output_latent_folder", required=True)
     p.add_argument("--info_path", required=True, help="JSON: clip list [{video, caption}] or flat dict")
-    p.add_argument("--wan_model_path", default="wan_models/Wan2.1-T2V-1.3B", help="model folder with the VAE (Wan, or any folder whose model_index.json names one)")
+    p.add_argument("--wan_model_path", default="wan_models/Wan2.1-T2V-1.3B",
+                   help="model folder with the VAE (Wan, or any folder whose model_index.json names one)")
     p.add_argument("--max_frames", type=int, help="use at most this many frames of each video (then 1 + 4k)")
     p.add_argument("--device", default=None, help="default: cuda when available (LOCAL_RANK's GPU), else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"],

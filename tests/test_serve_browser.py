@@ -1,7 +1,8 @@
 """The live page in a real headless browser: Debian's `chromium` driven by Playwright (no browser download).
 The page loads, a prompt starts a stream, >= 20 frames are drawn on the canvas (the page counts its draws in
-`window.framesDrawn`), a switched prompt is accepted and frames keep coming; a screenshot is saved (under the test's tmp folder, or
-where CAUSVID_SCREENSHOT says: CAUSVID_SCREENSHOT=docs/serve_screenshot.png remakes the README's). Waits are on page conditions (Playwright's wait_for_function), never on a clock."""
+`window.framesDrawn`), a switched prompt is accepted and frames keep coming; a screenshot is saved (under the
+test's tmp folder, or where CAUSVID_SCREENSHOT says: CAUSVID_SCREENSHOT=docs/serve_screenshot.png remakes the
+README's). Waits are on page conditions (Playwright's wait_for_function), never on a clock."""
 import os
 import shutil
 from pathlib import Path

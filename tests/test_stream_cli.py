@@ -56,7 +56,8 @@ def test_a_switch_changes_what_follows_and_nothing_before():
     ([{"prompt": A, "start_frame": 3}, {"prompt": B, "start_frame": 0}], r":1: the first prompt must start at frame 0"),
     ([{"prompt": A, "start_frame": 0}, {"prompt": B, "start_frame": 0}], r":1: start_frame 0 does not follow 0"),
     ([{"prompt": "  ", "start_frame": 0}], r":1: empty prompt"),
-    ([{"prompt": A, "start_frame": 0}, {"prompt": B, "start_frame": 4}], r":1: start_frame 4 is not on a block boundary"),
+    ([{"prompt": A, "start_frame": 0}, {"prompt": B, "start_frame": 4}],
+     r":1: start_frame 4 is not on a block boundary"),
     ([{"prompt": A, "start_frame": 0}, {"prompt": B, "start_frame": 6}], r":1: start_frame 6 is past the video's end"),
 ])
 def test_bad_schedules_fail_before_loading_naming_the_line(tmp_path, capsys, line, message):

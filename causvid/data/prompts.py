@@ -104,7 +104,8 @@ def read_prompt_file(path: str | os.PathLike) -> list[str]:
 def read_prompt_schedule(path: str | os.PathLike) -> list[tuple[int, list[tuple[str, int]]]]:
     """``--prompt_schedule FILE.jsonl``: one video per line, each a JSON list of
     ``{"prompt": str, "start_frame": int}`` (latent frames; the first at 0, strictly increasing). Returns
-    ``[(line number, [(prompt, start_frame), ...]), ...]``; blank lines are skipped. A line that breaks a rule is a one-line
+    ``[(line number, [(prompt, start_frame), ...]), ...]``; blank lines are skipped. A line that breaks a rule is a
+    one-line
     :class:`PromptFileError` naming ``file:line``; block boundaries are checked by ``check_schedule_blocks``
     once the config is known (still before any model loads)."""
     name = os.fspath(path)

@@ -182,7 +182,8 @@ def prompt_file_parser(description, schedule: bool = False):
     p.add_argument("--checkpoint_folder",
                    help="folder with model.pt (its 'generator' weights); default: the Wan folder's own weights")
     p.add_argument("--prompt_file_path", required=not schedule,
-                   help="text file with one prompt per line (UTF-8)" + (" (or give --prompt_schedule)" if schedule else ""))
+                   help="text file with one prompt per line (UTF-8)"
+                   + (" (or give --prompt_schedule)" if schedule else ""))
     if schedule:
         add_schedule_flag(p)
     return p
@@ -282,6 +283,7 @@ def prompt_file_main(argv, causal: bool, description: str) -> int:
     outputs = Outputs(args.output_folder, args.overwrite, args.report_timing)
     for i, item in progress(my_prompts(items), "videos"):
         stream = (pixels for _, pixels in generator.stream(item, num_frames=num_frames, seed=args.seed, index=i,
-                                                           input_latents=source, strength=getattr(args, "strength", None)))
+                                                           input_latents=source,
+                                                           strength=getattr(args, "strength", None)))
         outputs.write(f"output_{i:03d}.mp4", stream, generator)
     return outputs.finish()

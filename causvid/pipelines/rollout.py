@@ -98,8 +98,9 @@ class Rollout:
         self.noise_fn = noise_fn or generator_noise(generator)
         window = dict(local_attn_size=local_attn_size, sink_size=sink_size)
         layout = dict(num_frame_per_block=num_frame_per_block, independent_first_frame=independent_first_frame)
-        make = lambda ctx: _Stream(model, ctx, batch, max_frames, layout, window, use_cache, cache_gradient)  # noqa: E731
-        self.streams = [make(context)] + ([make(negative_context)] if self.guided else [])
+        contexts = [context] + ([negative_context] if self.guided else [])
+        self.streams = [_Stream(model, c, batch, max_frames, layout, window, use_cache, cache_gradient)
+                        for c in contexts]
         self.frame = 0      # frames made (or given) so far
         self.generated = 0  # blocks sampled so far (the sampler's block index)
 
@@ -219,7 +220,12 @@ class _Stream:
         oldest_kept = cache.frames_end - (cache.capacity - cache.sink_size)
         sink = range(cache.sink_start, cache.sink_start + cache.sink_size)
         keep = [i for i, s in enumerate(self.starts) if s in sink or s >= oldest_kept]
-        self.done, self.done_t, self.starts = ([xs[i] for i in keep] for xs in (self.done, self.done_t, self.starts))
+        self._keep(keep)
+
+    def _keep(self, indices):
+        """Keep these blocks' refresh inputs (the others left the window)."""
+        self.done, self.done_t, self.starts = ([xs[i] for i in indices] for xs in (self.done, self.done_t,
+                                                                                   self.starts))
 
     def switch(self, context, recache, resink=False):
         """A new prompt: only the cross-attention (recache False), or every cached frame written again under it
@@ -237,7 +243,7 @@ class _Stream:
         if resink:
             old_sink = range(cache.sink_start, cache.sink_start + cache.sink_size)
             keep = [i for i, s in enumerate(self.starts) if s not in old_sink]
-            self.done, self.done_t, self.starts = ([xs[i] for i in keep] for xs in (self.done, self.done_t, self.starts))
+            self._keep(keep)
         cache.reset()
         if resink:
             cache.move_sink(end)
