@@ -62,6 +62,8 @@ class StreamSession:
     stream; else each block's is drawn from `generator` as it is needed). initial_latent: given first frames
     (I2V). input_latents + strength: video-to-video. local_attn_size / sink_size: the KV window (default: the
     config's; an endless stream without one rolls a window of the training length with a one-block sink).
+    recache / resink: what `set_prompt` does by default (re-cache the window; in a rolling window, make the
+    first block under the new prompt the sink).
     """
 
     def __init__(self, components, config, prompt: str, *, num_frames: int = None, noise: torch.Tensor = None,
