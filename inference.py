@@ -78,7 +78,7 @@ def _main(argv=None):
             raise UsageError(f"--i2v needs a framewise model (num_frame_per_block 1); {args.config_path} has "
                              f"{cfg.num_frame_per_block}")
         check_num_frames(cfg, args.num_output_frames, args.config_path)
-        check_items(args, cfg, args.num_output_frames)
+        check_items(args, cfg, [prompt for prompt, _, _ in items], args.num_output_frames)
 
     generator = build_generator(args, args.checkpoint_path, causal=True, use_ema=args.use_ema,
                                 checkpoint_flag="--checkpoint_path", check=check)

@@ -38,7 +38,7 @@ def _main(argv=None):
     def check(cfg):
         check_overlap(cfg, args.num_overlap_frames)
         frames = long_video_frames(cfg.image_or_video_shape[1], args.num_rollout, args.num_overlap_frames)
-        check_items(args, cfg, frames)
+        check_items(args, cfg, prompts, frames)
 
     generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=True, check=check)
 

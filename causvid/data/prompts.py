@@ -21,7 +21,8 @@ import torch.utils.data
 
 from causvid.errors import UsageError
 
-__all__ = ["PromptFileError", "read_prompt_file", "read_prompt_schedule", "check_schedule_blocks", "PromptDataset",
+__all__ = ["PromptFileError", "read_prompt_file", "Schedule", "read_prompt_schedule", "check_schedule_blocks",
+           "PromptDataset",
            "shard_for_rank"]
 
 _BOM = b"\xef\xbb\xbf"
@@ -101,10 +102,18 @@ def read_prompt_file(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
-def read_prompt_schedule(path: str | os.PathLike) -> list[tuple[int, list[tuple[str, int]]]]:
+class Schedule(list):
+    """One video's prompts, ``[(prompt, start latent frame), ...]``, and the file line it came from."""
+
+    def __init__(self, items, line: int):
+        super().__init__(items)
+        self.line = line
+
+
+def read_prompt_schedule(path: str | os.PathLike) -> list[Schedule]:
     """``--prompt_schedule FILE.jsonl``: one video per line, each a JSON list of
-    ``{"prompt": str, "start_frame": int}`` (latent frames; the first at 0, strictly increasing). Returns
-    ``[(line number, [(prompt, start_frame), ...]), ...]``; blank lines are skipped. A line that breaks a rule is a
+    ``{"prompt": str, "start_frame": int}`` (latent frames; the first at 0, strictly increasing). Returns a
+    :class:`Schedule` per line; blank lines are skipped. A line that breaks a rule is a
     one-line
     :class:`PromptFileError` naming ``file:line``; block boundaries are checked by ``check_schedule_blocks``
     once the config is known (still before any model loads)."""
@@ -146,7 +155,7 @@ def read_prompt_schedule(path: str | os.PathLike) -> list[tuple[int, list[tuple[
                 raise PromptFileError(f"{where}: start_frame {start} does not follow {schedule[-1][1]}: list the "
                                       "switches in increasing order")
             schedule.append((prompt.strip(), start))
-        schedules.append((number, schedule))
+        schedules.append(Schedule(schedule, number))
     if not schedules:
         raise PromptFileError(f"--prompt_schedule {name!r} holds no schedule; expected one JSON list per line")
     return schedules
@@ -156,7 +165,8 @@ def check_schedule_blocks(schedules, path, block_starts, num_frames: int) -> Non
     """Every switch on a block boundary (`block_starts`: the latent frames where blocks begin) and before the
     video's end (`num_frames` latent frames); else a one-line :class:`PromptFileError` naming the line."""
     starts = set(block_starts)
-    for number, schedule in schedules:
+    for schedule in schedules:
+        number = schedule.line
         for _, start in schedule:
             if start >= num_frames:
                 raise PromptFileError(f"--prompt_schedule {path}:{number}: start_frame {start} is past the video's "

@@ -229,19 +229,20 @@ def read_items(args, data_flag: str):
         video_info(args.input_video)  # unreadable: one line naming it, before any model loads
     if schedule is None:
         return read_prompt_file(data)
-    return [items for _, items in read_prompt_schedule(schedule)]
+    return read_prompt_schedule(schedule)
 
 
-def check_items(args, cfg, num_frames=None) -> None:
-    """Once the config is known (before the model loads): schedule switches on block boundaries, inside the video."""
-    from causvid.data.prompts import check_schedule_blocks, read_prompt_schedule
+def check_items(args, cfg, items, num_frames=None) -> None:
+    """Once the config is known (before the model loads): the schedules' switches (`items` from `read_items`) on
+    block boundaries, inside the video."""
+    from causvid.data.prompts import check_schedule_blocks
     from causvid.models.wan.attention import block_layout
 
     if getattr(args, "prompt_schedule", None) is None:
         return
     frames = num_frames or cfg.image_or_video_shape[1]
     starts = [s for s, _ in block_layout(frames, cfg.num_frame_per_block, bool(cfg.independent_first_frame))]
-    check_schedule_blocks(read_prompt_schedule(args.prompt_schedule), args.prompt_schedule, starts, frames)
+    check_schedule_blocks(items, args.prompt_schedule, starts, frames)
 
 
 def input_latents(args, generator: VideoGenerator):
@@ -276,7 +277,7 @@ def prompt_file_main(argv, causal: bool, description: str) -> int:
 
     def check(cfg):
         check_num_frames(cfg, num_frames, args.config_path)
-        check_items(args, cfg, num_frames)
+        check_items(args, cfg, items, num_frames)
 
     generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=causal, check=check)
     source = input_latents(args, generator)
