@@ -37,7 +37,6 @@ import importlib
 import importlib.util
 import json
 import os
-import pkgutil
 import shutil
 import signal
 import sys
@@ -289,19 +288,6 @@ def need_flash(c: Check) -> None:
         raise SkipPart("flash-attn is not importable here (pip install flash-attn)")
 
 
-def stream_session_api():
-    """The name of a streaming prompt-switch API in causvid.pipelines, if one has landed (None if not)."""
-    import causvid.pipelines as pipelines
-    for info in pkgutil.iter_modules(pipelines.__path__):
-        try:
-            module = importlib.import_module(f"causvid.pipelines.{info.name}")
-        except Exception:  # not this part's concern
-            continue
-        if hasattr(module, "StreamSession"):
-            return f"causvid.pipelines.{info.name}.StreamSession"
-    return None
-
-
 def part_prompt_switch(c: Check) -> dict:
     """After a video, switch the prompt: re-write the cached frames' K/V under the new prompt (one cached
     forward per block over the window, at t = 0, plus the new prompt's cross-attention K/V), then make the next
@@ -338,18 +324,15 @@ def part_prompt_switch(c: Check) -> dict:
     recache = [sum(r["block_s"][:n_window]) for r in runs]
     nxt = [r["block_s"][n_window] for r in runs]
     eager = c.ok_result("inference.eager_sdpa")
-    api = stream_session_api()
     return dict(
         recache_s=bench.stats(recache), next_block_s=bench.stats(nxt),
         switch_to_next_block_s=bench.stats(a + b for a, b in zip(recache, nxt)),
         window_frames=window.shape[1], recache_forwards=n_window, peak_memory=memory.result(),
         eager_first_block_s=eager["first_block_s"]["median"] if eager else None,
-        stream_session_api=api,
         method=("causal_rollout(initial_latent=the window's clean latents, context=the new prompt): a fresh KV "
                 "cache, the window written block by block by the model's cached forward at t = 0 (one forward per "
                 "block, the rollout's refresh pass; the first also embeds the new prompt), then the next block "
-                "generated" + ("" if api else "; causvid.pipelines has no StreamSession yet, so this is measured "
-                                              "without it")))
+                "generated: the passes StreamSession.set_prompt's re-cache runs on a global cache"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
