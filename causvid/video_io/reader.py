@@ -22,21 +22,14 @@ def read_video(path: str | os.PathLike, *, strict: bool = True) -> np.ndarray:
     path = os.fspath(path)
     meta = probe(path)
     width, height = meta["size"]
-    cmd = [
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-        "-i", path, "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, **popen_kwargs())
-    err = proc.stderr.decode("utf-8", errors="replace")
-    if proc.returncode != 0 or (strict and err.strip()):
-        raise VideoReadError(f"cannot read video {path!r}: {ffmpeg_reason(err)}")
+    out = _decode(path, ["-f", "rawvideo", "-pix_fmt", "rgb24"], strict)
     frame_bytes = width * height * 3
-    n, rest = divmod(len(proc.stdout), frame_bytes)
+    n, rest = divmod(len(out), frame_bytes)
     if n == 0:
         raise VideoReadError(f"cannot read video {path!r}: no frames could be decoded")
     if rest and strict:
         raise VideoReadError(f"cannot read video {path!r}: decoded data ends mid-frame")
-    buf = np.frombuffer(proc.stdout, dtype=np.uint8, count=n * frame_bytes)
+    buf = np.frombuffer(out, dtype=np.uint8, count=n * frame_bytes)
     return buf.reshape(n, height, width, 3).copy()
 
 
@@ -51,16 +44,21 @@ def video_info(path: str | os.PathLike, *, strict: bool = True) -> tuple[int, in
     path = os.fspath(path)
     meta = probe(path)
     width, height = meta["size"]
-    cmd = [
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
-        "-i", path, "-map", "0:v:0", "-f", "null", "-progress", "pipe:1", "-",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, **popen_kwargs())
-    err = proc.stderr.decode("utf-8", errors="replace")
-    if proc.returncode != 0 or (strict and err.strip()):
-        raise VideoReadError(f"cannot read video {path!r}: {ffmpeg_reason(err)}")
-    counts = re.findall(rb"^frame=\s*(\d+)\s*$", proc.stdout, flags=re.MULTILINE)
+    out = _decode(path, ["-f", "null", "-progress", "pipe:1"], strict)
+    counts = re.findall(rb"^frame=\s*(\d+)\s*$", out, flags=re.MULTILINE)
     nframes = int(counts[-1]) if counts else 0
     if nframes == 0:
         raise VideoReadError(f"cannot read video {path!r}: no frames could be decoded")
     return nframes, int(height), int(width), float(meta.get("fps") or 0.0)
+
+
+def _decode(path: str, output: list, strict: bool) -> bytes:
+    """Run ffmpeg over the first video stream of `path` with these output options; its stdout, or a
+    VideoReadError naming the file (any error ffmpeg reports fails a `strict` read)."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-i", path, "-map", "0:v:0",
+           *output, "-"]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, **popen_kwargs())
+    err = proc.stderr.decode("utf-8", errors="replace")
+    if proc.returncode != 0 or (strict and err.strip()):
+        raise VideoReadError(f"cannot read video {path!r}: {ffmpeg_reason(err)}")
+    return proc.stdout
