@@ -165,6 +165,46 @@ def test_teacher_forcing_equals_per_block_reference(block):
             assert (tf[:, s:e] - ref).abs().max() <= 1e-5
 
 
+def _stream_frames(model, cache, frames, context, query_t=500.0):
+    """Refresh clean frames 0..len-1 into the cache one at a time, then denoise frame len; its output."""
+    with torch.no_grad():
+        for f, clean in enumerate(frames):
+            model(clean, torch.zeros(1, 1), context, cache=cache, start_frame=f)
+        return model(frames[0] * 0.5 + 0.3, torch.full((1, 1), query_t), context, cache=cache,
+                     start_frame=len(frames))
+
+
+def test_window_rope_equals_absolute_until_the_window_rolls():
+    model, context = random_tiny(), torch.randn(1, 16, 32)
+    frames = [torch.randn(1, 1, 16, H, W) for _ in range(6)]
+    caches = {mode: model.new_cache(1, local_attn_size=6, sink_size=1, rope_positions=mode)
+              for mode in ("absolute", "window")}
+    before = {m: _stream_frames(model, c, frames[:5], context) for m, c in caches.items()}  # frames 0..5 fit
+    assert (before["absolute"] - before["window"]).abs().max() <= 1e-5
+    caches = {mode: model.new_cache(1, local_attn_size=6, sink_size=1, rope_positions=mode)
+              for mode in ("absolute", "window")}
+    frames = frames + [torch.randn(1, 1, 16, H, W) for _ in range(14)]
+    after = {m: _stream_frames(model, c, frames, context) for m, c in caches.items()}  # frame 20: rolled
+    # relative RoPE: past the sink nothing changes, the sink's distance (20 vs 6 frames) does
+    assert (after["absolute"] - after["window"]).abs().max() > 1e-4
+
+
+def test_window_rope_rotates_the_window_at_its_ranks():
+    """∞-RoPE by hand on a one-layer model (whose cached K/V depend on each frame's input only): frame 4 in a
+    window of 3 with a one-frame sink attends to frames 0 (sink), 3 and itself at positions 0, 1, 2, i.e. a
+    full causal forward over [frame 0, frame 3, frame 4]; absolute positions would put them at 0, 3, 4."""
+    model, context = random_tiny(num_layers=1), torch.randn(1, 16, 32)
+    frames = [torch.randn(1, 1, 16, H, W) for _ in range(4)]
+    query = frames[0] * 0.5 + 0.3
+    streamed = {mode: _stream_frames(model, model.new_cache(1, local_attn_size=3, sink_size=1, rope_positions=mode),
+                                     frames, context) for mode in ("absolute", "window")}
+    with torch.no_grad():
+        reference = model(torch.cat([frames[0], frames[3], query], dim=1), torch.tensor([[0.0, 0.0, 500.0]]),
+                          context, causal=True)[:, 2:]
+    assert (streamed["window"] - reference).abs().max() <= 1e-5
+    assert (streamed["absolute"] - reference).abs().max() > 1e-4
+
+
 def test_rope_positions_beyond_wan_table():
     cos, sin = rope_angles(2, 1, 1, head_dim=32, start_frame=1500)
     dt = rope_split(32)[0]

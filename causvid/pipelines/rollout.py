@@ -80,7 +80,8 @@ class Rollout:
     max_frames: the video's length, or None for an endless stream through a rolling window (local_attn_size
     must then be set). `set_context` switches the prompt at the next block: with `recache`, the frames still in
     the window are written again under the new prompt (LongLive's KV re-cache), else only the cross-attention
-    changes (the naive switch). Other arguments as `causal_rollout`'s.
+    changes (the naive switch). rope_positions: "absolute" (frame indices, the originals) or "window" (ranks in
+    the rolling window, ∞-RoPE; see `KVCache`). Other arguments as `causal_rollout`'s.
     """
 
     def __init__(self, model, context: torch.Tensor, *, batch: int, num_frame_per_block: int, sampler: Sampler,
@@ -88,7 +89,7 @@ class Rollout:
                  context_noise: float = 0.0, noise_context: bool = False, grid: float = None,
                  local_attn_size: int = -1, sink_size: int = 0, cache_gradient: str = "straight_through",
                  use_cache: bool = True, independent_first_frame: bool = False, noise_fn: NoiseFn = None,
-                 generator: torch.Generator = None):
+                 generator: torch.Generator = None, rope_positions: str = "absolute"):
         if max_frames is None and local_attn_size == -1:
             raise ValueError("an endless rollout (max_frames None) needs a rolling window (local_attn_size)")
         self.sampler, self.block, self.first_alone = sampler, num_frame_per_block, independent_first_frame
@@ -99,8 +100,8 @@ class Rollout:
         window = dict(local_attn_size=local_attn_size, sink_size=sink_size)
         layout = dict(num_frame_per_block=num_frame_per_block, independent_first_frame=independent_first_frame)
         contexts = [context] + ([negative_context] if self.guided else [])
-        self.streams = [_Stream(model, c, batch, max_frames, layout, window, use_cache, cache_gradient)
-                        for c in contexts]
+        cache = dict(gradient=cache_gradient, rope_positions=rope_positions) if use_cache else None
+        self.streams = [_Stream(model, c, batch, max_frames, layout, window, cache) for c in contexts]
         self.frame = 0      # frames made (or given) so far
         self.generated = 0  # blocks sampled so far (the sampler's block index)
 
@@ -191,9 +192,11 @@ class _Stream:
     """One conditioning stream of the rollout: a prompt and its KV cache (or, without a cache, the clean
     context frames to recompute), and the refresh inputs of the blocks still in the cache's window."""
 
-    def __init__(self, model, context, batch, frames, layout, window, use_cache, cache_gradient):
+    def __init__(self, model, context, batch, frames, layout, window, cache_options):
+        """cache_options: KVCache keyword arguments (gradient, rope_positions), or None for no cache."""
         self.model, self.context, self.layout, self.window = model, context, layout, window
-        self.cache = model.new_cache(batch, max_frames=frames, gradient=cache_gradient, **window) if use_cache else None
+        self.cache = None if cache_options is None else model.new_cache(batch, max_frames=frames, **window,
+                                                                        **cache_options)
         self.done, self.done_t, self.starts = [], [], []  # refresh inputs (and timesteps, start frames)
 
     def flow(self, x, t, start):

@@ -76,8 +76,9 @@ def _install_cache_options(model, **options) -> None:
     num_layers = len(model.blocks)
 
     def new_cache(batch_size: int, max_frames: int = None, local_attn_size: int = -1, sink_size: int = 0,
-                  gradient: str = "straight_through"):
-        cache = SpeedKVCache(num_layers, batch_size, max_frames, local_attn_size, sink_size, gradient)
+                  gradient: str = "straight_through", rope_positions: str = "absolute"):
+        cache = SpeedKVCache(num_layers, batch_size, max_frames, local_attn_size, sink_size, gradient,
+                             rope_positions)
         cache.reuse_cross, cache.eager_update = opts["reuse_cross"], opts["eager_update"]
         return cache
 

@@ -61,7 +61,8 @@ class StreamSession:
     num_frames: latent frames to make (None: endless). noise [1, F, C, h, w]: the noise of every block (a finite
     stream; else each block's is drawn from `generator` as it is needed). initial_latent: given first frames
     (I2V). input_latents + strength: video-to-video. local_attn_size / sink_size: the KV window (default: the
-    config's; an endless stream without one rolls a window of the training length with a one-block sink).
+    config's; an endless stream without one rolls a window of the training length with a one-block sink);
+    rope_positions: "absolute" or "window" (default: the config's model_kwargs.rope_positions; see KVCache).
     recache / resink: what `set_prompt` does by default (re-cache the window; in a rolling window, make the
     first block under the new prompt the sink).
     """
@@ -69,7 +70,7 @@ class StreamSession:
     def __init__(self, components, config, prompt: str, *, num_frames: int = None, noise: torch.Tensor = None,
                  generator: torch.Generator = None, seed: int = 0, initial_latent: torch.Tensor = None,
                  input_latents: torch.Tensor = None, strength: float = None, local_attn_size: int = None,
-                 sink_size: int = None, recache: bool = True, resink: bool = True):
+                 sink_size: int = None, recache: bool = True, resink: bool = True, rope_positions: str = None):
         self.components, self.config, self.recache, self.resink = components, config, recache, resink
         dit = components.dit
         self.dtype, self.device = dit.dtype, dit.device
@@ -103,7 +104,8 @@ class StreamSession:
                                sampler=self.sampler, max_frames=self.num_frames, negative_context=negative,
                                guidance_scale=guidance, context_noise=config.context_noise, grid=generator_grid(config),
                                local_attn_size=window, sink_size=sink, generator=self.generator,
-                               independent_first_frame=bool(config.independent_first_frame))
+                               independent_first_frame=bool(config.independent_first_frame),
+                               rope_positions=rope_positions or config.model_kwargs.rope_positions)
         self.decoder = components.vae.stream_decoder()
         self.rolling = window != -1  # only a rolling window has a sink to move
         self._pending = None

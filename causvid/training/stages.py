@@ -223,7 +223,7 @@ class DMDStage(Stage):
         rollout = Rollout(models.generator, ctx, batch=len(batch["samples"]), num_frame_per_block=self.block,
                           sampler=sampler, max_frames=end, context_noise=cfg.context_noise, noise_context=True,
                           grid=self.grid, cache_gradient=cfg.kv_cache_gradient,
-                          independent_first_frame=self.first_alone,
+                          independent_first_frame=self.first_alone, rope_positions=cfg.model_kwargs.rope_positions,
                           noise_fn=lambda like, tag: self.noise(like, batch, step, role, "context", *tag),
                           **self.kv_window)
         window = []

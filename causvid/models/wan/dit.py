@@ -20,7 +20,7 @@ from causvid.flow import x0_to_flow
 from .attention import MaskSpec, attention
 from .kv_cache import KVCache
 from .presets import WanConfig, get_preset
-from .rope import apply_rope, rope_angles
+from .rope import apply_rope, rope_angles, rope_angles_at
 
 
 #: Floor of sigma when an x0 head's output is turned into flow (WanConfig.prediction = "x0").
@@ -69,11 +69,15 @@ class Attention(nn.Module):
         return x.unflatten(-1, (self.num_heads, -1))
 
     def self_attention(self, x, rope, mask, cache, layer):
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope)
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), *rope)
+        """rope: the query tokens' (cos, sin), and the keys' as a third and fourth entry when the cache keeps
+        keys un-rotated (rope_positions="window"): they are then rotated after the read, at window positions."""
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope[:2])
+        k = self.heads(self.norm_k(self.k(x)))
+        k = apply_rope(k, *rope[:2]) if len(rope) == 2 else k
         v = self.heads(self.v(x))
         if cache is not None:
             k, v = cache.update(layer, k, v)
+            k = apply_rope(k, *rope[2:]) if len(rope) == 4 else k
         return self.o(attention(q, k, v, mask).flatten(2))
 
     def cross_attention(self, x, context, cache, layer):
@@ -186,10 +190,12 @@ class WanDiT(nn.Module):
         return self.patch_embedding.weight.device
 
     def new_cache(self, batch_size: int, max_frames: int = None, local_attn_size: int = -1,
-                  sink_size: int = 0, gradient: str = "straight_through") -> KVCache:
+                  sink_size: int = 0, gradient: str = "straight_through", rope_positions: str = "absolute") -> KVCache:
         """A streaming cache for this model: global (max_frames) or a rolling window of local_attn_size frames;
-        `gradient`: how training's gradient crosses blocks through it (see KVCache)."""
-        return KVCache(len(self.blocks), batch_size, max_frames, local_attn_size, sink_size, gradient)
+        `gradient`: how training's gradient crosses blocks through it; `rope_positions`: frame indices or ranks
+        in the window (see KVCache)."""
+        return KVCache(len(self.blocks), batch_size, max_frames, local_attn_size, sink_size, gradient,
+                       rope_positions)
 
     # -- pieces of the forward ----------------------------------------------------------------------
     def patchify(self, x):
@@ -259,6 +265,9 @@ class WanDiT(nn.Module):
             if clean_x is not None:
                 raise ValueError("teacher forcing (clean_x) and a KV cache cannot be combined")
             cache.begin(start_frame, grid[0], frame_tokens, x.device)
+            if cache.rope_frames() is not None:  # positions inside the window: queries' and keys' (see KVCache)
+                rope = tuple(r for positions in cache.rope_frames() for r in rope_angles_at(
+                    positions.to(x.device), grid[1], grid[2], self.config.head_dim))
             if cache.holds_context(context):
                 # cross-attention K/V are already in the cache; a call with gradient recomputes them, as
                 # Self-Forcing's exit step does, so the text embedding and cross-attention K/V train

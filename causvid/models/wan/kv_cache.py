@@ -18,18 +18,28 @@ gradient flows to the exit-step K/V. Here that path is explicit: a with-grad wri
 `k - k.detach()` (zero-valued, with the graph) for its slots, and a with-grad read adds those records to the
 values it returns. A write of new frames without grad clears its slots' records (the frame left the window);
 a no-grad rewrite of the same frames (the refresh) keeps them. `gradient="detached"`: no records.
+
+RoPE positions. `rope_positions="absolute"` (the originals): keys are rotated at their frame index before they
+are stored. `"window"` (∞-RoPE's block-relativistic RoPE, 2511.20649): keys are stored un-rotated and every call
+rotates the frames it reads at their rank in the window (the sink first, then the other frames in order), the
+query block at the last ranks, so no position exceeds the window however long the stream runs; until the window
+rolls, the ranks are the frame indices and both modes give the same outputs. The model reads the positions of
+a call from `rope_frames()`.
 """
 import torch
 
 
 class KVCache:
     GRADIENTS = ("straight_through", "detached")
+    ROPE_POSITIONS = ("absolute", "window")
 
     def __init__(self, num_layers: int, batch_size: int, max_frames: int = None, local_attn_size: int = -1,
-                 sink_size: int = 0, gradient: str = "straight_through"):
+                 sink_size: int = 0, gradient: str = "straight_through", rope_positions: str = "absolute"):
         if gradient not in self.GRADIENTS:
             raise ValueError(f"KVCache gradient={gradient!r}: expected one of {self.GRADIENTS}")
-        self.gradient = gradient
+        if rope_positions not in self.ROPE_POSITIONS:
+            raise ValueError(f"KVCache rope_positions={rope_positions!r}: expected one of {self.ROPE_POSITIONS}")
+        self.gradient, self.rope_positions = gradient, rope_positions
         if local_attn_size == -1:
             if max_frames is None:
                 raise ValueError("KVCache needs max_frames, or local_attn_size for a rolling window")
@@ -66,6 +76,7 @@ class KVCache:
         self._read_index = None  # token index of the valid slots when they are not a prefix (see seek)
         self._new_frames = False
         self._slot_frame = torch.full((self.capacity,), -1, dtype=torch.long)  # frame held per slot, -1 = empty
+        self._rope_frames = None
         self.sink_start = 0  # first frame of the sink (moved by a re-sink)
 
     def seek(self, frame: int) -> None:
@@ -127,9 +138,29 @@ class KVCache:
         filled = int((self._slot_frame >= 0).sum())
         self._valid_tokens = filled * frame_tokens
         self._read_index = None
+        read_slots = torch.arange(filled)
         if not bool((self._slot_frame[:filled] >= 0).all()):  # filled slots with gaps: read them by index
-            valid = torch.nonzero(self._slot_frame >= 0).flatten().to(device)
+            read_slots = torch.nonzero(self._slot_frame >= 0).flatten()
+            valid = read_slots.to(device)
             self._read_index = (valid[:, None] * frame_tokens + torch.arange(frame_tokens, device=device)).flatten()
+        self._rope_frames = self._window_ranks(frames, read_slots) if self.rope_positions == "window" else None
+
+    def _window_ranks(self, frames: torch.Tensor, read_slots: torch.Tensor) -> tuple:
+        """Positions of the query frames and of the frames read (in read order): ranks in the window, the sink
+        first, then the other frames by index."""
+        held = self._slot_frame[read_slots]
+        sink = (held >= self.sink_start) & (held < self.sink_start + self.sink_size)
+        order = torch.argsort(torch.where(sink, held - (1 << 40), held))
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+        slot_rank = torch.full((self.capacity,), -1, dtype=torch.long)
+        slot_rank[read_slots] = rank
+        return slot_rank[self.slot_of_frame(frames)], rank
+
+    def rope_frames(self):
+        """For `rope_positions="window"`: (query frame positions, read frame positions) of this call, set by
+        `begin`; None for absolute positions (the model then rotates at the frame indices)."""
+        return self._rope_frames
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple:
         """Write this block's K/V ([B, n, heads, head_dim]) for `layer`; return all K/V the block attends to."""

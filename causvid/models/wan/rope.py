@@ -22,8 +22,17 @@ def _axis_angles(positions: torch.Tensor, axis_dim: int, theta: float) -> torch.
 def rope_angles(num_frames: int, height: int, width: int, head_dim: int, start_frame: int = 0,
                 theta: float = 10000.0, device=None) -> tuple:
     """cos, sin of shape [num_frames*height*width, head_dim//2] for tokens in (f, h, w) order."""
+    return rope_angles_at(torch.arange(start_frame, start_frame + num_frames, device=device), height, width,
+                          head_dim, theta)
+
+
+def rope_angles_at(frame_positions: torch.Tensor, height: int, width: int, head_dim: int,
+                   theta: float = 10000.0) -> tuple:
+    """As `rope_angles`, for frames at the given time positions (any order, gaps allowed): a KV cache that keeps
+    RoPE positions inside its window gives its frames their ranks there (`KVCache(rope_positions="window")`)."""
     dt, dh, dw = rope_split(head_dim)
-    f = _axis_angles(torch.arange(start_frame, start_frame + num_frames, device=device), dt, theta)
+    device, num_frames = frame_positions.device, len(frame_positions)
+    f = _axis_angles(frame_positions, dt, theta)
     h = _axis_angles(torch.arange(height, device=device), dh, theta)
     w = _axis_angles(torch.arange(width, device=device), dw, theta)
     angles = torch.cat([
