@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from causvid.config import (
-    Config, ConfigError, denoising_steps, first_block_steps, generator_is_causal, guidance_scale, load_config,
-    real_score_path, save_config, trainer_name, warp_shift,
+    Config, ConfigError, denoising_steps, first_block_steps, generator_is_causal, guidance_scale, ignored_values,
+    load_config, real_score_path, save_config, trainer_name, warp_shift,
 )
 from causvid.flow import WAN_NEGATIVE_PROMPT
 
@@ -281,3 +281,27 @@ def test_first_block_steps():
     assert denoising_steps(cfg) == pytest.approx([1000, 833.3], abs=0.1)
     assert first_block_steps(cfg) == pytest.approx([1000, 937.5, 833.3, 625], abs=0.1)
     assert denoising_steps(load_config(CONFIGS / "causal_forcing_dmd_framewise_1step.yaml")) == [1000]
+
+
+def test_ignored_keys_warn_once_per_file_naming_them(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("sharding_strategy: full\ngenerator_grad: {model: false}\nnum_training_frames: 21\n")
+    load_config(path)
+    load_config(path)  # the same file again (the trainer and the CLIs load it more than once): no second line
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"warning: {path}: accepted for compatibility with the original codebases and ignored here: "
+                     "generator_grad={'model': False}, sharding_strategy='full'"]
+    # neutral values say nothing: num_training_frames at the training length, generator_task as the model implies
+    path.write_text("image_or_video_shape: [1, 6, 16, 8, 8]\nnum_training_frames: 6\nmodel_name: wan\n"
+                    "generator_task: bidirectional_video\n")
+    load_config(path)
+    assert capsys.readouterr().err == ""
+    path.write_text("num_training_frames: 27\n")  # Self-Forcing's long-video rollout length is not implemented
+    load_config(path)
+    assert "num_training_frames=27" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", [p for p in ALL_FILES if "causal_cd" not in p.stem], ids=lambda p: p.stem)
+def test_shipped_configs_set_no_ignored_key(path):
+    """Only the CD files' spatial_sf (unread in Causal Forcing too) is ignored; the rest load silently."""
+    assert ignored_values(load_config(path)) == []

@@ -156,6 +156,11 @@ class Trainer:
         end = cfg.max_iters if cfg.max_iters is not None else float("inf")
         bar = tqdm(total=None if end == float("inf") else end, initial=self.step, disable=not self.dist.is_main)
         started, start_step = time.perf_counter(), self.step
+        batch = cfg.batch_size * self.dist.world_size * cfg.grad_accum
+        if cfg.total_batch_size is not None and cfg.total_batch_size != batch:  # informational in the originals
+            self._print(f"note: the config's total_batch_size is {cfg.total_batch_size}; this run's global batch is "
+                        f"{batch} (batch_size {cfg.batch_size} x {self.dist.world_size} processes x grad_accum "
+                        f"{cfg.grad_accum})")
         try:
             while self.step < end:
                 logs = self.train_step()

@@ -1,0 +1,115 @@
+"""Values several keys decide together: where the codebases use different keys for one thing (CausVid's
+`real_guidance_scale` vs Self-Forcing's `guidance_scale`, ...), these say which one wins."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from causvid.config.schema import BASE_MODEL_NAME, ConfigError
+from causvid.flow import normalize_step_list
+
+def warp_shift(cfg) -> float:
+    """The shift of the generator's scheduler grid, which warp_denoising_step indexes.
+
+    SF/CF build the generator wrapper with `model_kwargs.timestep_shift` (5 in their files); CausVid's wrapper
+    hard-codes 8, which equals `timestep_shift` in all its files. So: model_kwargs.timestep_shift if set, else
+    timestep_shift.
+    """
+    shift = cfg.model_kwargs.timestep_shift
+    return float(cfg.timestep_shift if shift is None else shift)
+
+
+def _steps(cfg, key: str) -> Optional[list]:
+    steps = cfg[key]
+    if steps is None:
+        return None
+    return normalize_step_list(list(steps), warp=bool(cfg.warp_denoising_step), shift=warp_shift(cfg))
+
+
+def denoising_steps(cfg) -> Optional[list]:
+    """The timesteps the few-step generator actually runs at, or None (no list: many-step AR diffusion).
+
+    A trailing 0 is dropped (CausVid's convention: [1000, 757, 522, 0] runs 3 steps); with warp_denoising_step
+    the list is mapped through the shifted grid (Self-Forcing: [1000, 750, 500, 250] at shift 5 ->
+    [1000, 937.5, 833.3, 625]; CausVid's warp_4step_cfg2 at shift 8 -> [1000, 960, 888.9, 727.3]).
+    """
+    return _steps(cfg, "denoising_step_list")
+
+
+def first_block_steps(cfg) -> Optional[list]:
+    """Block 0's timesteps (Causal-Forcing's 1/2-step configs give it 4 steps), warped like the main list;
+    None when the config has no denoising_step_list_first_chunk (block 0 uses denoising_steps)."""
+    return _steps(cfg, "denoising_step_list_first_chunk")
+
+
+def generator_grid(cfg) -> Optional[float]:
+    """The shift of the grid the generator's flow -> x0 and re-noising snap to (None: no snapping)."""
+    return warp_shift(cfg) if cfg.snap_timesteps else None
+
+
+def score_grid(cfg) -> Optional[float]:
+    """The shift of the grid the real / fake scores' flow -> x0 snaps to (None: no snapping)."""
+    return float(cfg.score_timestep_shift) if cfg.snap_timesteps else None
+
+
+_DMD_INPUTS = ("self_forcing", "backward_simulation", "data")
+
+
+def dmd_input(cfg) -> str:
+    """How DMD builds the generator's sample: `dmd_input` when set, else SF/CF files (which name a trainer)
+    roll out the student, CV files noise data latents or run backward simulation as `backward_simulation` says."""
+    if cfg.dmd_input is not None:
+        if cfg.dmd_input not in _DMD_INPUTS:
+            raise ConfigError(f"dmd_input={cfg.dmd_input!r}: expected one of {list(_DMD_INPUTS)}")
+        return cfg.dmd_input
+    if cfg.trainer is not None:
+        return "self_forcing"
+    return "backward_simulation" if cfg.backward_simulation else "data"
+
+
+def ode_layout(cfg) -> str:
+    """The ODE rows' layout: `ode_layout` when set, else Causal Forcing's for files naming `trainer: ode`."""
+    if cfg.ode_layout is not None:
+        if cfg.ode_layout not in ("causvid", "causal_forcing"):
+            raise ConfigError(f"ode_layout={cfg.ode_layout!r}: expected 'causvid' or 'causal_forcing'")
+        return cfg.ode_layout
+    return "causal_forcing" if cfg.trainer == "ode" else "causvid"
+
+
+def guidance_scale(cfg) -> float:
+    """The real score's CFG scale: CausVid's real_guidance_scale when set, else guidance_scale (SF/CF)."""
+    return float(cfg.guidance_scale if cfg.real_guidance_scale is None else cfg.real_guidance_scale)
+
+
+def generator_is_causal(cfg) -> bool:
+    """CausVid names the generator's architecture (generator_name, else model_name: "causal_wan" or "wan");
+    Self-Forcing / Causal-Forcing files name neither and say `causal`."""
+    name = cfg.generator_name or cfg.model_name
+    return bool(cfg.causal) if name is None else name == "causal_wan"
+
+
+_CAUSVID_TRAINERS = {"dmd": "score_distillation", "ode": "ode"}
+
+
+def trainer_name(cfg) -> str:
+    """The trainer to run: `trainer` (SF/CF) when set, else from CausVid's distillation_loss (dmd -> score
+    distillation, ode -> ode regression)."""
+    if cfg.trainer is not None:
+        return cfg.trainer
+    if cfg.distillation_loss not in _CAUSVID_TRAINERS:
+        raise ConfigError(f"no trainer set and distillation_loss={cfg.distillation_loss!r} is not one of "
+                          f"{sorted(_CAUSVID_TRAINERS)}")
+    return _CAUSVID_TRAINERS[cfg.distillation_loss]
+
+
+def real_score_path(cfg) -> str:
+    """The real score's Wan folder. SF/CF load wan_models/<real_name>, and wan_model_path holds the 1.3B base, so:
+    real_model_path if set; else wan_model_path when real_name is Wan2.1-T2V-1.3B (the base, which is also
+    CausVid's real score) or the folder's own name; else the folder `real_name` next to wan_model_path (so a
+    tiny run with real_name Wan2.1-T2V-14B looks for runs/tiny/Wan2.1-T2V-14B)."""
+    if cfg.real_model_path:
+        return str(cfg.real_model_path)
+    wan = Path(cfg.wan_model_path)
+    if cfg.real_name in (BASE_MODEL_NAME, wan.name):
+        return str(wan)
+    return str(wan.parent / cfg.real_name)
