@@ -1,9 +1,11 @@
 """Evaluate every toy model with the rule-based analyser and write the report.
 
 Each model generates videos for held-out captions through the same inference path as the CLIs
-(`VideoGenerator`), at the training length (prompt accuracy, flicker) and at `Budget.drift_factor` (4) times
-the training length (drift: accuracy and background per window of 21 frames; causal models roll a KV window
-of the training length with one block of sink, the bidirectional teacher simply runs longer).
+(`VideoGenerator`): at the training length (prompt accuracy, flicker, first-frame latency and frames/s), and
+at `Budget.drift_factor` (8) times the training length (drift: each attribute, all three and the background per
+window of 21 frames; causal models roll a KV window of the training length with one block of sink, and the
+students named in `sink_choices` also without a sink and with window RoPE positions; the bidirectional teacher
+simply runs longer).
 """
 import json
 from pathlib import Path
@@ -16,6 +18,7 @@ from causvid.config import load_config
 from causvid.pipelines.long_video import long_video_frames, overlap_stream, rolling_stream
 from causvid.pipelines.text_to_video import VideoGenerator, load_components
 from causvid.toy import analyser, streaming, world
+from causvid.toy.plot import small_multiples
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "toy"
 
@@ -29,33 +32,61 @@ def generate(generator: VideoGenerator, caption: str, index: int, seed: int, **k
         return torch.cat([px for _, px in generator.stream(caption, seed=seed, index=index, **kw)], dim=1)[0]
 
 
-def evaluate_model(config_name, wan_folder, checkpoint, budget, seed):
+#: KV-window choices for long rollouts (issue: streams that do not drift), measured on the students named in
+#: `evaluate_models(sink_choices=...)`: StreamSession keyword arguments and config overrides. The first is the
+#: default every model is measured with: a rolling window of the training length with a one-block sink.
+SINK_CHOICES = {
+    "one-block sink": ({}, []),
+    "no sink": ({"sink_size": 0}, []),
+    "one-block sink, window RoPE": ({}, ["model_kwargs.rope_positions=window"]),
+}
+
+
+def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choices: bool = False):
     cfg = load_config(CONFIGS / f"{config_name}.yaml",
                       overrides=[f"num_inference_steps={budget.teacher_sampling_steps}"])
     components = load_components(wan_folder, checkpoint, use_ema=has_ema(checkpoint))
     causal = config_name != "teacher"
     generator = VideoGenerator(components, cfg, causal=causal)
     captions = [world.caption(s) for s in world.sample_specs(budget.eval_videos, seed=10_000 + seed)]
-    videos = [generate(generator, c, i, seed) for i, c in enumerate(captions)]
+    videos, first_frame, fps = [], [], []
+    for i, caption in enumerate(captions):  # timed one video at a time: the latency a viewer sees
+        videos.append(generate(generator, caption, i, seed))
+        first_frame.append(generator.timing.first_block_pixels)
+        fps.append(generator.timing.fps(with_vae=True))
     result = analyser.score(videos, captions)
+    result.update(first_frame_s=float(np.median(first_frame)), fps=float(np.median(fps)))
     frames = cfg.image_or_video_shape[1]
-    window = dict(local_attn_size=frames, sink_size=cfg.num_frame_per_block) if causal else {}
-    longs = [generate(generator, caption, 1000 + i, seed, num_frames=budget.drift_factor * frames, **window)
-             for i, caption in enumerate(captions[:budget.drift_videos])]
-    result.update(_drift(longs, captions))
+    long_captions = [world.caption(s) for s in world.sample_specs(budget.drift_videos, seed=20_000 + seed)]
+    choices = {name: SINK_CHOICES[name] for name in (SINK_CHOICES if sink_choices else list(SINK_CHOICES)[:1])}
+    result["drift"], result["drift_videos"] = {}, len(long_captions)
+    for name, (kv, overrides) in choices.items():
+        window = dict(local_attn_size=frames, sink_size=kv.get("sink_size", cfg.num_frame_per_block))
+        gen = VideoGenerator(components, load_config(CONFIGS / f"{config_name}.yaml", overrides=[
+            f"num_inference_steps={budget.teacher_sampling_steps}"] + overrides), causal=True) if overrides \
+            else generator
+        longs = [generate(gen, caption, 1000 + i, seed, num_frames=budget.drift_factor * frames,
+                          **(window if causal else {})) for i, caption in enumerate(long_captions)]
+        result["drift"][name] = _drift(longs, long_captions)
+    result.update({f"drift_{k}": v for k, v in next(iter(result["drift"].values())).items()})
     if config_name.endswith(("dmd_framewise", "dmd_chunkwise")):
         result["long_video"] = compare_long_video(generator, captions[:budget.long_video_prompts], budget, seed)
     if config_name.endswith("dmd_chunkwise"):  # switching after the training window, V2V (causvid.toy.streaming)
-        result["streaming"] = streaming.measure(components, cfg, budget.stream_pairs, budget.drift_factor, seed=seed)
+        result["streaming"] = streaming.measure(components, cfg, budget.stream_pairs, budget.long_video_factor,
+                                                seed=seed)
     return result, videos[:3], captions[:3]
 
 
+DRIFT_KEYS = (("all_acc", "all_ok"), ("colour_acc", "colour_ok"), ("shape_acc", "shape_ok"),
+              ("direction_acc", "direction_ok"), ("background_err", "background_err"))
+
+
 def _drift(videos, captions) -> dict:
-    """Accuracy (all attributes) and background error per window of 21 frames, averaged over videos."""
+    """Accuracy (each attribute and all three) and background error per window of 21 frames (the training
+    length), averaged over videos."""
     drifts = [analyser.drift(v, c, window=world.DEFAULT_NUM_FRAMES) for v, c in zip(videos, captions)]
     windows = range(min(len(d) for d in drifts))
-    return {f"drift_{name}": [float(np.mean([d[w][key] for d in drifts])) for w in windows]
-            for name, key in (("all_acc", "all_ok"), ("background_err", "background_err"))}
+    return {name: [float(np.mean([d[w][key] for d in drifts])) for w in windows] for name, key in DRIFT_KEYS}
 
 
 def compare_long_video(generator: VideoGenerator, captions, budget, seed, overlap: int = 3) -> dict:
@@ -63,28 +94,42 @@ def compare_long_video(generator: VideoGenerator, captions, budget, seed, overla
     one block of sink), same prompts and the same total length (about `drift_factor` times the training
     length): drift per window, and the whole video's prompt accuracy."""
     frames = generator.latent_shape[0]
-    rollouts = 1 + -(-(budget.drift_factor - 1) * frames // (frames - overlap))  # ceil
+    rollouts = 1 + -(-(budget.long_video_factor - 1) * frames // (frames - overlap))  # ceil
     out = {"latent_frames": long_video_frames(frames, rollouts, overlap)}
     for mode, stream in (("overlap", overlap_stream), ("rolling", rolling_stream)):
         with torch.no_grad():
             videos = [torch.cat(list(stream(generator, c, num_rollout=rollouts, num_overlap_frames=overlap,
                                             seed=seed, index=2000 + i)), dim=1)[0] for i, c in enumerate(captions)]
-        out[mode] = {**_drift(videos, captions), "all_acc": analyser.score(videos, captions)["all_acc"]}
+        drift = _drift(videos, captions)
+        out[mode] = {"drift_all_acc": drift["all_acc"], "drift_background_err": drift["background_err"],
+                     "all_acc": analyser.score(videos, captions)["all_acc"]}
     return out
 
 
-def evaluate_models(folder, models: dict, budget, seed) -> None:
-    """models: display name -> (config name, Wan/toy folder, checkpoint or None). Writes results.json and
-    one PNG strip per model into folder."""
+def evaluate_models(folder, models: dict, budget, seed, sink_choices=()) -> None:
+    """models: display name -> (config name, Wan/toy folder, checkpoint or None). Writes results.json, one PNG
+    strip per model and the drift plot into folder. sink_choices: names of the models whose long rollouts are
+    also measured with every choice of `SINK_CHOICES`."""
     results = {}
     for slot, (name, (config_name, wan_folder, checkpoint)) in enumerate(models.items()):
-        result, videos, captions = evaluate_model(config_name, wan_folder, checkpoint, budget, seed)
+        result, videos, captions = evaluate_model(config_name, wan_folder, checkpoint, budget, seed,
+                                                  sink_choices=name in sink_choices)
         strip = folder / f"strip_{slot:02d}.png"
         iio.imwrite(strip, _strip(videos))
         results[name] = {**result, "config": config_name, "strip": strip.name, "strip_captions": captions}
         print(f"[evaluate] {name}: colour {result['colour_acc']:.2f} shape {result['shape_acc']:.2f} "
               f"direction {result['direction_acc']:.2f} all {result['all_acc']:.2f}", flush=True)
     (folder / "results.json").write_text(json.dumps(results, indent=2))
+    drift_plot(results, folder / "drift.png", budget.drift_factor)
+
+
+def drift_plot(results: dict, path, factor: int):
+    """All-three accuracy per window of the training length, one panel per model measured with every sink
+    choice, one line per choice (nothing is written when no model was)."""
+    panels = {name: {choice: d["all_acc"] for choice, d in r["drift"].items()}
+              for name, r in results.items() if len(r.get("drift", {})) > 1}
+    if panels:
+        small_multiples(panels, path, y_label=f"all three, {factor}x training length")
 
 
 def _strip(videos, frames_shown: int = 6) -> np.ndarray:
@@ -97,23 +142,52 @@ def _strip(videos, frames_shown: int = 6) -> np.ndarray:
     return image.repeat(2, axis=0).repeat(2, axis=1)
 
 
-def write_report(out, times: dict) -> Path:
+def _drift_section(results: dict, factor: int) -> list:
+    """Per-window figures of the models measured with every sink choice: all three for each choice, and each
+    attribute and the background for the default one."""
+    measured = {name: r["drift"] for name, r in results.items() if len(r.get("drift", {})) > 1}
+    if not measured:
+        return []
+    windows = len(next(iter(next(iter(measured.values())).values()))["all_acc"])
+    lines = ["", f"## Drift over {factor}x the training length, per window, by sink choice", "",
+             f"{results[next(iter(measured))]['drift_videos']} held-out captions per model and choice, rollouts "
+             f"{factor}x the training length through a rolling KV window of the training length; figures per window "
+             "of the training length (1 = the training window). Sink choices: " + "; ".join(SINK_CHOICES) +
+             " (window RoPE: cached frames at their rank in the window, as Infinity-RoPE). Plot: "
+             "`evaluate/drift.png`.", "", "![drift](evaluate/drift.png)", "",
+             "| model | sink | measure | " + " | ".join(str(w + 1) for w in range(windows)) + " |",
+             "|---|---|---|" + "---|" * windows]
+    for name, choices in measured.items():
+        for i, (choice, d) in enumerate(choices.items()):
+            for key in ("all_acc",) + (("colour_acc", "shape_acc", "direction_acc", "background_err") if i == 0 else ()):
+                digits = 3 if key == "background_err" else 2
+                lines.append(f"| {name} | {choice} | {key} | " + " | ".join(f"{v:.{digits}f}" for v in d[key]) + " |")
+    return lines
+
+
+def write_report(out, times: dict, factor: int) -> Path:
+    """The report from evaluate/results.json; factor: the drift rollouts' length in training lengths."""
     out = Path(out)
     results = json.loads((out / "evaluate" / "results.json").read_text())
     teacher = next(iter(results.values()))
     lines = ["# Toy world report", "",
              "Rule-based analyser on held-out captions (colour / shape / direction of the moving shape), "
              f"{teacher['n']} videos per model at the training length; flicker = mean |frame difference| of "
-             "background pixels; drift over a rollout 4x the training length, per window of 21 frames "
+             f"background pixels; first frame and frames/s: median over those videos made one at a time on this "
+             f"CPU (text encoding and decoding included); drift over rollouts {factor}x the training length "
+             "(rolling KV window of the training length, one block of sink), per window of 21 frames "
              "(all-attributes accuracy and background error, first -> last window).", "",
-             "| model | colour | shape | direction | all | vs teacher | flicker (bg) | drift: all | drift: background |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | colour | shape | direction | all | vs teacher | flicker (bg) | first frame | frames/s "
+             "| drift: all | drift: background |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         rel = r["all_acc"] / teacher["all_acc"] if teacher["all_acc"] else float("nan")
         drift_acc = " → ".join(f"{v:.2f}" for v in r["drift_all_acc"])
         drift_bg = " → ".join(f"{v:.3f}" for v in r["drift_background_err"])
         lines.append(f"| {name} | {r['colour_acc']:.2f} | {r['shape_acc']:.2f} | {r['direction_acc']:.2f} | "
-                     f"{r['all_acc']:.2f} | {rel:.0%} | {r['flicker_bg']:.4f} | {drift_acc} | {drift_bg} |")
+                     f"{r['all_acc']:.2f} | {rel:.0%} | {r['flicker_bg']:.4f} | {r['first_frame_s'] * 1000:.0f} ms | "
+                     f"{r['fps']:.0f} | {drift_acc} | {drift_bg} |")
+    lines += _drift_section(results, factor)
     long = {name: r["long_video"] for name, r in results.items() if "long_video" in r}
     if long:
         frames = next(iter(long.values()))["latent_frames"]

@@ -51,18 +51,19 @@ class Budget:
     long_rollout: int = 4       # long-rollout DMD students roll out this many training lengths (Self-Forcing++)
     ode_euler_steps: int = 48   # the ODE data's Euler schedule (states saved at the student's levels)
     eval_videos: int = 32
-    drift_videos: int = 4       # per model: rollouts of drift_factor times the training length
+    drift_videos: int = 16      # per model: rollouts of drift_factor times the training length (4 decided nothing)
     long_video_prompts: int = 16  # per DMD student: overlap vs rolling-window long videos (4 prompts decided nothing)
+    long_video_factor: int = 4  # the long-video comparison and the streaming measurements: this many training lengths
     stream_pairs: int = 16      # per chunkwise DMD student: prompt-switch pairs and V2V videos (causvid.toy.streaming)
     teacher_sampling_steps: int = 50
-    drift_factor: int = 4       # drift is measured on rollouts this many times the training length
+    drift_factor: int = 8       # drift is measured on rollouts this many times the training length
     batch_size: int = 0         # 0: each config's own
 
     @classmethod
     def quick(cls):
         return cls(videos=32, ode_prompts=4, teacher_steps=2, ar_steps=1, ode_steps=1, dmd_steps=1, cd_steps=1,
                    ode_euler_steps=8, eval_videos=1, drift_videos=1, long_video_prompts=1, teacher_sampling_steps=2,
-                   drift_factor=2, batch_size=2, stream_pairs=1, long_rollout=2)
+                   drift_factor=2, long_video_factor=2, batch_size=2, stream_pairs=1, long_rollout=2)
 
 
 class ToyPipeline:
@@ -189,8 +190,11 @@ class ToyPipeline:
                                                                             _last(cf_detached)),
             })
         from causvid.toy.evaluate import evaluate_models, write_report
-        self.stage("evaluate", lambda f: evaluate_models(f, models, self.budget, self.seed))
-        write_report(self.out, self.times)
+        # the DMD students with and without long-rollout training, also with every KV-window sink choice
+        sinks = [f"Causal Forcing DMD ({layout}{long})" for layout in LAYOUTS
+                 for long in ("", f", long rollout x{b.long_rollout}")]
+        self.stage("evaluate", lambda f: evaluate_models(f, models, self.budget, self.seed, sink_choices=sinks))
+        write_report(self.out, self.times, b.drift_factor)
         if release is not None:
             self.release(release)
         return self.out / "report.md"
