@@ -110,8 +110,9 @@ def test_old_bench_rollout_usage(bench, capsys):
 
 
 def test_flop_count_matches_reference(bench):
-    """shared/reference/wan.md §7: one full-attention forward of Wan2.1-T2V-1.3B on 81 frames at 480x832
-    (21 latent frames x 1560 tokens = 32760) is about 283 TFLOP, 198 of them in self-attention."""
+    """By hand: one full-attention forward of Wan2.1-T2V-1.3B on 81 frames at 480x832 (21 latent frames x 1560
+    tokens, L = 32760) is about 283 TFLOP: self-attention scores and values 4 L^2 dim layers = 4 x 32760^2 x 1536
+    x 30 = 198 TFLOP, and 2 FLOP per weight per token for the ~1.3 B weights of the linear layers, ~85 more."""
     from causvid.models.wan import get_preset
 
     flops = bench.forward_flops(get_preset("wan2.1-t2v-1.3b"), 21, 21, 1560, text=False)

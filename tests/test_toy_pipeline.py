@@ -7,6 +7,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from causvid.toy.evaluate import SINK_CHOICES
 from causvid.toy.pipeline import LAYOUTS, main
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "toy"
@@ -36,6 +37,16 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert len(results) == 21
     long = results["Causal Forcing DMD (chunkwise)"]["long_video"]  # overlap vs rolling, same length
     assert set(long) == {"latent_frames", "overlap", "rolling"} and long["overlap"]["drift_all_acc"]
+    # drift by sink choice for the CF DMD students with and without long rollouts, each attribute per window
+    for layout in LAYOUTS:
+        for name in (f"Causal Forcing DMD ({layout})", f"Causal Forcing DMD ({layout}, long rollout x2)"):
+            drift = results[name]["drift"]
+            assert list(drift) == list(SINK_CHOICES), name
+            assert all(len(d[k]) == 3 for d in drift.values() for k in ("all_acc", "colour_acc", "shape_acc",
+                                                                          "direction_acc", "background_err"))
+    assert list(results["CausVid DMD (chunkwise)"]["drift"]) == ["one-block sink"]
+    assert all(r["first_frame_s"] > 0 and r["fps"] > 0 for r in results.values())
+    assert (out / "evaluate" / "drift.png").stat().st_size > 0
     report = (out / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "|---" not in line]
     assert any("Causal Forcing DMD (chunkwise)" in r for r in rows) and any("teacher" in r for r in rows)

@@ -1,7 +1,7 @@
 """Tiny random Wan2.1 VAEs written in the original Wan layout or the diffusers layout (for tests; no downloads).
 
 The Wan layout needs the diffusers -> Wan key direction, which diffusers does not ship. It is derived here from the
-structure of Wan's ``wan/modules/vae.py`` (see shared/reference/wan.md §3):
+structure of Wan's ``wan/modules/vae.py``:
 
 * residual blocks are ``residual = Sequential(RMS_norm, SiLU, CausalConv3d, RMS_norm, SiLU, Dropout, CausalConv3d)``
   plus ``shortcut``, so ``norm1/conv1/norm2/conv2/conv_shortcut`` -> ``residual.0/residual.2/residual.3/residual.6/
