@@ -34,6 +34,8 @@ On a shared CPU machine pass --threads 1: with two OpenMP threads on two busy co
     python scripts/benchmark_inference.py --preset tiny --num_frame_per_block 3 --blocks 8 --height 16 --width 16 \
         --modes cached,nocache --vae none
 
+The FLOP model is causvid/pipelines/flops.py; the timing and memory helpers are causvid/pipelines/measure.py.
+
 `main(argv)` returns the results dict (also written by --json).
 """
 from __future__ import annotations
@@ -44,9 +46,7 @@ import itertools
 import json
 import os
 import platform
-import resource
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,15 +56,22 @@ import torch
 from causvid.config import denoising_steps, first_block_steps, load_config
 from causvid.models.wan import WanDiT, get_preset
 from causvid.models.wan.attention import set_attention_backend
+from causvid.pipelines.flops import CACHED_MODES, flop_figures, forward_flops, rollout_calls
+from causvid.pipelines.measure import PeakMemory, _sync, stats, timed_latents, timed_pixels
 from causvid.pipelines.rollout import causal_rollout, few_step_sampler
-from causvid.pipelines.speed import (SpeedOptions, apply_speed_options, compile_blocks,
-                                     overlapped_decode, sdpa_kernel)
+from causvid.pipelines.speed import SpeedOptions, apply_speed_options, compile_blocks, sdpa_kernel
+
+# the names tests/test_benchmark_smoke.py and scripts/device_check.py use from this script
+__all__ = [
+    "DEFAULT_CONFIG", "DEFAULT_TINY_CONFIG", "parse_args", "resolve_settings", "mode_block", "build_dit",
+    "random_inputs", "build_vae", "ours", "bench_mode", "environment", "main", "forward_flops", "rollout_calls",
+    "flop_figures", "PeakMemory", "_sync", "stats", "timed_latents",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/causal_forcing_dmd_chunkwise.yaml"  # Wan2.1-T2V-1.3B shapes: 21 x 60 x 104 latents
 DEFAULT_TINY_CONFIG = "configs/tiny/causal_forcing_dmd_chunkwise.yaml"  # its tiny mirror: 6 x 4 x 4 latents
 MODES = ("cached", "framewise", "chunkwise", "nocache", "skyreels")
-CACHED_MODES = ("cached", "framewise", "chunkwise")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,177 +304,11 @@ def theirs(sky, noise, context, s: Settings, block: int):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# FLOPs (analytic: linear layers 2 x MACs, attention 4 x Lq x Lk x dim; norms, RoPE, softmax and other
-# elementwise work not counted)
-
-
-def forward_flops(cfg, q_frames: int, k_frames: int, frame_tokens: int, text: bool, batch: int = 1) -> dict:
-    """FLOPs of one DiT forward on q_frames frames attending to k_frames frames of keys. text: the text MLP and
-    the cross-attention K/V of the prompt are computed in this call (not taken from a cache)."""
-    d, ffn, layers, tl = cfg.dim, cfg.ffn_dim, cfg.num_layers, cfg.text_len
-    patch = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
-    lq, lk = q_frames * frame_tokens, k_frames * frame_tokens
-    linear = layers * 2 * lq * (4 * d * d + 2 * d * d + 2 * d * ffn)  # self q,k,v,o + cross q,o + FFN
-    linear += 2 * lq * cfg.in_dim * patch * d + 2 * lq * d * patch * cfg.out_dim  # patch embedding, head
-    linear += 2 * q_frames * (cfg.freq_dim * d + d * d + d * 6 * d)  # time embedding + projection
-    self_attn = layers * 4 * lq * lk * d
-    cross_attn = layers * 4 * lq * tl * d
-    text_flops = (2 * tl * (cfg.text_dim * d + d * d) + layers * 2 * 2 * tl * d * d) if text else 0
-    out = dict(linear=linear, self_attn=self_attn, cross_attn=cross_attn, text=text_flops)
-    out = {k: v * batch for k, v in out.items()}
-    out["total"] = sum(out.values())
-    return out
-
-
-def rollout_calls(mode: str, s: Settings, block: int, frames: int, cross_cache: bool) -> list:
-    """(q_frames, k_frames, text computed) of every DiT forward a rollout makes, with the true key lengths."""
-    calls = []
-    capacity = frames if s.local_attn_size == -1 else min(s.local_attn_size, frames)
-    n_blocks = frames // block
-    if s.max_blocks:
-        n_blocks = min(n_blocks, s.max_blocks)
-    for b in range(n_blocks):
-        end = (b + 1) * block
-        steps = len(s.first_block_steps) if (b == 0 and s.first_block_steps) else len(s.steps)
-        if mode in CACHED_MODES:
-            for _ in range(steps + 1):  # denoising steps + the cache refresh pass
-                calls.append((block, min(end, capacity), not cross_cache or not calls))
-        else:  # nocache / skyreels: the whole prefix each step (dense masked attention: all Lq x Lk computed)
-            calls.extend((end, end, True) for _ in range(steps))
-    return calls
-
-
-def rollout_flops(model_cfg, mode: str, s: Settings, block: int, cross_cache: bool) -> dict:
-    frame_tokens = (s.height // model_cfg.patch_size[1]) * (s.width // model_cfg.patch_size[2])
-    total = {}
-    calls = rollout_calls(mode, s, block, s.frames, cross_cache)
-    for q, k, text in calls:
-        for key, v in forward_flops(model_cfg, q, k, frame_tokens, text).items():
-            total[key] = total.get(key, 0) + v
-    total["calls"] = len(calls)
-    return total
-
-
-def flop_figures(model_cfg, mode: str, s: Settings, block: int, cross_cache: bool, seconds: float) -> dict:
-    """The rollout's analytic TFLOP, the TFLOP/s it reached in `seconds`, and MFU against s.peak_tflops."""
-    flops = rollout_flops(model_cfg, mode, s, block, cross_cache)
-    achieved = flops["total"] / seconds / 1e12
-    return dict(tflop_per_video=flops["total"] / 1e12, calls=flops["calls"],
-                breakdown_tflop={k: v / 1e12 for k, v in flops.items() if k not in ("total", "calls")},
-                achieved_tflops=achieved, mfu=achieved / s.peak_tflops if s.peak_tflops else None)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Timing and memory
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _sync_current(device: torch.device) -> None:
-    """Wait for the caller's stream only (an overlapped rollout keeps running on its own stream)."""
-    if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Peak memory of a region. CUDA: torch.cuda.max_memory_allocated (exact, allocator view). CPU: the process's
-    resident set size sampled every millisecond from /proc/self/statm by a thread (an approximation: it misses
-    spikes shorter than the sampling interval and counts allocator caching), or, without /proc, the growth of
-    getrusage's ru_maxrss (which only moves when the process-wide high-water mark rises)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak = self.base = 0
-        self.method = None
-        self._stop = threading.Event()
-        self._thread = None
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            _sync(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            self.method = "torch.cuda.max_memory_allocated"
-        elif os.path.exists("/proc/self/statm"):
-            self.base = self.peak = _rss_bytes()
-            self.method = "peak RSS, sampled every 1 ms from /proc/self/statm (approximation)"
-
-            def sample():
-                while not self._stop.wait(0.001):
-                    self.peak = max(self.peak, _rss_bytes())
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
-        else:
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            self.method = "growth of getrusage ru_maxrss (process high-water mark; approximation)"
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            _sync(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss_bytes())
-        else:
-            self.peak = max(self.base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        return False
-
-    def result(self) -> dict:
-        return dict(peak_bytes=self.peak, delta_bytes=self.peak - self.base, method=self.method)
-
-
-def timed_latents(make_blocks, device) -> dict:
-    """Seconds per block (each block's denoising steps plus its cache refresh) and the clean latents."""
-    _sync(device)
-    t0 = last = time.perf_counter()
-    times, latents = [], []
-    for _, z in make_blocks():
-        _sync(device)
-        now = time.perf_counter()
-        times.append(now - last)
-        latents.append(z)
-        last = now
-    return dict(block_s=times, first_s=times[0], total_s=last - t0, latents=torch.cat(latents, dim=1))
-
-
-def timed_pixels(make_blocks, vae, overlap: bool, device) -> dict:
-    """Rollout + streaming VAE decode: seconds to the first block's pixels and to the last, pixel frames."""
-    decoder = vae.stream_decoder()
-    _sync(device)
-    t0 = time.perf_counter()
-    first, pixel_frames, now = None, 0, t0
-    for _, _, pixels in overlapped_decode(make_blocks(), decoder, enabled=overlap):
-        _sync_current(device)
-        now = time.perf_counter()
-        first = now - t0 if first is None else first
-        pixel_frames += pixels.shape[1]
-    _sync(device)
-    return dict(first_pixels_s=first, total_s=time.perf_counter() - t0, pixel_frames=pixel_frames)
-
-
-def stats(values) -> dict:
-    values = list(values)
-    med = statistics.median(values)
-    return dict(median=med, min=min(values), max=max(values),
-                spread=(max(values) - min(values)) / med if med else 0.0, runs=values)
+# Main
 
 
 def pixel_frames(latent_frames: int) -> int:
     return 1 + 4 * (latent_frames - 1) if latent_frames > 0 else 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Main
 
 
 def bench_mode(mode, make_blocks, s: Settings, device, vae, overlap: bool, frames_done: int, log) -> dict:
