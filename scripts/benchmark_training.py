@@ -1,6 +1,7 @@
 """Steps per second and peak memory of each training stage at tiny size (a benchmark, run by hand).
 
     python scripts/benchmark_training.py --steps 10
+    python scripts/benchmark_training.py --steps 10 --stages causal_forcing_dmd_chunkwise wan_causal_ode
 
 Each stage runs in its own process (so peak memory is its own) through train.py on the tiny configs and data
 written by causvid.tiny_wan.write_tiny_training_data; the figures are the trainer's own closing line.
@@ -26,11 +27,15 @@ STAGES = [  # (config, dataset)
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--stages", nargs="+", choices=[name for name, _ in STAGES], metavar="CONFIG",
+                   help="only these tiny configs (default: every stage)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         data = write_tiny_training_data(Path(tmp) / "data")
         print(f"{'stage':<32} {'steps/s':>8}  peak memory")
         for name, dataset in STAGES:
+            if args.stages and name not in args.stages:
+                continue
             cmd = [sys.executable, str(ROOT / "train.py"), "--config_path", str(ROOT / "configs/tiny" / f"{name}.yaml"),
                    "--logdir", str(Path(tmp) / name), "--no_save", "--no_visualize", "--disable-wandb",
                    f"wan_model_path={data / 'wan'}", f"real_model_path={data / 'wan'}", f"data_path={data / dataset}",

@@ -22,7 +22,7 @@ from causvid.data.lmdb import (
     read_lmdb_meta,
     read_row,
 )
-from causvid.data.lmdb import format as lmdb_format
+from causvid.data.lmdb import layout as lmdb_layout
 from causvid.ode_data import create_lmdb_iterative, merge_lmdb
 
 ROW = (3, 2, 4, 3, 5)  # (S, F, C, H, W): small stand-in for (4|6, 21, 16, 60, 104)
@@ -306,7 +306,7 @@ def test_ode_dataset_keys_shapes_dtypes(tmp_path):
     tensors = write_pt_files(tmp_path / "pt", [0, 1, 2])
     create(tmp_path / "pt", tmp_path / "db")
     ds = ODERegressionLMDBDataset(tmp_path / "db")
-    assert len(ds) == 3 and os.path.realpath(tmp_path / "db") not in lmdb_format._SHARED  # opened lazily
+    assert len(ds) == 3 and os.path.realpath(tmp_path / "db") not in lmdb_layout._SHARED  # opened lazily
     item = ds[1]
     assert set(item) == {"prompts", "ode_latent"} and item["prompts"] == prompt_of(1)
     assert item["ode_latent"].dtype == torch.float32 and item["ode_latent"].shape == ROW

@@ -114,3 +114,17 @@ def test_long_rollout_training_resumes_exactly(tiny_run_data, tmp_path):
     for (s1, l1), (s2, l2) in zip(straight[1:], resumed):
         assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-6)
     assert all(torch.equal(weights[k], weights_resumed[k]) for k in weights)
+
+
+def test_rope_positions_reach_the_training_rollout():
+    """model_kwargs.rope_positions=window (the sink next to the window, as Infinity-RoPE) is a training choice too:
+    the same long rollout changes once the window has rolled past the sink, and not before."""
+    model, batch = random_dit("tiny", seed=5, text_len=16), {"samples": [0], "context": torch.randn(1, 16, 32)}
+
+    def sample(*extra):
+        with torch.no_grad():
+            return stage_of("long_rollout_window=last", *extra).generate(Models(model), batch, step=1)
+    for frames, changes in ((6, False), (24, True)):
+        absolute, window = (sample(f"long_rollout_frames={frames}", f"model_kwargs.rope_positions={mode}")
+                            for mode in ("absolute", "window"))
+        assert ((absolute - window).abs().max() > 1e-5) == changes, frames

@@ -31,12 +31,12 @@ Differences from the original writers, all invisible to readers:
   ends with the same database as one uninterrupted run;
 * every row's shape is checked against the first one.
 
-Files: ``format.py`` (the keys, LMDBDataError, checks on ``data.mdb``, read-only and shared handles, reading
+Files: ``layout.py`` (the keys, LMDBDataError, checks on ``data.mdb``, read-only and shared handles, reading
 rows), ``writer.py`` (:class:`LatentLMDBWriter`), ``convert.py`` (``.pt`` files -> LMDB:
 :func:`create_lmdb_from_pt`), ``merge.py`` (merging shards: :func:`merge_lmdbs`, :func:`natural_sorted`).
 """
 from causvid.data.lmdb.convert import create_lmdb_from_pt, row_from_value  # noqa: F401
-from causvid.data.lmdb.format import (  # noqa: F401
+from causvid.data.lmdb.layout import (  # noqa: F401
     LMDBDataError, check_lmdb_file, lmdb_errors, open_lmdb_readonly, read_lmdb_meta, read_prompt, read_row,
     release_shared_lmdb, shared_lmdb,
 )

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from causvid.data.lmdb.format import LMDBDataError, _progress
+from causvid.data.lmdb.layout import LMDBDataError, _progress
 from causvid.data.lmdb.writer import DEFAULT_COMMIT_EVERY, DEFAULT_MAP_SIZE, LatentLMDBWriter
 
 

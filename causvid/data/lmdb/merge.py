@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from causvid.data.lmdb.format import (
+from causvid.data.lmdb.layout import (
     _DTYPE, LMDBDataError, _progress, _reader, read_lmdb_meta, read_prompt, read_row, release_shared_lmdb,
 )
 from causvid.data.lmdb.writer import DEFAULT_COMMIT_EVERY, DEFAULT_MAP_SIZE, LatentLMDBWriter

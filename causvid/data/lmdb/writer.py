@@ -8,7 +8,7 @@ import lmdb
 import numpy as np
 import torch
 
-from causvid.data.lmdb.format import (
+from causvid.data.lmdb.layout import (
     _DTYPE, LMDBDataError, _parse_meta, _shape_values, check_lmdb_file, latents_key, prompts_key, read_prompt,
     release_shared_lmdb,
 )
