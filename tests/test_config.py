@@ -305,3 +305,9 @@ def test_ignored_keys_warn_once_per_file_naming_them(tmp_path, capsys):
 def test_shipped_configs_set_no_ignored_key(path):
     """Only the CD files' spatial_sf (unread in Causal Forcing too) is ignored; the rest load silently."""
     assert ignored_values(load_config(path)) == []
+
+
+def test_rope_positions_is_checked():
+    assert load_config(overrides=["model_kwargs.rope_positions=window"]).model_kwargs.rope_positions == "window"
+    with pytest.raises(ConfigError, match="model_kwargs.rope_positions='relative'"):
+        load_config(overrides=["model_kwargs.rope_positions=relative"])
