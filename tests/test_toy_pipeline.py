@@ -45,6 +45,8 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
             assert all(len(d[k]) == 3 for d in drift.values() for k in ("all_acc", "colour_acc", "shape_acc",
                                                                           "direction_acc", "background_err"))
     assert list(results["CausVid DMD (chunkwise)"]["drift"]) == ["one-block sink"]
+    assert {name for name, r in results.items() if "streaming" in r} == {  # the shipped student and its twin
+        "Causal Forcing DMD (chunkwise)", "Causal Forcing DMD (chunkwise, long rollout x2)"}
     assert all(r["first_frame_s"] > 0 and r["fps"] > 0 for r in results.values())
     assert (out / "evaluate" / "drift.png").stat().st_size > 0
     report = (out / "report.md").read_text()

@@ -5,7 +5,7 @@ Each model generates videos for held-out captions through the same inference pat
 at `Budget.drift_factor` (8) times the training length (drift: each attribute, all three and the background per
 window of 21 frames; causal models roll a KV window of the training length with one block of sink, and the
 students named in `sink_choices` also without a sink and with window RoPE positions; the bidirectional teacher
-simply runs longer).
+simply runs longer). The models named in `streams` also get prompt switching and V2V (`causvid.toy.streaming`).
 """
 import json
 from pathlib import Path
@@ -42,7 +42,8 @@ SINK_CHOICES = {
 }
 
 
-def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choices: bool = False):
+def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choices: bool = False,
+                   streams: bool = False):
     cfg = load_config(CONFIGS / f"{config_name}.yaml",
                       overrides=[f"num_inference_steps={budget.teacher_sampling_steps}"])
     components = load_components(wan_folder, checkpoint, use_ema=has_ema(checkpoint))
@@ -71,7 +72,7 @@ def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choic
     result.update({f"drift_{k}": v for k, v in next(iter(result["drift"].values())).items()})
     if config_name.endswith(("dmd_framewise", "dmd_chunkwise")):
         result["long_video"] = compare_long_video(generator, captions[:budget.long_video_prompts], budget, seed)
-    if config_name.endswith("dmd_chunkwise"):  # switching after the training window, V2V (causvid.toy.streaming)
+    if streams:  # switching after the training window, V2V (causvid.toy.streaming)
         result["streaming"] = streaming.measure(components, cfg, budget.stream_pairs, budget.long_video_factor,
                                                 seed=seed)
     return result, videos[:3], captions[:3]
@@ -106,14 +107,15 @@ def compare_long_video(generator: VideoGenerator, captions, budget, seed, overla
     return out
 
 
-def evaluate_models(folder, models: dict, budget, seed, sink_choices=()) -> None:
+def evaluate_models(folder, models: dict, budget, seed, sink_choices=(), streams=()) -> None:
     """models: display name -> (config name, Wan/toy folder, checkpoint or None). Writes results.json, one PNG
     strip per model and the drift plot into folder. sink_choices: names of the models whose long rollouts are
-    also measured with every choice of `SINK_CHOICES`."""
+    also measured with every choice of `SINK_CHOICES`; streams: names of the (causal) models whose prompt
+    switching and V2V are measured."""
     results = {}
     for slot, (name, (config_name, wan_folder, checkpoint)) in enumerate(models.items()):
         result, videos, captions = evaluate_model(config_name, wan_folder, checkpoint, budget, seed,
-                                                  sink_choices=name in sink_choices)
+                                                  sink_choices=name in sink_choices, streams=name in streams)
         strip = folder / f"strip_{slot:02d}.png"
         iio.imwrite(strip, _strip(videos))
         results[name] = {**result, "config": config_name, "strip": strip.name, "strip_captions": captions}

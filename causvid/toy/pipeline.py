@@ -193,7 +193,10 @@ class ToyPipeline:
         # the DMD students with and without long-rollout training, also with every KV-window sink choice
         sinks = [f"Causal Forcing DMD ({layout}{long})" for layout in LAYOUTS
                  for long in ("", f", long rollout x{b.long_rollout}")]
-        self.stage("evaluate", lambda f: evaluate_models(f, models, self.budget, self.seed, sink_choices=sinks))
+        # streaming (switching, V2V): the shipped student and its long-rollout twin
+        streams = [f"Causal Forcing DMD (chunkwise{long})" for long in ("", f", long rollout x{b.long_rollout}")]
+        self.stage("evaluate", lambda f: evaluate_models(f, models, self.budget, self.seed, sink_choices=sinks,
+                                                         streams=streams))
         write_report(self.out, self.times, b.drift_factor)
         if release is not None:
             self.release(release)
