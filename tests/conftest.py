@@ -1,5 +1,15 @@
-import pytest
-import torch
+import os
+
+# Under pytest-xdist (the README's `-n 2`) two workers share the machine's cores: one thread each, and the same
+# for the processes the tests start, instead of every process running as many threads as there are cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)
