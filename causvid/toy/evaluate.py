@@ -42,10 +42,15 @@ SINK_CHOICES = {
 }
 
 
+def _config(config_name, budget, overrides=()):
+    """A toy stage's config, its many-step models sampled in the budget's teacher_sampling_steps."""
+    return load_config(CONFIGS / f"{config_name}.yaml",
+                       overrides=[f"num_inference_steps={budget.teacher_sampling_steps}", *overrides])
+
+
 def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choices: bool = False,
                    streams: bool = False):
-    cfg = load_config(CONFIGS / f"{config_name}.yaml",
-                      overrides=[f"num_inference_steps={budget.teacher_sampling_steps}"])
+    cfg = _config(config_name, budget)
     components = load_components(wan_folder, checkpoint, use_ema=has_ema(checkpoint))
     causal = config_name != "teacher"
     generator = VideoGenerator(components, cfg, causal=causal)
@@ -59,12 +64,11 @@ def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choic
     result.update(first_frame_s=float(np.median(first_frame)), fps=float(np.median(fps)))
     frames = cfg.image_or_video_shape[1]
     long_captions = [world.caption(s) for s in world.sample_specs(budget.drift_videos, seed=20_000 + seed)]
-    choices = {name: SINK_CHOICES[name] for name in (SINK_CHOICES if sink_choices else list(SINK_CHOICES)[:1])}
+    choices = list(SINK_CHOICES.items())[:None if sink_choices else 1]
     result["drift"], result["drift_videos"] = {}, len(long_captions)
-    for name, (kv, overrides) in choices.items():
+    for name, (kv, overrides) in choices:
         window = dict(local_attn_size=frames, sink_size=kv.get("sink_size", cfg.num_frame_per_block))
-        gen = VideoGenerator(components, load_config(CONFIGS / f"{config_name}.yaml", overrides=[
-            f"num_inference_steps={budget.teacher_sampling_steps}"] + overrides), causal=True) if overrides \
+        gen = VideoGenerator(components, _config(config_name, budget, overrides), causal=causal) if overrides \
             else generator
         longs = [generate(gen, caption, 1000 + i, seed, num_frames=budget.drift_factor * frames,
                           **(window if causal else {})) for i, caption in enumerate(long_captions)]
