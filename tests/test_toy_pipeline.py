@@ -9,6 +9,7 @@ from safetensors import safe_open
 
 from causvid.toy.evaluate import SINK_CHOICES
 from causvid.toy.pipeline import LAYOUTS, main
+from causvid.toy.schedule import cores
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "toy"
 
@@ -21,14 +22,23 @@ def _tensors(folder):
 def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "toy"
     release = tmp_path / "release"
-    assert main(["--out", str(out), "--quick", "--release", str(release)]) == 0
-    stages = ["base", "data", "teacher", "ode_pairs", "evaluate"] + [
+    # two worker processes (the default on 2 cores), and the optional detached-gradient students too
+    assert main(["--out", str(out), "--quick", "--release", str(release), "--workers", "2",
+                 "--cache_gradient_comparison", "1"]) == 0
+    stages = ["base", "data", "teacher", "ode_pairs", "evaluate", "evaluate/teacher"] + [
         f"{s}_{layout}" for layout in LAYOUTS for s in
         ("causvid_ode", "causvid_dmd", "ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd", "cf_cd", "cfpp_dmd")]
     stages += [f"cf_dmd_{layout}_{kind}" for layout in LAYOUTS for kind in ("detached", "long")]
     stages += ["cfpp_dmd_framewise_1step", "cfpp_dmd_framewise_2step"]
+    stages += [f"evaluate/{s}" for s in stages if s.startswith(("causvid_", "cf_", "cfpp_", "ar_"))
+               and not s.startswith("causal_ode_data")]
     for stage in stages:
         assert (out / stage / "DONE").exists(), stage
+    done = {s: json.loads((out / s / "DONE").read_text()) for s in stages}
+    # the teacher runs alone, with every thread; stages side by side share them
+    assert done["teacher"]["threads"] == cores() and done["evaluate/cf_dmd_chunkwise"]["threads"] == max(
+        1, cores() // 2)
+    assert (out / "cf_dmd_chunkwise" / "log.txt").read_text()  # a worker's output goes to its stage's log
     for stage in ("causvid_dmd_chunkwise", "cf_dmd_framewise", "ar_diffusion_chunkwise"):
         assert list((out / stage / "run").glob("checkpoint_model_*/model.pt")), stage
     results = json.loads((out / "evaluate" / "results.json").read_text())
@@ -45,6 +55,7 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
             assert all(len(d[k]) == 3 for d in drift.values() for k in ("all_acc", "colour_acc", "shape_acc",
                                                                           "direction_acc", "background_err"))
     assert list(results["CausVid DMD (chunkwise)"]["drift"]) == ["one-block sink"]
+    assert results["teacher (50-step, bidirectional)"]["drift"] == {}  # no rolling window: not measured
     assert {name for name, r in results.items() if "streaming" in r} == {  # the shipped student and its twin
         "Causal Forcing DMD (chunkwise)", "Causal Forcing DMD (chunkwise, long rollout x2)"}
     assert all(r["first_frame_s"] > 0 and r["fps"] > 0 for r in results.values())
@@ -52,9 +63,10 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     report = (out / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "|---" not in line]
     assert any("Causal Forcing DMD (chunkwise)" in r for r in rows) and any("teacher" in r for r in rows)
-    assert re.search(r"\| \*\*total\*\* \| \d+ \|", report)
+    assert re.search(r"\| \*\*total\*\* \| \d+ \|", report) and "| **wall clock** |" in report
+    assert all((out / "evaluate" / r["strip"]).exists() for r in results.values())
     before = {s: (out / s / "DONE").stat().st_mtime_ns for s in stages}
-    assert main(["--out", str(out), "--quick"]) == 0  # resumes: nothing is redone
+    assert main(["--out", str(out), "--quick", "--cache_gradient_comparison", "1"]) == 0  # resumes: nothing redone
     assert before == {s: (out / s / "DONE").stat().st_mtime_ns for s in stages}
 
     # the shipped checkpoint is what this command makes (at full steps): same files, keys, shapes and dtypes

@@ -4,8 +4,11 @@ Each model generates videos for held-out captions through the same inference pat
 (`VideoGenerator`): at the training length (prompt accuracy, flicker, first-frame latency and frames/s), and
 at `Budget.drift_factor` (8) times the training length (drift: each attribute, all three and the background per
 window of 21 frames; causal models roll a KV window of the training length with one block of sink, and the
-students named in `sink_choices` also without a sink and with window RoPE positions; the bidirectional teacher
-simply runs longer). The models named in `streams` also get prompt switching and V2V (`causvid.toy.streaming`).
+students named in `sink_choices` also without a sink and with window RoPE positions). The bidirectional teacher
+has no rolling window and is not measured for drift (run 8x longer in one piece it made nothing recognisable:
+0.00 in every window, 2026-11-30). The models named in `streams` also get prompt switching and V2V
+(`causvid.toy.streaming`). `evaluate_one` measures one model into a folder of its own (the pipeline runs them
+side by side); `gather` collects them into results.json and the drift plot.
 """
 import json
 from pathlib import Path
@@ -14,7 +17,7 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from causvid.config import load_config
+from causvid.config import denoising_steps, load_config
 from causvid.pipelines.long_video import long_video_frames, overlap_stream, rolling_stream
 from causvid.pipelines.text_to_video import VideoGenerator, load_components
 from causvid.toy import analyser, streaming, world
@@ -63,17 +66,18 @@ def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choic
     result = analyser.score(videos, captions)
     result.update(first_frame_s=float(np.median(first_frame)), fps=float(np.median(fps)))
     frames = cfg.image_or_video_shape[1]
-    long_captions = [world.caption(s) for s in world.sample_specs(budget.drift_videos, seed=20_000 + seed)]
-    choices = list(SINK_CHOICES.items())[:None if sink_choices else 1]
-    result["drift"], result["drift_videos"] = {}, len(long_captions)
+    drift_videos = budget.drift_videos if denoising_steps(cfg) else budget.many_step_drift_videos
+    long_captions = [world.caption(s) for s in world.sample_specs(drift_videos, seed=20_000 + seed)]
+    choices = list(SINK_CHOICES.items())[:None if sink_choices else 1] if causal else []
+    result["drift"], result["drift_videos"] = {}, len(long_captions) if causal else 0
     for name, (kv, overrides) in choices:
         window = dict(local_attn_size=frames, sink_size=kv.get("sink_size", cfg.num_frame_per_block))
         gen = VideoGenerator(components, _config(config_name, budget, overrides), causal=causal) if overrides \
             else generator
-        longs = [generate(gen, caption, 1000 + i, seed, num_frames=budget.drift_factor * frames,
-                          **(window if causal else {})) for i, caption in enumerate(long_captions)]
+        longs = [generate(gen, caption, 1000 + i, seed, num_frames=budget.drift_factor * frames, **window)
+                 for i, caption in enumerate(long_captions)]
         result["drift"][name] = _drift(longs, long_captions)
-    result.update({f"drift_{k}": v for k, v in next(iter(result["drift"].values())).items()})
+    result.update({f"drift_{k}": v for k, v in next(iter(result["drift"].values()), {}).items()})
     if config_name.endswith(("dmd_framewise", "dmd_chunkwise")):
         result["long_video"] = compare_long_video(generator, captions[:budget.long_video_prompts], budget, seed)
     if streams:  # switching after the training window, V2V (causvid.toy.streaming)
@@ -111,22 +115,28 @@ def compare_long_video(generator: VideoGenerator, captions, budget, seed, overla
     return out
 
 
-def evaluate_models(folder, models: dict, budget, seed, sink_choices=(), streams=()) -> None:
-    """models: display name -> (config name, Wan/toy folder, checkpoint or None). Writes results.json, one PNG
-    strip per model and the drift plot into folder. sink_choices: names of the models whose long rollouts are
-    also measured with every choice of `SINK_CHOICES`; streams: names of the (causal) models whose prompt
-    switching and V2V are measured."""
-    results = {}
-    for slot, (name, (config_name, wan_folder, checkpoint)) in enumerate(models.items()):
-        result, videos, captions = evaluate_model(config_name, wan_folder, checkpoint, budget, seed,
-                                                  sink_choices=name in sink_choices, streams=name in streams)
-        strip = folder / f"strip_{slot:02d}.png"
-        iio.imwrite(strip, _strip(videos))
-        results[name] = {**result, "config": config_name, "strip": strip.name, "strip_captions": captions}
-        print(f"[evaluate] {name}: colour {result['colour_acc']:.2f} shape {result['shape_acc']:.2f} "
-              f"direction {result['direction_acc']:.2f} all {result['all_acc']:.2f}", flush=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=2))
-    drift_plot(results, folder / "drift.png", budget.drift_factor)
+def evaluate_one(folder, name, config_name, wan_folder, checkpoint, budget, seed, sink_choices=False,
+                 streams=False) -> dict:
+    """One model (display name, config, Wan/toy folder, checkpoint or None) into folder: result.json and
+    strip.png. sink_choices: its long rollouts also with every choice of `SINK_CHOICES`; streams: its prompt
+    switching and V2V too."""
+    folder = Path(folder)
+    result, videos, captions = evaluate_model(config_name, wan_folder, checkpoint, budget, seed,
+                                              sink_choices=sink_choices, streams=streams)
+    iio.imwrite(folder / "strip.png", _strip(videos))
+    result = {**result, "config": config_name, "strip": f"{folder.name}/strip.png", "strip_captions": captions}
+    (folder / "result.json").write_text(json.dumps(result, indent=2))
+    print(f"[evaluate] {name}: colour {result['colour_acc']:.2f} shape {result['shape_acc']:.2f} "
+          f"direction {result['direction_acc']:.2f} all {result['all_acc']:.2f}", flush=True)
+    return result
+
+
+def gather(folder, parts: dict, factor: int) -> None:
+    """parts: display name -> the folder `evaluate_one` wrote, in the report's order. Writes results.json and
+    the drift plot (factor: the drift rollouts' length in training lengths) into folder."""
+    results = {name: json.loads((Path(part) / "result.json").read_text()) for name, part in parts.items()}
+    (Path(folder) / "results.json").write_text(json.dumps(results, indent=2))
+    drift_plot(results, Path(folder) / "drift.png", factor)
 
 
 def drift_plot(results: dict, path, factor: int):
@@ -165,31 +175,36 @@ def _drift_section(results: dict, factor: int) -> list:
              "|---|---|---|" + "---|" * windows]
     for name, choices in measured.items():
         for i, (choice, d) in enumerate(choices.items()):
-            for key in ("all_acc",) + (("colour_acc", "shape_acc", "direction_acc", "background_err") if i == 0 else ()):
+            keys = ("all_acc",) + (("colour_acc", "shape_acc", "direction_acc", "background_err") if i == 0 else ())
+            for key in keys:
                 digits = 3 if key == "background_err" else 2
                 lines.append(f"| {name} | {choice} | {key} | " + " | ".join(f"{v:.{digits}f}" for v in d[key]) + " |")
     return lines
 
 
 def write_report(out, times: dict, factor: int) -> Path:
-    """The report from evaluate/results.json; factor: the drift rollouts' length in training lengths."""
+    """The report from evaluate/results.json; times: stage -> what its DONE holds (seconds, threads, start and
+    end); factor: the drift rollouts' length in training lengths."""
     out = Path(out)
     results = json.loads((out / "evaluate" / "results.json").read_text())
     teacher = next(iter(results.values()))
+    videos = sorted({r["drift_videos"] for r in results.values() if r["drift_videos"]}, reverse=True)
     lines = ["# Toy world report", "",
              "Rule-based analyser on held-out captions (colour / shape / direction of the moving shape), "
              f"{teacher['n']} videos per model at the training length; flicker = mean |frame difference| of "
              f"background pixels; first frame and frames/s: median over those videos made one at a time on this "
              f"CPU (text encoding and decoding included); drift over rollouts {factor}x the training length "
              "(rolling KV window of the training length, one block of sink), per window of 21 frames "
-             "(all-attributes accuracy and background error, first -> last window).", "",
+             "(all-attributes accuracy and background error, first -> last window), over "
+             + " or ".join(map(str, videos)) + " videos (the fewer: the 50-step AR-diffusion models); — : not "
+             "measured (the bidirectional teacher has no rolling window).", "",
              "| model | colour | shape | direction | all | vs teacher | flicker (bg) | first frame | frames/s "
              "| drift: all | drift: background |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         rel = r["all_acc"] / teacher["all_acc"] if teacher["all_acc"] else float("nan")
-        drift_acc = " → ".join(f"{v:.2f}" for v in r["drift_all_acc"])
-        drift_bg = " → ".join(f"{v:.3f}" for v in r["drift_background_err"])
+        drift_acc = " → ".join(f"{v:.2f}" for v in r.get("drift_all_acc", [])) or "—"
+        drift_bg = " → ".join(f"{v:.3f}" for v in r.get("drift_background_err", [])) or "—"
         lines.append(f"| {name} | {r['colour_acc']:.2f} | {r['shape_acc']:.2f} | {r['direction_acc']:.2f} | "
                      f"{r['all_acc']:.2f} | {rel:.0%} | {r['flicker_bg']:.4f} | {r['first_frame_s'] * 1000:.0f} ms | "
                      f"{r['fps']:.0f} | {drift_acc} | {drift_bg} |")
@@ -210,11 +225,26 @@ def write_report(out, times: dict, factor: int) -> Path:
     if streams:
         lines += ["", "## Streaming", ""] + [line for name, r in streams.items()
                                             for line in streaming.markdown(r, "###", name) + [""]]
-    lines += ["", "## Time per stage (this machine)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]
-    lines += [f"| **total** | {sum(times.values()):.0f} |", "", "## Samples", ""]
+    lines += _time_section(times)
+    lines += ["", "## Samples", ""]
     for name, r in results.items():
         lines += [f"**{name}** — " + "; ".join(r["strip_captions"]), "", f"![{name}](evaluate/{r['strip']})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _time_section(times: dict) -> list:
+    """Each stage's own seconds and threads, their sum, and the wall clock from the first start to the last
+    end (stages after the teacher run side by side: `causvid.toy.schedule`)."""
+    spans = [(t["start"], t["end"]) for t in times.values() if "start" in t]
+    lines = ["", "## Time per stage (this machine)", "",
+             "Each stage's own time; after the teacher, stages run side by side in one single-thread process per "
+             "core, so the wall clock (first start to last end) is less than their sum.", "",
+             "| stage | seconds | threads |", "|---|---|---|"]
+    lines += [f"| {name} | {t['seconds']:.0f} | {t.get('threads', '—')} |" for name, t in times.items()]
+    lines.append(f"| **total** | {sum(t['seconds'] for t in times.values()):.0f} | |")
+    if spans:
+        wall = max(end for _, end in spans) - min(start for start, _ in spans)
+        lines.append(f"| **wall clock** | {wall:.0f} ({wall / 60:.0f} min) | |")
+    return lines

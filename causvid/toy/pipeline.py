@@ -6,10 +6,16 @@ WanDiT, trainer, LMDB, ODE and rollout functions as the Wan-size runs) at toy si
     python -m causvid.toy.pipeline --out runs/toy --quick    # a few steps per stage (tests, smoke runs)
     python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy   # also (re)make the shipped student
 
-Resumable stage by stage: a stage that finished left `<out>/<stage>/DONE` and is skipped next time.
+Stages form a graph (each names the stages it reads); after the teacher, independent stages and the
+evaluation of each model run side by side, one process per core (`--workers`, `causvid.toy.schedule`); a stage
+run in a worker logs to `<out>/<stage>/log.txt`. Resumable stage by stage: a stage that finished left
+`<out>/<stage>/DONE` (its seconds and threads) and is skipped next time.
 """
 import argparse
+import contextlib
+import functools
 import json
+import multiprocessing
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -23,6 +29,7 @@ from causvid.models.wan import WanDiT
 from causvid.ode_data.trajectory import batch_noise, causal_ode_slots, ode_pairs, schedule
 from causvid.toy import world
 from causvid.toy.folder import write_toy_folder
+from causvid.toy.schedule import Stage, cores, run_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "toy"
@@ -52,12 +59,14 @@ class Budget:
     ode_euler_steps: int = 48   # the ODE data's Euler schedule (states saved at the student's levels)
     eval_videos: int = 32
     drift_videos: int = 16      # per model: rollouts of drift_factor times the training length (4 decided nothing)
+    many_step_drift_videos: int = 4  # the same for the 50-step AR-diffusion models, whose rollouts cost 25-50x
     long_video_prompts: int = 16  # per DMD student: overlap vs rolling-window long videos (4 prompts decided nothing)
     long_video_factor: int = 4  # the long-video comparison and the streaming measurements: this many training lengths
     stream_pairs: int = 16      # per chunkwise DMD student: prompt-switch pairs and V2V videos (causvid.toy.streaming)
     teacher_sampling_steps: int = 50
     drift_factor: int = 8       # drift is measured on rollouts this many times the training length
     batch_size: int = 0         # 0: each config's own
+    cache_gradient_comparison: int = 0  # 1: also CF DMD with a detached KV-cache gradient (issue 13's comparison)
 
     @classmethod
     def quick(cls):
@@ -66,29 +75,175 @@ class Budget:
                    drift_factor=2, long_video_factor=2, batch_size=2, stream_pairs=1, long_rollout=2)
 
 
+class Ref:
+    """A path inside another stage's folder, known once that stage has run: the stage reads it, so it waits on
+    it. last=True: that training stage's final checkpoint."""
+
+    def __init__(self, stage: str, *parts: str, last: bool = False):
+        self.stage, self.parts, self.last = stage, parts, last
+
+    def resolve(self, out: Path) -> Path:
+        return _last(out / self.stage) if self.last else out.joinpath(self.stage, *self.parts)
+
+
+def _refs(value):
+    if isinstance(value, Ref):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _refs(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _refs(v)
+
+
+def _resolve(value, out: Path):
+    if isinstance(value, Ref):
+        return value.resolve(out)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolve(v, out) for v in value)
+    if isinstance(value, dict):
+        return {k: _resolve(v, out) for k, v in value.items()}
+    return value
+
+
+#: Rough seconds of one thread per kind of stage (a full run's), only for the order stages start in.
+COSTS = {"teacher": 1300, "ode_pairs": 260, "causal_ode_data": 270, "ar_diffusion": 210, "ode": 130, "dmd": 110,
+         "dmd_long": 190, "cd": 290, "evaluate_many_step": 150, "evaluate": 30, "evaluate_more": 80}
+
+
 class ToyPipeline:
-    def __init__(self, out, budget: Budget, seed: int = 0, log=print):
-        self.out, self.budget, self.seed, self.log = Path(out), budget, seed, log
+    def __init__(self, out, budget: Budget, seed: int = 0, workers: int = 1, log=None):
+        self.out, self.budget, self.seed, self.workers = Path(out), budget, seed, workers
+        self.log = log or functools.partial(print, flush=True)
         self.times = {}
 
-    # -- bookkeeping ------------------------------------------------------------------------------------------
-    def stage(self, name, fn):
-        folder = self.out / name
-        done = folder / "DONE"
-        if done.exists():
-            self.times[name] = json.loads(done.read_text())["seconds"]
-            self.log(f"[{name}] done earlier ({self.times[name]:.0f} s), skipped")
-            return folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.log(f"[{name}] ...")
-        start = time.perf_counter()
-        fn(folder)
-        self.times[name] = time.perf_counter() - start
-        done.write_text(json.dumps({"seconds": self.times[name]}))
-        self.log(f"[{name}] {self.times[name]:.0f} s")
-        return folder
+    # -- the stages -------------------------------------------------------------------------------------------
+    def plan(self) -> dict:
+        """name -> Stage: what each stage calls with what, and which stages it reads (from its `Ref`s)."""
+        b, stages = self.budget, {}
 
-    def train(self, folder, config, steps, **paths):
+        def add(name, fn, cost, deps=(), **kwargs):
+            reads = tuple(dict.fromkeys([*deps, *(r.stage for r in _refs(kwargs))]))
+            stages[name] = Stage(name, reads, cost, fn, kwargs)
+
+        def train(name, config, steps, cost, **overrides):
+            add(name, "train", cost, config=config, steps=steps, **overrides)
+
+        add("base", "make_base", 1)
+        add("data", "make_data", 5, deps=("base",))
+        train("teacher", "teacher", b.teacher_steps, COSTS["teacher"], wan_model_path=Ref("base"),
+              data_path=Ref("data", "latents"), export=True)
+        teacher, latents, prompts = Ref("teacher", "model"), Ref("data", "latents"), Ref("data", "prompts.txt")
+        add("ode_pairs", "make_ode_pairs", COSTS["ode_pairs"], teacher_folder=teacher)
+        common = dict(wan_model_path=teacher, real_model_path=teacher)
+        models = {"teacher (50-step, bidirectional)": ("teacher", "teacher")}
+        for layout, block in LAYOUTS.items():
+            # CausVid: ODE init from the bidirectional teacher's pairs, then DMD on noised data latents
+            train(f"causvid_ode_{layout}", f"ode_{layout}", b.ode_steps, COSTS["ode"], generator_ckpt=teacher,
+                  ode_layout="causvid", data_path=Ref("ode_pairs", "lmdb"), **common)
+            train(f"causvid_dmd_{layout}", f"causvid_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
+                  generator_ckpt=Ref(f"causvid_ode_{layout}", last=True), data_path=latents, **common)
+            # Causal Forcing: AR diffusion (teacher forcing) -> causal ODE data -> ODE init -> DMD (self-rollout)
+            train(f"ar_diffusion_{layout}", f"ar_diffusion_{layout}", b.ar_steps, COSTS["ar_diffusion"],
+                  generator_ckpt=teacher, data_path=latents, **common)
+            add(f"causal_ode_data_{layout}", "make_causal_ode_data", COSTS["causal_ode_data"], teacher_folder=teacher,
+                ar_checkpoint=Ref(f"ar_diffusion_{layout}", last=True), block=block, latents=latents)
+            train(f"cf_ode_{layout}", f"ode_{layout}", b.ode_steps, COSTS["ode"],
+                  generator_ckpt=Ref(f"ar_diffusion_{layout}", last=True),
+                  data_path=Ref(f"causal_ode_data_{layout}", "lmdb"), **common)
+            cf_ode = Ref(f"cf_ode_{layout}", last=True)
+            train(f"cf_dmd_{layout}", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"], generator_ckpt=cf_ode,
+                  data_path=prompts, **common)
+            if b.cache_gradient_comparison:  # DMD without the originals' gradient through the KV cache (issue 13)
+                train(f"cf_dmd_{layout}_detached", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
+                      generator_ckpt=cf_ode, data_path=prompts, kv_cache_gradient="detached", **common)
+            # the same DMD on windows of a rollout long_rollout times the training length (Self-Forcing++)
+            frames = load_config(CONFIGS / f"cf_dmd_{layout}.yaml").image_or_video_shape[1]
+            train(f"cf_dmd_{layout}_long", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd_long"], generator_ckpt=cf_ode,
+                  data_path=prompts, long_rollout_frames=b.long_rollout * frames, **common)
+            # Causal Forcing++: AR diffusion -> causal consistency distillation -> DMD (no ODE data)
+            train(f"cf_cd_{layout}", f"cf_cd_{layout}", b.cd_steps, COSTS["cd"],
+                  generator_ckpt=Ref(f"ar_diffusion_{layout}", last=True), data_path=latents, **common)
+            train(f"cfpp_dmd_{layout}", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
+                  generator_ckpt=Ref(f"cf_cd_{layout}", last=True), data_path=prompts, **common)
+            if layout == "framewise":  # CF++'s 1- and 2-step framewise students (block 0 in 4 steps)
+                for n in (1, 2):
+                    train(f"cfpp_dmd_framewise_{n}step", f"cf_dmd_framewise_{n}step", b.dmd_steps, COSTS["dmd"],
+                          generator_ckpt=Ref(f"cf_cd_{layout}", last=True), data_path=prompts, **common)
+                    models[f"Causal Forcing++ DMD (framewise, {n}-step)"] = (f"cf_dmd_framewise_{n}step",
+                                                                            f"cfpp_dmd_framewise_{n}step")
+            models.update({
+                f"AR diffusion ({layout}, 50-step)": (f"ar_diffusion_{layout}", f"ar_diffusion_{layout}"),
+                f"Causal Forcing DMD ({layout}, long rollout x{b.long_rollout})": (f"cf_dmd_{layout}",
+                                                                                 f"cf_dmd_{layout}_long"),
+                f"Causal Forcing++ CD init ({layout})": (f"cf_cd_{layout}", f"cf_cd_{layout}"),
+                f"Causal Forcing++ DMD ({layout})": (f"cf_dmd_{layout}", f"cfpp_dmd_{layout}"),
+                f"CausVid ODE init ({layout})": (f"ode_{layout}", f"causvid_ode_{layout}"),
+                f"CausVid DMD ({layout})": (f"causvid_dmd_{layout}", f"causvid_dmd_{layout}"),
+                f"Causal Forcing ODE init ({layout})": (f"ode_{layout}", f"cf_ode_{layout}"),
+                f"Causal Forcing DMD ({layout})": (f"cf_dmd_{layout}", f"cf_dmd_{layout}"),
+            })
+            if b.cache_gradient_comparison:
+                models[f"Causal Forcing DMD ({layout}, detached cache gradient)"] = (f"cf_dmd_{layout}",
+                                                                                    f"cf_dmd_{layout}_detached")
+        # the DMD students with and without long-rollout training, also with every KV-window sink choice
+        sinks = [f"Causal Forcing DMD ({layout}{long})" for layout in LAYOUTS
+                 for long in ("", f", long rollout x{b.long_rollout}")]
+        # streaming (switching, V2V): the shipped student and its long-rollout twin
+        streams = [f"Causal Forcing DMD (chunkwise{long})" for long in ("", f", long rollout x{b.long_rollout}")]
+        parts = {}
+        for name, (config, stage) in models.items():
+            parts[name] = f"evaluate/{stage}"
+            more = name in sinks or name in streams
+            cost = COSTS["evaluate_many_step" if stage == "teacher" or stage.startswith("ar_") else
+                         "evaluate_more" if more else "evaluate"]
+            add(parts[name], "evaluate", cost, model=name, config=config, wan_folder=teacher,
+                checkpoint=None if stage == "teacher" else Ref(stage, last=True), sink_choices=name in sinks,
+                streams=name in streams)
+        add("evaluate", "gather", 1, parts={name: Ref(part) for name, part in parts.items()})
+        return stages
+
+    def run(self, release=None):
+        """Every stage not done earlier (on `workers` processes), the report, and the release when asked."""
+        stages = self.plan()
+        earlier = [name for name in stages if (self.out / name / "DONE").exists()]
+        if earlier:
+            self.log(f"{len(earlier)} of {len(stages)} stages done earlier, skipped")
+        run_graph(stages, self.run_stage, lambda name: (self.out / name / "DONE").exists(), self.workers, self.log)
+        self.times = {name: json.loads((self.out / name / "DONE").read_text()) for name in stages}
+        from causvid.toy.evaluate import write_report
+        write_report(self.out, self.times, self.budget.drift_factor)
+        if release is not None:
+            self.release(release)
+        return self.out / "report.md"
+
+    def run_stage(self, name: str, threads: int) -> None:
+        """One stage (here or in a worker process): its folder, its log (a worker's output goes to
+        <stage>/log.txt), and DONE with its time when it finished."""
+        stage = self.plan()[name]
+        folder = self.out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        worker = multiprocessing.parent_process() is not None
+        self.log(f"[{name}] ..." + (f" (log: {folder / 'log.txt'})" if worker else ""))
+        start, clock = time.time(), time.perf_counter()
+        with open(folder / "log.txt", "w") if worker else contextlib.nullcontext() as log_file, \
+                contextlib.redirect_stdout(log_file) if worker else contextlib.nullcontext(), \
+                contextlib.redirect_stderr(log_file) if worker else contextlib.nullcontext():
+            try:
+                getattr(self, stage.fn)(folder, **_resolve(stage.kwargs, self.out))
+            finally:
+                torch.set_num_threads(before)
+        seconds = time.perf_counter() - clock
+        (folder / "DONE").write_text(json.dumps({"seconds": seconds, "threads": threads, "start": start,
+                                                 "end": time.time()}))
+        self.log(f"[{name}] {seconds:.0f} s ({threads} thread{'s' * (threads > 1)})")
+
+    def train(self, folder, config, steps, export=False, **paths):
+        """A training stage with the toy config `config`; export: also write the result as a toy folder
+        (<stage>/model, the teacher every later stage reads)."""
         from causvid.training.trainer import Trainer
         overrides = [f"max_iters={steps}", f"log_iters={max(steps, 1)}"] + [f"{k}={v}" for k, v in paths.items()]
         if self.budget.batch_size:
@@ -96,7 +251,9 @@ class ToyPipeline:
         cfg = load_config(CONFIGS / f"{config}.yaml", overrides=overrides)
         trainer = Trainer(cfg, folder / "run", no_visualize=True, resume="latest")
         trainer.train()
-        return folder / "run" / f"checkpoint_model_{steps:06d}" / "model.pt", trainer.ema is not None
+        if export:
+            self.export(folder / "run" / f"checkpoint_model_{steps:06d}" / "model.pt", trainer.ema is not None,
+                        folder / "model")
 
     def export(self, checkpoint, use_ema, folder, dtype=None):
         """A toy-world folder holding these weights (loadable by every CLI, usable as a teacher / critic)."""
@@ -122,85 +279,18 @@ class ToyPipeline:
         self.log(f"[release] {RELEASE} -> {folder}")
         return folder
 
-    # -- stages -----------------------------------------------------------------------------------------------
-    def run(self, release=None):
-        b = self.budget
-        self.stage("base", lambda f: write_toy_folder(f, WanDiT.from_preset("toy")))
-        data = self.stage("data", self.make_data)
-        teacher = self.stage("teacher", lambda f: self.export(
-            *self.train(f, "teacher", b.teacher_steps, wan_model_path=self.out / "base",
-                        data_path=data / "latents"), f / "model"))
-        teacher_folder = teacher / "model"
-        ode_pairs = self.stage("ode_pairs", lambda f: self.make_ode_pairs(f, teacher_folder))
-        models = {"teacher (50-step, bidirectional)": ("teacher", teacher_folder, None)}
-        for layout, block in LAYOUTS.items():
-            common = dict(wan_model_path=teacher_folder, real_model_path=teacher_folder)
-            # CausVid: ODE init from the bidirectional teacher's pairs, then DMD on noised data latents
-            ode = self.stage(f"causvid_ode_{layout}", lambda f: self.train(
-                f, f"ode_{layout}", b.ode_steps, generator_ckpt=teacher_folder, ode_layout="causvid",
-                data_path=ode_pairs / "lmdb", **common))
-            dmd = self.stage(f"causvid_dmd_{layout}", lambda f: self.train(
-                f, f"causvid_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(ode), data_path=data / "latents",
-                **common))
-            # Causal Forcing: AR diffusion (teacher forcing) -> causal ODE data -> ODE init -> DMD (self-rollout)
-            ar = self.stage(f"ar_diffusion_{layout}", lambda f: self.train(
-                f, f"ar_diffusion_{layout}", b.ar_steps, generator_ckpt=teacher_folder,
-                data_path=data / "latents", **common))
-            causal_data = self.stage(f"causal_ode_data_{layout}", lambda f: self.make_causal_ode_data(
-                f, teacher_folder, _last(ar), block, data / "latents"))
-            cf_ode = self.stage(f"cf_ode_{layout}", lambda f: self.train(
-                f, f"ode_{layout}", b.ode_steps, generator_ckpt=_last(ar), data_path=causal_data / "lmdb",
-                **common))
-            cf_dmd = self.stage(f"cf_dmd_{layout}", lambda f: self.train(
-                f, f"cf_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(cf_ode), data_path=data / "prompts.txt",
-                **common))
-            # the same DMD without the originals' gradient through the KV cache (issue 13's comparison)
-            cf_detached = self.stage(f"cf_dmd_{layout}_detached", lambda f: self.train(
-                f, f"cf_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(cf_ode), data_path=data / "prompts.txt",
-                kv_cache_gradient="detached", **common))
-            # the same DMD on windows of a rollout long_rollout times the training length (Self-Forcing++)
-            frames = load_config(CONFIGS / f"cf_dmd_{layout}.yaml").image_or_video_shape[1]
-            cf_long = self.stage(f"cf_dmd_{layout}_long", lambda f: self.train(
-                f, f"cf_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(cf_ode), data_path=data / "prompts.txt",
-                long_rollout_frames=b.long_rollout * frames, **common))
-            # Causal Forcing++: AR diffusion -> causal consistency distillation -> DMD (no ODE data)
-            cd = self.stage(f"cf_cd_{layout}", lambda f: self.train(
-                f, f"cf_cd_{layout}", b.cd_steps, generator_ckpt=_last(ar), data_path=data / "latents", **common))
-            cfpp_dmd = self.stage(f"cfpp_dmd_{layout}", lambda f: self.train(
-                f, f"cf_dmd_{layout}", b.dmd_steps, generator_ckpt=_last(cd), data_path=data / "prompts.txt",
-                **common))
-            if layout == "framewise":  # CF++'s 1- and 2-step framewise students (block 0 in 4 steps)
-                for n in (1, 2):
-                    few = self.stage(f"cfpp_dmd_framewise_{n}step", lambda f, n=n: self.train(
-                        f, f"cf_dmd_framewise_{n}step", b.dmd_steps, generator_ckpt=_last(cd),
-                        data_path=data / "prompts.txt", **common))
-                    models[f"Causal Forcing++ DMD (framewise, {n}-step)"] = (f"cf_dmd_framewise_{n}step",
-                                                                            teacher_folder, _last(few))
-            models.update({
-                f"AR diffusion ({layout}, 50-step)": (f"ar_diffusion_{layout}", teacher_folder, _last(ar)),
-                f"Causal Forcing DMD ({layout}, long rollout x{b.long_rollout})": (f"cf_dmd_{layout}", teacher_folder,
-                                                                                 _last(cf_long)),
-                f"Causal Forcing++ CD init ({layout})": (f"cf_cd_{layout}", teacher_folder, _last(cd)),
-                f"Causal Forcing++ DMD ({layout})": (f"cf_dmd_{layout}", teacher_folder, _last(cfpp_dmd)),
-                f"CausVid ODE init ({layout})": (f"ode_{layout}", teacher_folder, _last(ode)),
-                f"CausVid DMD ({layout})": (f"causvid_dmd_{layout}", teacher_folder, _last(dmd)),
-                f"Causal Forcing ODE init ({layout})": (f"ode_{layout}", teacher_folder, _last(cf_ode)),
-                f"Causal Forcing DMD ({layout})": (f"cf_dmd_{layout}", teacher_folder, _last(cf_dmd)),
-                f"Causal Forcing DMD ({layout}, detached cache gradient)": (f"cf_dmd_{layout}", teacher_folder,
-                                                                            _last(cf_detached)),
-            })
-        from causvid.toy.evaluate import evaluate_models, write_report
-        # the DMD students with and without long-rollout training, also with every KV-window sink choice
-        sinks = [f"Causal Forcing DMD ({layout}{long})" for layout in LAYOUTS
-                 for long in ("", f", long rollout x{b.long_rollout}")]
-        # streaming (switching, V2V): the shipped student and its long-rollout twin
-        streams = [f"Causal Forcing DMD (chunkwise{long})" for long in ("", f", long rollout x{b.long_rollout}")]
-        self.stage("evaluate", lambda f: evaluate_models(f, models, self.budget, self.seed, sink_choices=sinks,
-                                                         streams=streams))
-        write_report(self.out, self.times, b.drift_factor)
-        if release is not None:
-            self.release(release)
-        return self.out / "report.md"
+    def make_base(self, folder):
+        """The untrained toy model and its toy-world components (VAE, text encoder): the teacher's start."""
+        write_toy_folder(folder, WanDiT.from_preset("toy"))
+
+    def evaluate(self, folder, model, config, wan_folder, checkpoint, sink_choices, streams):
+        from causvid.toy.evaluate import evaluate_one
+        evaluate_one(folder, model, config, wan_folder, checkpoint, self.budget, self.seed,
+                     sink_choices=sink_choices, streams=streams)
+
+    def gather(self, folder, parts):
+        from causvid.toy.evaluate import gather
+        gather(folder, parts, self.budget.drift_factor)
 
     def make_data(self, folder):
         """Render videos, encode them into the toy latent space, write the latent LMDB and the prompt file."""
@@ -280,6 +370,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, not quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--release", help="write the shipped student (checkpoints/toy) into this folder")
+    p.add_argument("--workers", type=int, default=cores(),
+                   help="stages run side by side in this many processes (default: one per core)")
     for f in fields(Budget):
         p.add_argument(f"--{f.name}", type=int, help=f"override the budget's {f.name}")
     args = p.parse_args(argv)
@@ -287,7 +379,7 @@ def main(argv=None) -> int:
     for f in fields(Budget):
         if getattr(args, f.name) is not None:
             setattr(budget, f.name, getattr(args, f.name))
-    report = ToyPipeline(args.out, budget, seed=args.seed).run(release=args.release)
+    report = ToyPipeline(args.out, budget, seed=args.seed, workers=args.workers).run(release=args.release)
     print(f"report: {report}")
     return 0
 
