@@ -27,7 +27,8 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
                  "--cache_gradient_comparison", "1"]) == 0
     stages = ["base", "data", "teacher", "ode_pairs", "evaluate", "evaluate/teacher"] + [
         f"{s}_{layout}" for layout in LAYOUTS for s in
-        ("causvid_ode", "causvid_dmd", "ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd", "cf_cd", "cfpp_dmd")]
+        ("ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd", "cf_cd", "cfpp_dmd")]
+    stages += ["causvid_ode_chunkwise", "causvid_dmd_chunkwise"]  # CausVid's published layout only
     stages += [f"cf_dmd_{layout}_{kind}" for layout in LAYOUTS for kind in ("detached", "long")]
     stages += ["cfpp_dmd_framewise_1step", "cfpp_dmd_framewise_2step"]
     stages += [f"evaluate/{s}" for s in stages if s.startswith(("causvid_", "cf_", "cfpp_", "ar_"))
@@ -42,9 +43,10 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     for stage in ("causvid_dmd_chunkwise", "cf_dmd_framewise", "ar_diffusion_chunkwise"):
         assert list((out / stage / "run").glob("checkpoint_model_*/model.pt")), stage
     results = json.loads((out / "evaluate" / "results.json").read_text())
-    # teacher + 9 models x 2 layouts (CF DMD also with the detached cache gradient and long rollouts, CF++ CD and
-    # DMD) + the 1- and 2-step framewise CF++ students
-    assert len(results) == 21
+    # teacher + 7 models x 2 layouts (AR diffusion; CF ODE init and DMD, also with the detached cache gradient
+    # and long rollouts; CF++ CD and DMD) + CausVid's ODE init and DMD, chunkwise + the 1- and 2-step framewise
+    # CF++ students
+    assert len(results) == 19
     long = results["Causal Forcing DMD (chunkwise)"]["long_video"]  # overlap vs rolling, same length
     assert set(long) == {"latent_frames", "overlap", "rolling"} and long["overlap"]["drift_all_acc"]
     # drift by sink choice for the CF DMD students with and without long rollouts, each attribute per window
@@ -75,3 +77,19 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
         assert (release / name).read_text() == (SHIPPED / name).read_text(), name
     assert json.loads((release / "release.json").read_text())["reproduce"] == \
         json.loads((SHIPPED / "release.json").read_text())["reproduce"]
+
+
+def test_a_stopped_training_stage_is_not_marked_done(tmp_path, monkeypatch, capsys):
+    """SIGTERM or Ctrl-C makes the trainer save and return early: the stage must not count as finished (a rerun
+    resumes it), and the run ends with one line saying so."""
+    from causvid.training.trainer import Trainer
+
+    def stopped(self):
+        self.stop_requested, self.stop_signal = True, "SIGTERM"
+        return []
+    monkeypatch.setattr(Trainer, "train", stopped)
+    out = tmp_path / "toy"
+    assert main(["--out", str(out), "--quick", "--workers", "1"]) == 130
+    assert (out / "data" / "DONE").exists() and not (out / "teacher" / "DONE").exists()
+    assert "[teacher] stopped by SIGTERM at step 0 of 2; run the same command again to resume" in \
+        capsys.readouterr().err

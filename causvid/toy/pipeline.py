@@ -34,6 +34,8 @@ from causvid.toy.schedule import Stage, cores, run_graph
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "toy"
 LAYOUTS = {"framewise": 1, "chunkwise": 3}
+#: CausVid publishes chunkwise students only (num_frame_per_block 3); its toy path runs in that layout.
+CAUSVID_LAYOUTS = ("chunkwise",)
 #: Training videos start with the shape's centre in this range of pixels (x and y): the canvas centre, so a caption
 #: names one video. With starts spread over the canvas (or over 12-20) a CPU-sized teacher must break the symmetry
 #: between positions early in sampling, and in minutes of training it does not: its samples were fragments of the
@@ -48,13 +50,17 @@ RELEASE = "cf_dmd_chunkwise"
 @dataclass
 class Budget:
     """Sizes and step counts of a run (--quick shrinks them for a smoke test)."""
+    # Sized so that the whole run takes at most 45 min on 2 cores, cut from the first 2026-11-30 run (79 min) where
+    # it showed slack. CD: its loss was flat from step 100 of 300. DMD: the ODE / CD inits are already at 1.00, and
+    # 600 long-rollout DMD steps gave the same drift as 150. ODE data: 256 rows (from 512) keep the Causal Forcing
+    # ODE inits at 1.00. Not the teacher: at 3,000 steps (where its loss stopped falling) shape fell to 0.91.
     videos: int = 4096          # rendered training videos
-    ode_prompts: int = 512      # ODE pairs / causal ODE data rows
+    ode_prompts: int = 256      # ODE pairs / causal ODE data rows
     teacher_steps: int = 4000
     ar_steps: int = 400
     ode_steps: int = 300
-    dmd_steps: int = 150
-    cd_steps: int = 300         # Causal Forcing++: causal consistency distillation in place of ODE data + ODE init
+    dmd_steps: int = 100
+    cd_steps: int = 150         # Causal Forcing++: causal consistency distillation in place of ODE data + ODE init
     long_rollout: int = 4       # long-rollout DMD students roll out this many training lengths (Self-Forcing++)
     ode_euler_steps: int = 48   # the ODE data's Euler schedule (states saved at the student's levels)
     eval_videos: int = 32
@@ -86,25 +92,14 @@ class Ref:
         return _last(out / self.stage) if self.last else out.joinpath(self.stage, *self.parts)
 
 
-def _refs(value):
-    if isinstance(value, Ref):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _refs(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _refs(v)
+def _refs(kwargs: dict):
+    for v in kwargs.values():
+        yield from [v] if isinstance(v, Ref) else _refs(v) if isinstance(v, dict) else []
 
 
-def _resolve(value, out: Path):
-    if isinstance(value, Ref):
-        return value.resolve(out)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_resolve(v, out) for v in value)
-    if isinstance(value, dict):
-        return {k: _resolve(v, out) for k, v in value.items()}
-    return value
+def _resolve(kwargs: dict, out: Path) -> dict:
+    return {k: v.resolve(out) if isinstance(v, Ref) else _resolve(v, out) if isinstance(v, dict) else v
+            for k, v in kwargs.items()}
 
 
 #: Rough seconds of one thread per kind of stage (a full run's), only for the order stages start in.
@@ -139,11 +134,13 @@ class ToyPipeline:
         common = dict(wan_model_path=teacher, real_model_path=teacher)
         models = {"teacher (50-step, bidirectional)": ("teacher", "teacher")}
         for layout, block in LAYOUTS.items():
-            # CausVid: ODE init from the bidirectional teacher's pairs, then DMD on noised data latents
-            train(f"causvid_ode_{layout}", f"ode_{layout}", b.ode_steps, COSTS["ode"], generator_ckpt=teacher,
-                  ode_layout="causvid", data_path=Ref("ode_pairs", "lmdb"), **common)
-            train(f"causvid_dmd_{layout}", f"causvid_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
-                  generator_ckpt=Ref(f"causvid_ode_{layout}", last=True), data_path=latents, **common)
+            if layout in CAUSVID_LAYOUTS:  # CausVid: ODE init from the bidirectional teacher's pairs, then DMD
+                train(f"causvid_ode_{layout}", f"ode_{layout}", b.ode_steps, COSTS["ode"], generator_ckpt=teacher,
+                      ode_layout="causvid", data_path=Ref("ode_pairs", "lmdb"), **common)
+                train(f"causvid_dmd_{layout}", f"causvid_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
+                      generator_ckpt=Ref(f"causvid_ode_{layout}", last=True), data_path=latents, **common)
+                models.update({f"CausVid ODE init ({layout})": (f"ode_{layout}", f"causvid_ode_{layout}"),
+                               f"CausVid DMD ({layout})": (f"causvid_dmd_{layout}", f"causvid_dmd_{layout}")})
             # Causal Forcing: AR diffusion (teacher forcing) -> causal ODE data -> ODE init -> DMD (self-rollout)
             train(f"ar_diffusion_{layout}", f"ar_diffusion_{layout}", b.ar_steps, COSTS["ar_diffusion"],
                   generator_ckpt=teacher, data_path=latents, **common)
@@ -179,8 +176,6 @@ class ToyPipeline:
                                                                                  f"cf_dmd_{layout}_long"),
                 f"Causal Forcing++ CD init ({layout})": (f"cf_cd_{layout}", f"cf_cd_{layout}"),
                 f"Causal Forcing++ DMD ({layout})": (f"cf_dmd_{layout}", f"cfpp_dmd_{layout}"),
-                f"CausVid ODE init ({layout})": (f"ode_{layout}", f"causvid_ode_{layout}"),
-                f"CausVid DMD ({layout})": (f"causvid_dmd_{layout}", f"causvid_dmd_{layout}"),
                 f"Causal Forcing ODE init ({layout})": (f"ode_{layout}", f"cf_ode_{layout}"),
                 f"Causal Forcing DMD ({layout})": (f"cf_dmd_{layout}", f"cf_dmd_{layout}"),
             })
@@ -251,6 +246,9 @@ class ToyPipeline:
         cfg = load_config(CONFIGS / f"{config}.yaml", overrides=overrides)
         trainer = Trainer(cfg, folder / "run", no_visualize=True, resume="latest")
         trainer.train()
+        if trainer.stop_requested:  # SIGTERM / Ctrl-C: saved but not finished, so no DONE: a rerun resumes it
+            raise StageStopped(f"[{folder.name}] stopped by {trainer.stop_signal} at step {trainer.step} of {steps}; "
+                               "run the same command again to resume")
         if export:
             self.export(folder / "run" / f"checkpoint_model_{steps:06d}" / "model.pt", trainer.ema is not None,
                         folder / "model")
@@ -356,6 +354,10 @@ class ToyPipeline:
                     writer.append(row, r["prompts"])
 
 
+class StageStopped(Exception):
+    """A training stage asked to stop (SIGTERM, Ctrl-C) before its last step."""
+
+
 def _last(stage_folder):
     """The final checkpoint of a training stage."""
     found = sorted((stage_folder / "run").glob("checkpoint_model_*/model.pt"))
@@ -379,7 +381,12 @@ def main(argv=None) -> int:
     for f in fields(Budget):
         if getattr(args, f.name) is not None:
             setattr(budget, f.name, getattr(args, f.name))
-    report = ToyPipeline(args.out, budget, seed=args.seed, workers=args.workers).run(release=args.release)
+    try:
+        report = ToyPipeline(args.out, budget, seed=args.seed, workers=args.workers).run(release=args.release)
+    except (StageStopped, KeyboardInterrupt) as stop:
+        print(str(stop) or "interrupted: finished stages are kept; run the same command again to go on",
+              file=sys.stderr)
+        return 130
     print(f"report: {report}")
     return 0
 
