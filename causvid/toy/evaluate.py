@@ -36,7 +36,7 @@ def generate(generator: VideoGenerator, caption: str, index: int, seed: int, **k
 
 
 #: KV-window choices for long rollouts (issue: streams that do not drift), measured on the students named in
-#: `evaluate_models(sink_choices=...)`: StreamSession keyword arguments and config overrides. The first is the
+#: `evaluate_one(sink_choices=True)`: StreamSession keyword arguments and config overrides. The first is the
 #: default every model is measured with: a rolling window of the training length with a one-block sink.
 SINK_CHOICES = {
     "one-block sink": ({}, []),
