@@ -35,7 +35,7 @@ def generate(generator: VideoGenerator, caption: str, index: int, seed: int, **k
         return torch.cat([px for _, px in generator.stream(caption, seed=seed, index=index, **kw)], dim=1)[0]
 
 
-#: KV-window choices for long rollouts (issue: streams that do not drift), measured on the students named in
+#: KV-window choices for long rollouts (issue: streams that do not drift), measured on the students evaluated with
 #: `evaluate_one(sink_choices=True)`: StreamSession keyword arguments and config overrides. The first is the
 #: default every model is measured with: a rolling window of the training length with a one-block sink.
 SINK_CHOICES = {
