@@ -114,8 +114,10 @@ class ToyPipeline:
         self.times = {}
 
     # -- the stages -------------------------------------------------------------------------------------------
-    def plan(self) -> dict:
-        """name -> Stage: what each stage calls with what, and which stages it reads (from its `Ref`s)."""
+    @functools.cached_property
+    def stages(self) -> dict:
+        """name -> Stage: what each stage calls with what, and which stages it reads (from its `Ref`s). Built
+        once; the workers get it with the pipeline."""
         b, stages = self.budget, {}
 
         def add(name, fn, cost, deps=(), **kwargs):
@@ -201,11 +203,11 @@ class ToyPipeline:
 
     def run(self, release=None):
         """Every stage not done earlier (on `workers` processes), the report, and the release when asked."""
-        stages = self.plan()
-        earlier = [name for name in stages if (self.out / name / "DONE").exists()]
+        stages = self.stages
+        earlier = [name for name in stages if self.done(name)]
         if earlier:
             self.log(f"{len(earlier)} of {len(stages)} stages done earlier, skipped")
-        run_graph(stages, self.run_stage, lambda name: (self.out / name / "DONE").exists(), self.workers, self.log)
+        run_graph(stages, self.run_stage, self.done, self.workers, self.log)
         self.times = {name: json.loads((self.out / name / "DONE").read_text()) for name in stages}
         from causvid.toy.evaluate import write_report
         write_report(self.out, self.times, self.budget.drift_factor)
@@ -213,10 +215,13 @@ class ToyPipeline:
             self.release(release)
         return self.out / "report.md"
 
+    def done(self, name: str) -> bool:
+        return (self.out / name / "DONE").exists()
+
     def run_stage(self, name: str, threads: int) -> None:
         """One stage (here or in a worker process): its folder, its log (a worker's output goes to
         <stage>/log.txt), and DONE with its time when it finished."""
-        stage = self.plan()[name]
+        stage = self.stages[name]
         folder = self.out / name
         folder.mkdir(parents=True, exist_ok=True)
         before = torch.get_num_threads()
@@ -224,9 +229,11 @@ class ToyPipeline:
         worker = multiprocessing.parent_process() is not None
         self.log(f"[{name}] ..." + (f" (log: {folder / 'log.txt'})" if worker else ""))
         start, clock = time.time(), time.perf_counter()
-        with open(folder / "log.txt", "w") if worker else contextlib.nullcontext() as log_file, \
-                contextlib.redirect_stdout(log_file) if worker else contextlib.nullcontext(), \
-                contextlib.redirect_stderr(log_file) if worker else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if worker:
+                log_file = stack.enter_context(open(folder / "log.txt", "w"))
+                stack.enter_context(contextlib.redirect_stdout(log_file))
+                stack.enter_context(contextlib.redirect_stderr(log_file))
             try:
                 getattr(self, stage.fn)(folder, **_resolve(stage.kwargs, self.out))
             finally:
