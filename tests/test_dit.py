@@ -250,18 +250,27 @@ def test_new_prompt_replaces_cached_cross_attention():
 
 def test_gradient_flows_through_current_block_only():
     """Self-Forcing's exit step: the block's own K/V carry gradient, cached context does not, and later
-    in-place cache writes (the refresh pass) do not break the backward."""
+    in-place cache writes (the refresh pass) do not break the backward. The store then holds the refresh's
+    values with the exit step's graph (the straight-through path), at the exit frame's slots only."""
     model = random_tiny()
     context = torch.randn(1, 16, 32)
-    cache = model.new_cache(1, max_frames=2)
+    frame0, exit_x, refresh_x = (torch.randn(1, 1, 16, H, W) for _ in range(3))
+    cache, values = model.new_cache(1, max_frames=2), model.new_cache(1, max_frames=2)
     with torch.no_grad():
-        model(torch.randn(1, 1, 16, H, W), torch.tensor([0.0]), context, cache=cache, start_frame=0)
-    out = model(torch.randn(1, 1, 16, H, W), torch.tensor([500.0]), context, cache=cache, start_frame=1)
+        for c in (cache, values):
+            model(frame0, torch.tensor([0.0]), context, cache=c, start_frame=0)
+    out = model(exit_x, torch.tensor([500.0]), context, cache=cache, start_frame=1)
     with torch.no_grad():
-        model(torch.randn(1, 1, 16, H, W), torch.tensor([0.0]), context, cache=cache, start_frame=1)
+        for c in (cache, values):
+            model(refresh_x, torch.tensor([0.0]), context, cache=c, start_frame=1)
+    n = cache.frame_tokens
+    weight = model.blocks[0].self_attn.k.weight
+    torch.testing.assert_close(cache.k[0].detach(), values.k[0], rtol=0, atol=0)
+    (g0,) = torch.autograd.grad(cache.k[0][:, :n].sum(), weight, retain_graph=True, allow_unused=True)
+    (g1,) = torch.autograd.grad(cache.k[0][:, n:].sum(), weight, retain_graph=True)
+    assert (g0 is None or not g0.any()) and g1.abs().max() > 0
     out.square().mean().backward()
     assert all(p.grad is not None for p in model.blocks[0].self_attn.k.parameters())
-    assert cache.k[0].grad_fn is None and not cache.k[0].requires_grad
 
 
 def test_gradient_checkpointing_gives_same_gradients():

@@ -68,25 +68,26 @@ class Attention(nn.Module):
     def heads(self, x):
         return x.unflatten(-1, (self.num_heads, -1))
 
-    def self_attention(self, x, rope, mask, cache, layer):
-        """rope: the query tokens' (cos, sin), and the keys' as a third and fourth entry when the cache keeps
-        keys un-rotated (rope_positions="window"): they are then rotated after the read, at window positions."""
+    def self_attention(self, x, rope, mask, cache):
+        """cache: this layer's `CacheCall`, or None. rope: the query tokens' (cos, sin), and the keys' as a third
+        and fourth entry when the cache keeps keys un-rotated (rope_positions="window"): they are then rotated
+        after the read, at window positions."""
         q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope[:2])
         k = self.heads(self.norm_k(self.k(x)))
         k = apply_rope(k, *rope[:2]) if len(rope) == 2 else k
         v = self.heads(self.v(x))
         if cache is not None:
-            k, v = cache.update(layer, k, v)
+            k, v = cache.update(k, v)
             k = apply_rope(k, *rope[2:]) if len(rope) == 4 else k
         return self.o(attention(q, k, v, mask).flatten(2))
 
-    def cross_attention(self, x, context, cache, layer):
-        """context: the embedded prompt, or None to use the K/V the cache holds for it."""
-        kv = cache.cross[layer] if cache is not None and context is None else None
+    def cross_attention(self, x, context, cache):
+        """context: the embedded prompt, or None to use the K/V the cache (a `CacheCall`) holds for it."""
+        kv = cache.cross if cache is not None and context is None else None
         if kv is None:
             kv = (self.heads(self.norm_k(self.k(context))), self.heads(self.v(context)))
-            if cache is not None and cache.cross[layer] is None:
-                cache.cross[layer] = tuple(t.detach() for t in kv)
+            if cache is not None:
+                cache.set_cross(kv)
         q = self.heads(self.norm_q(self.q(x)))
         return self.o(attention(q, *kv).flatten(2))
 
@@ -108,16 +109,16 @@ class WanBlock(nn.Module):
         self.norm2 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
 
-    def forward(self, x, e0, context, rope, mask, cache, layer):
-        """x [B, L, D]; e0 [B, Fs, 6, D] per-frame time projection (fp32)."""
+    def forward(self, x, e0, context, rope, mask, cache):
+        """x [B, L, D]; e0 [B, Fs, 6, D] per-frame time projection (fp32); cache: this layer's `CacheCall`."""
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = (self.modulation.float()[:, None] + e0).unbind(2)
 
         xs, scale = _per_frame(self.norm1(x).float(), scale_msa)
         h = (xs * (1 + scale) + shift_msa[:, :, None]).flatten(1, 2).to(x.dtype)
-        y, gate = _per_frame(self.self_attn.self_attention(h, rope, mask, cache, layer).float(), gate_msa)
+        y, gate = _per_frame(self.self_attn.self_attention(h, rope, mask, cache).float(), gate_msa)
         x = (x.float() + (y * gate).flatten(1, 2)).to(x.dtype)
 
-        x = x + self.cross_attn.cross_attention(self.norm3(x), context, cache, layer)
+        x = x + self.cross_attn.cross_attention(self.norm3(x), context, cache)
 
         xs, scale = _per_frame(self.norm2(x).float(), scale_ffn)
         h = (xs * (1 + scale) + shift_ffn[:, :, None]).flatten(1, 2).to(x.dtype)
@@ -294,14 +295,15 @@ class WanDiT(nn.Module):
             raise ValueError("local_attn_size needs causal=True (or a cache): a bidirectional window is not defined")
 
         ctx = None if context is None else self.embed_text(context)
-        # No activation checkpointing with a cache: the recomputation in backward would read and write the
-        # cache as it is then, not as it was (and a cached call holds one block's tokens, which is cheap).
-        recompute = self.gradient_checkpointing and torch.is_grad_enabled() and cache is None
+        # Activation checkpointing with a cache too: each layer gets its own `CacheCall`, whose recomputation in
+        # backward reads what the forward read and writes nothing (see KVCache).
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
+            call = None if cache is None else cache.call(layer)
             if recompute:
-                tokens = checkpoint(block, tokens, e0, ctx, rope, mask, cache, layer, use_reentrant=False)
+                tokens = checkpoint(block, tokens, e0, ctx, rope, mask, call, use_reentrant=False)
             else:
-                tokens = block(tokens, e0, ctx, rope, mask, cache, layer)
+                tokens = block(tokens, e0, ctx, rope, mask, call)
 
         if clean_x is not None:
             tokens = tokens[:, tokens.shape[1] // 2:]

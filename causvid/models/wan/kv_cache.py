@@ -11,13 +11,19 @@ Calls. Each forward with a cache passes one block of new frames at `start_frame`
 (start_frame == frames written so far) or the same block again (another denoising step, or the cache
 refresh pass on the clean block), which overwrites the same slots.
 
-Gradient (Self-Forcing training, `gradient="straight_through"`). The stored values carry no graph. But the
-originals write each block's exit-step K/V into their cache in place with autograd on, and the no-grad
-refresh pass then overwrites the values but not the graph: later blocks read the refresh values, and their
-gradient flows to the exit-step K/V. Here that path is explicit: a with-grad write also records
-`k - k.detach()` (zero-valued, with the graph) for its slots, and a with-grad read adds those records to the
-values it returns. A write of new frames without grad clears its slots' records (the frame left the window);
-a no-grad rewrite of the same frames (the refresh) keeps them. `gradient="detached"`: no records.
+Gradient (Self-Forcing training, `gradient="straight_through"`). As in the originals, each layer's store is one
+tensor that a with-grad call writes in place with autograd on: it then carries the graph of every exit step's
+K/V it holds. The no-grad refresh pass overwrites the values but not the graph, so later blocks read the
+refresh values and their gradient flows to the exit-step K/V (the straight-through path). A write of new
+frames without grad cuts its slots' graph (the frame left the window); a no-grad rewrite of the same frames
+(the refresh) keeps it. `gradient="detached"`: the store never carries a graph. Either way a with-grad call
+attends to its own block's K/V with their gradient.
+
+Activation checkpointing. A layer's use of the cache in one call is a `CacheCall`, made before the layer runs
+and handed to it: its first run writes the store and freezes what it read (views of the store, which later
+calls of a global cache never overwrite at those slots; a copy in a rolling window, whose slots are reused), so
+a recomputation in backward reads what the forward read and writes nothing. Held for backward per layer: the
+store, once (the original's cache), and no copy per call.
 
 RoPE positions. `rope_positions="absolute"` (the originals): keys are rotated at their frame index before they
 are stored. `"window"` (∞-RoPE's block-relativistic RoPE, 2511.20649): keys are stored un-rotated and every call
@@ -27,6 +33,7 @@ rolls, the ranks are the frame indices and both modes give the same outputs. The
 a call from `rope_frames()`.
 """
 import torch
+from torch.autograd.graph import saved_tensors_hooks
 
 
 class KVCache:
@@ -52,8 +59,6 @@ class KVCache:
         self.capacity, self.local_attn_size, self.sink_size = capacity, local_attn_size, sink_size
         self.k = [None] * num_layers
         self.v = [None] * num_layers
-        self.k_grad = [None] * num_layers  # straight-through records (zero values with a graph), or None
-        self.v_grad = [None] * num_layers
         self.cross = [None] * num_layers
         self.context = None
         self.frame_tokens = None
@@ -69,8 +74,10 @@ class KVCache:
         self.block_start = 0  # first frame of the last block written
         self.context = None
         self.cross = [None] * self.num_layers
-        self.k_grad = [None] * self.num_layers
-        self.v_grad = [None] * self.num_layers
+        # a training rollout's graph (straight-through) is dropped; the stores' memory is kept
+        self.k = [None if t is None else t.detach() for t in self.k]
+        self.v = [None if t is None else t.detach() for t in self.v]
+        self._current = None  # the CacheCall whose first run is writing
         self._write_index = None
         self._valid_tokens = 0
         self._read_index = None  # token index of the valid slots when they are not a prefix (see seek)
@@ -162,41 +169,78 @@ class KVCache:
         `begin`; None for absolute positions (the model then rotates at the frame indices)."""
         return self._rope_frames
 
+    def call(self, layer: int) -> "CacheCall":
+        """This forward call's use of `layer` (see the module docstring): hand it to the layer."""
+        return CacheCall(self, layer)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple:
         """Write this block's K/V ([B, n, heads, head_dim]) for `layer`; return all K/V the block attends to."""
+        call, self._current = self._current, None
         if self.k[layer] is None:
             shape = (k.shape[0], self.capacity * self.frame_tokens) + tuple(k.shape[2:])
             self.k[layer] = k.new_zeros(shape)
             self.v[layer] = v.new_zeros(shape)
         idx, n = self._write_index, self._valid_tokens
-        # The cache stores detached values, so later in-place writes never touch tensors autograd saved; the
-        # gradient across blocks goes through the straight-through records (see the module docstring).
-        self.k[layer].index_copy_(1, idx, k.detach().to(self.k[layer].dtype))
-        self.v[layer].index_copy_(1, idx, v.detach().to(self.v[layer].dtype))
-        with_grad = k.requires_grad or v.requires_grad
-        if self.gradient == "straight_through":
-            self.k_grad[layer] = self._record(self.k_grad[layer], self.k[layer], k, with_grad)
-            self.v_grad[layer] = self._record(self.v_grad[layer], self.v[layer], v, with_grad)
-        if self._read_index is not None:
-            if with_grad:
+        with_grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
+        if with_grad:
+            if self._read_index is not None:
                 raise RuntimeError("a KV cache with unwritten slots (mid re-cache) cannot be read with gradient")
+            # what this call reads besides its own block, frozen before the write: the store itself (a view),
+            # or a copy where a rolling window will reuse the slots before backward
+            past = tuple(s[:, :n].clone() if self.rolling else s[:, :n] for s in (self.k[layer], self.v[layer]))
+            if call is not None:
+                call.past = past + (idx,)
+        for store, new in ((self.k[layer], k), (self.v[layer], v)):
+            self._write(store, new, with_grad and self.gradient == "straight_through")
+        if with_grad:
+            return attend_past(*past, idx, k, v)
+        if self._read_index is not None:
             return self.k[layer].index_select(1, self._read_index), self.v[layer].index_select(1, self._read_index)
-        ks, vs = self.k[layer][:, :n], self.v[layer][:, :n]
-        if with_grad:
-            if self.k_grad[layer] is not None:  # values of the cache, gradient to the earlier exit steps
-                ks, vs = ks + self.k_grad[layer][:, :n], vs + self.v_grad[layer][:, :n]
-            # the block's own K/V keep their gradient (out-of-place copy)
-            ks, vs = ks.index_copy(1, idx, k.to(ks.dtype)), vs.index_copy(1, idx, v.to(vs.dtype))
-        return ks, vs
+        return self.k[layer][:, :n], self.v[layer][:, :n]
 
-    def _record(self, record, store, new, with_grad):
-        """Update one layer's straight-through record for this call's slots (out of place, graph kept)."""
-        idx = self._write_index
-        if with_grad:
-            with torch.enable_grad():
-                base = store.new_zeros(store.shape) if record is None else record
-                return base.index_copy(1, idx, (new - new.detach()).to(store.dtype))
-        if record is not None and self._new_frames:  # new frames replace the slots' old ones: drop their records
-            with torch.enable_grad():
-                return record.index_fill(1, idx, 0.0)
-        return record
+    def _write(self, store, new, keep_graph):
+        """Write `new` into this call's slots of `store`, in place: with its graph (straight-through), or values
+        only, cutting the slots' graph when they take new frames."""
+        cut = self._new_frames and store.requires_grad
+        # own saved-tensor hooks: the write is the first run's alone, so activation checkpointing must not count
+        # what it saves (the index) among the tensors its recomputation has to reproduce
+        with torch.set_grad_enabled(keep_graph or cut), saved_tensors_hooks(_keep, _keep):
+            store.index_copy_(1, self._write_index, (new if keep_graph else new.detach()).to(store.dtype))
+
+
+def _keep(t):
+    return t
+
+
+def attend_past(past_k, past_v, positions, k, v) -> tuple:
+    """The K/V a with-grad call attends to: what it read from the cache, its own block's K/V (with their
+    gradient) at `positions`."""
+    return past_k.index_copy(1, positions, k.to(past_k.dtype)), past_v.index_copy(1, positions, v.to(past_v.dtype))
+
+
+class CacheCall:
+    """One layer's use of a `KVCache` in one forward call: the prompt's cross-attention K/V as they were when the
+    call began, and (after its first run, for a with-grad call) the K/V it read. A second run, activation
+    checkpointing's recomputation in backward, reads those and writes nothing."""
+
+    def __init__(self, cache: KVCache, layer: int):
+        self.cache, self.layer = cache, layer
+        self.cross = cache.cross[layer]
+        self.past = None     # (k, v, positions) read by a with-grad first run
+        self.written = False
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple:
+        if self.written:
+            if self.past is None:
+                raise RuntimeError("a cached call without gradient ran twice")
+            return attend_past(*self.past, k, v)
+        self.written = True
+        self.cache._current = self
+        return self.cache.update(self.layer, k, v)
+
+    def set_cross(self, kv: tuple) -> None:
+        """This call computed the prompt's cross-attention K/V itself: keep them (values only) for the cache's
+        next calls, once per prompt; and hold no earlier copy of them for a recomputation."""
+        self.cross = None
+        if self.cache.cross[self.layer] is None:
+            self.cache.cross[self.layer] = tuple(t.detach() for t in kv)
