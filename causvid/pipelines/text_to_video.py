@@ -47,15 +47,28 @@ def check_wan_folder(path, what: str = "wan_model_path") -> Path:
     return path
 
 
-def load_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None, device=None) -> WanDiT:
-    """The DiT: the Wan folder's own weights, or a checkpoint (published .pt, Wan or diffusers folder) whose
-    sizes the tensors give and whose head count, text length and prediction come from the Wan folder's config.json."""
+def _dit_source(wan_folder, checkpoint):
+    """(class, weights path, size keywords): the Wan folder's own DiT, or a checkpoint (published .pt, Wan or
+    diffusers folder) whose sizes the tensors give and whose head count, text length and prediction come from
+    the Wan folder's config.json."""
     dit_class = component_class(wan_folder, "transformer")
     if checkpoint is None:
-        return dit_class.from_pretrained(wan_folder, dtype=dtype, device=device)
+        return dit_class, wan_folder, {}
     sizes = config_from_json(read_folder_config(wan_folder), wan_folder)
-    sizes = {k: v for k, v in sizes.items() if k in ("num_heads", "text_len", "prediction")}
-    return dit_class.from_pretrained(checkpoint, use_ema=use_ema, dtype=dtype, device=device, **sizes)
+    return dit_class, checkpoint, {k: v for k, v in sizes.items() if k in ("num_heads", "text_len", "prediction")}
+
+
+def load_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None, device=None) -> WanDiT:
+    """The DiT of a Wan folder, or of a checkpoint sized by that folder (see `_dit_source`)."""
+    dit_class, path, sizes = _dit_source(wan_folder, checkpoint)
+    return dit_class.from_pretrained(path, use_ema=use_ema, dtype=dtype, device=device, **sizes)
+
+
+def open_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None) -> tuple:
+    """As `load_dit`, but (the model on the meta device, its tensors unread): for a sharded load that reads
+    each rank's rows only (`causvid.training.distributed.materialize`)."""
+    dit_class, path, sizes = _dit_source(wan_folder, checkpoint)
+    return dit_class.open_pretrained(path, use_ema=use_ema, dtype=dtype, **sizes)
 
 
 def load_text_encoder(folder, text_len, dtype=torch.float32, device="cpu"):

@@ -66,6 +66,32 @@ def shard(model: torch.nn.Module, mixed_precision: bool) -> torch.nn.Module:
     return model
 
 
+def materialize(model: torch.nn.Module, state: dict, device, mixed_precision: bool) -> torch.nn.Module:
+    """A model built on the meta device, sharded, then filled: each rank allocates and reads only its own rows
+    of every parameter (FSDP2 shards dim 0 in `torch.chunk` pieces), so no rank ever holds a full copy.
+    state: the checkpoint's tensors, unread (`checkpoints.open_wan_dit`)."""
+    from causvid.models.wan.checkpoints import fill
+
+    model = shard(model, mixed_precision)
+    model.to_empty(device=device)
+
+    def rows(name, param):
+        if not isinstance(param, DTensor):
+            return param, 0, param.shape[0]
+        shard_part = param.to_local()
+        sharded = [m for m, placement in enumerate(param.placements) if placement.is_shard(0)]
+        if not sharded:  # replicated
+            return shard_part, 0, param.shape[0]
+        size, pieces = param.shape[0], param.device_mesh.size(sharded[0])
+        start = min(param.device_mesh.get_local_rank(sharded[0]) * -(-size // pieces), size)
+        if shard_part.shape[0] != min(-(-size // pieces), size - start):
+            raise RuntimeError(f"{name}: local shard of {shard_part.shape[0]} rows at row {start} of {size} is not "
+                               f"a torch.chunk piece over {pieces} ranks")
+        return shard_part, start, start + shard_part.shape[0]
+
+    return fill(model, state, rows)
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 

@@ -7,7 +7,6 @@ EMA (for consistency distillation also the loss's target, copied into `Models.ta
 logging, checkpoints. Which samples a step reads and every random draw are functions of (seed, step,
 global sample index), so the numbers do not depend on the process count, on accumulation or on resuming.
 """
-import copy
 import math
 import resource
 import signal
@@ -20,7 +19,7 @@ from tqdm import tqdm
 from causvid.config import real_score_path, save_config
 from causvid.data.datasets import LatentLMDBDataset, ODERegressionLMDBDataset
 from causvid.data.prompts import read_prompt_file
-from causvid.pipelines.text_to_video import load_dit, load_text_encoder, load_vae
+from causvid.pipelines.text_to_video import load_text_encoder, load_vae, open_dit
 from causvid.training import distributed as D
 from causvid import rng
 from causvid.errors import RunError
@@ -43,22 +42,27 @@ class Trainer:
         self.dist = D.init_distributed()
         device = self.dist.device
         wan = cfg.wan_model_path
-        generator = load_dit(wan, cfg.generator_ckpt, device=device)
+        # every model is built on the meta device, sharded, then filled with its rank's rows only
+        load = lambda path, ckpt=None, dtype=None: D.materialize(  # noqa: E731
+            *open_dit(path, ckpt, dtype=dtype), device, cfg.mixed_precision)
+        # frozen models are kept in bf16 where training computes in it (CUDA with mixed precision)
+        frozen_dtype = torch.bfloat16 if cfg.mixed_precision and device.type == "cuda" else torch.float32
+        generator = load(wan, cfg.generator_ckpt)
         self.text_encoder = text_encoder or _load_text_encoder(wan, device, generator.config.text_len)
         frozen = {}  # consistency distillation: the teacher and the EMA target start as the loaded generator
         if self.stage.needs_teacher:
-            frozen = {name: D.shard(copy.deepcopy(generator).eval().requires_grad_(False), cfg.mixed_precision)
-                      for name in ("teacher", "target")}
+            frozen = {"teacher": load(wan, cfg.generator_ckpt, frozen_dtype),
+                      "target": load(wan, cfg.generator_ckpt)}  # the EMA's copy: fp32 like the weights it averages
+            frozen = {name: m.eval().requires_grad_(False) for name, m in frozen.items()}
         generator.gradient_checkpointing = bool(cfg.gradient_checkpointing)
-        self.models = Models(D.shard(generator.train(), cfg.mixed_precision), **frozen)
+        self.models = Models(generator.train(), **frozen)
         params = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         self.optimizers = {"generator": torch.optim.AdamW(self.models.generator.parameters(), **params)}
         if self.stage.has_critic:
-            fake = load_dit(wan, device=device)
+            fake = load(wan)
             fake.gradient_checkpointing = bool(cfg.gradient_checkpointing)
-            real = load_dit(real_score_path(cfg), device=device).eval().requires_grad_(False)
-            self.models.fake_score = D.shard(fake.train(), cfg.mixed_precision)
-            self.models.real_score = D.shard(real, cfg.mixed_precision)
+            self.models.fake_score = fake.train()
+            self.models.real_score = load(real_score_path(cfg), dtype=frozen_dtype).eval().requires_grad_(False)
             self.optimizers["critic"] = torch.optim.AdamW(
                 self.models.fake_score.parameters(), lr=cfg.lr_critic or cfg.lr, weight_decay=cfg.weight_decay,
                 betas=(cfg.beta1 if cfg.beta1_critic is None else cfg.beta1_critic,

@@ -116,17 +116,35 @@ def torch_load(path, weights_only: bool = True, mmap: bool = False):
                               "download or copy? get the file again") from err
 
 
-def _load_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
+class LazyTensor:
+    """A tensor of a safetensors file, not read yet: its shape and dtype, and any rows of it read on demand
+    (`t[start:end]`), so a rank of a sharded model reads only its own rows."""
+
+    def __init__(self, handle, name: str):
+        self._slice = handle.get_slice(name)
+        self.shape = torch.Size(self._slice.get_shape())
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self._slice[index]
+
+    def __len__(self):
+        return self.shape[0]
+
+
+def _load_safetensors(path: Path, lazy: bool = False) -> dict:
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
     check_weights_file(path)
     try:
+        if lazy:
+            handle = safe_open(str(path), framework="pt")
+            return {name: LazyTensor(handle, name) for name in handle.keys()}
         return load_file(str(path))
     except SafetensorError as err:
         raise CheckpointError(f"{path}: can't be read as safetensors ({err}); download or save it again") from err
 
 
-def _load_sharded(index_path: Path) -> dict:
+def _load_sharded(index_path: Path, lazy: bool = False) -> dict:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError) as err:
@@ -136,7 +154,7 @@ def _load_sharded(index_path: Path) -> dict:
         shard_path = index_path.parent / shard
         if not shard_path.exists():
             raise CheckpointError(f"{index_path}: shard {shard} is listed but missing from {index_path.parent}")
-        state.update(_load_safetensors(shard_path))
+        state.update(_load_safetensors(shard_path, lazy))
     return state
 
 
@@ -175,8 +193,9 @@ def read_folder_config(path) -> dict:
         raise CheckpointError(f"{file}: invalid JSON ({err})") from err
 
 
-def read_checkpoint(path, use_ema: bool = False) -> tuple:
-    """(state dict in Wan names, config.json dict or None, the file the weights came from)."""
+def read_checkpoint(path, use_ema: bool = False, lazy: bool = False) -> tuple:
+    """(state dict in Wan names, config.json dict or None, the file the weights came from). lazy: safetensors
+    entries are `LazyTensor`s and .pt files are memory-mapped, so nothing is read until it is indexed."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
@@ -190,9 +209,9 @@ def read_checkpoint(path, use_ema: bool = False) -> tuple:
     else:
         weights = path
     if weights.name.endswith(".index.json"):
-        state = _load_sharded(weights)
+        state = _load_sharded(weights, lazy)
     elif weights.suffix == ".safetensors":
-        state = _load_safetensors(weights)
+        state = _load_safetensors(weights, lazy)
     elif weights.suffix in TORCH_SUFFIXES:
         state = _load_torch(weights, use_ema)
     else:
@@ -276,11 +295,13 @@ def _short(keys, n=20):
     return str(keys[:n]) + (f" ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_wan_dit(cls, path, preset=None, use_ema=False, dtype=None, device=None, **overrides):
-    state, json_config, source = read_checkpoint(path, use_ema=use_ema)
+def open_wan_dit(cls, path, preset=None, use_ema=False, dtype=None, **overrides) -> tuple:
+    """(the model on the meta device, its checkpoint's tensors unread): checked against each other, nothing
+    loaded. `fill` (or a sharded model's per-rank fill) then reads what each parameter needs."""
+    state, json_config, source = read_checkpoint(path, use_ema=use_ema, lazy=True)
     config = resolve_config(state, json_config, preset, overrides, source)
     with torch.device("meta"):
-        model = cls(config)
+        model = cls(config).to(dtype or torch.float32)
     expected = model.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
@@ -290,6 +311,21 @@ def load_wan_dit(cls, path, preset=None, use_ema=False, dtype=None, device=None,
     bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
     if bad:
         raise CheckpointError(f"{source}: tensor shapes differ from WanDiT({config}): {bad[:10]}")
-    dtype = dtype or torch.float32
-    model.load_state_dict({k: v.to(dtype=dtype) for k, v in state.items()}, assign=True)
-    return model.to(device) if device is not None else model
+    return model, state
+
+
+@torch.no_grad()
+def fill(model: torch.nn.Module, state: dict, rows=None) -> torch.nn.Module:
+    """Copy each parameter's values from `state` (lazy tensors) into the model's storage, one tensor at a time.
+    rows(name, param) -> (the tensor to fill, first row, end row): where a sharded parameter's local rows lie;
+    default every row of a plain parameter."""
+    for name, param in model.named_parameters():
+        target, start, end = rows(name, param) if rows else (param, 0, param.shape[0] if param.dim() else None)
+        source = state[name][start:end] if param.dim() else state[name][()]
+        target.copy_(source.to(target.dtype))
+    return model
+
+
+def load_wan_dit(cls, path, preset=None, use_ema=False, dtype=None, device=None, **overrides):
+    model, state = open_wan_dit(cls, path, preset, use_ema, dtype, **overrides)
+    return fill(model.to_empty(device=device or "cpu"), state)

@@ -168,6 +168,13 @@ class WanDiT(nn.Module):
         from .checkpoints import load_wan_dit
         return load_wan_dit(cls, path, preset=preset, use_ema=use_ema, dtype=dtype, device=device, **overrides)
 
+    @classmethod
+    def open_pretrained(cls, path, preset: str = None, use_ema: bool = False, dtype=None, **overrides) -> tuple:
+        """(the model built on the meta device, the checkpoint's tensors unread), for a caller that places the
+        parameters first (sharding) and then reads only what each holds (`checkpoints.fill`)."""
+        from .checkpoints import open_wan_dit
+        return open_wan_dit(cls, path, preset=preset, use_ema=use_ema, dtype=dtype, **overrides)
+
     def _init_weights(self):
         # Wan's initialisation: xavier linears, N(0, 0.02) embedding MLPs, zero output head (a model trained
         # from scratch starts by predicting zero flow). Loading weights overwrites all of it.
