@@ -295,3 +295,35 @@ def test_diffusion_loss_weighting_bump_or_uniform(tiny_run_data, tmp_path):
         with torch.no_grad():
             loss[weighting] = t.stage.generator_loss(t.models, t.batch(0, 0), 0).item()
     assert loss["uniform"] > 0.1 and loss["bump"] < 0.01 * loss["uniform"]
+
+
+def test_sharded_checkpoint_saved_by_two_processes_resumes_on_one_and_on_four(tiny_run_data, tmp_path):
+    """checkpoint_format=sharded (torch.distributed.checkpoint): a run saved at step 2 by 2 processes resumes on
+    1 and on 4 (same global batch) with the uninterrupted run's losses, weights and EMA; its generator loads
+    as a checkpoint (what the export reads)."""
+    import shutil
+
+    from causvid.pipelines.text_to_video import load_dit
+
+    config = TINY / "causal_ode_chunkwise.yaml"
+    common = overrides(tiny_run_data, "ode6", ema_weight=0.5, ema_start_step=0, log_iters=2, lr=1e-3,
+                       checkpoint_format="sharded")
+    run_worker([config, tmp_path / "reference", tmp_path / "reference.pt", *common, "max_iters=4", "batch_size=4"])
+    run_worker([config, tmp_path / "two", tmp_path / "two.pt", *common, "max_iters=2", "batch_size=2"], nproc=2)
+    saved = tmp_path / "two" / "checkpoint_model_000002"
+    assert (saved / "sharded" / ".metadata").exists() and not (saved / "model.pt").exists()
+    reference = torch.load(tmp_path / "reference.pt")
+    for world, size in ((1, 4), (4, 1)):
+        run = tmp_path / f"resumed{world}"
+        shutil.copytree(tmp_path / "two", run)
+        run_worker([config, run, tmp_path / f"resumed{world}.pt", *common, "max_iters=4", f"batch_size={size}"],
+                   nproc=None if world == 1 else world)
+        resumed = torch.load(tmp_path / f"resumed{world}.pt")
+        assert [s for s, _ in resumed["history"]] == [3, 4]
+        for (_, expected), (_, got) in zip(reference["history"][2:], resumed["history"]):
+            assert got["generator_loss"] == pytest.approx(expected["generator_loss"], rel=1e-5)
+        assert_close_states(reference["generator"], resumed["generator"])
+        assert_close_states(reference["ema"], resumed["ema"])
+    dit = load_dit(tiny_run_data / "wan", saved)
+    two = torch.load(tmp_path / "two.pt")["generator"]
+    assert_close_states({k: v for k, v in dit.state_dict().items()}, two, tol=0)

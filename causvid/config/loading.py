@@ -169,6 +169,9 @@ def _validate(cfg: DictConfig, source: str) -> None:
     if cfg.model_kwargs.rope_positions not in ("absolute", "window"):
         raise ConfigError(f"{source}: model_kwargs.rope_positions={cfg.model_kwargs.rope_positions!r}: expected "
                           "'absolute' or 'window'")
+    if cfg.checkpoint_format not in ("full", "sharded"):
+        raise ConfigError(f"{source}: checkpoint_format={cfg.checkpoint_format!r}: expected 'full' (model.pt, the "
+                          "published layout) or 'sharded' (torch.distributed.checkpoint)")
     if cfg.keep_last_n is not None and cfg.keep_last_n < 1:
         raise ConfigError(f"{source}: keep_last_n={cfg.keep_last_n}: keep at least 1 checkpoint, or null to keep all")
     for key in ("denoising_step_list", "denoising_step_list_first_chunk"):

@@ -75,6 +75,14 @@ class Config:
     gradient_checkpointing: bool = True
     # CV/SF/CF: bf16 parameters under FSDP mixed precision (fp32 reduce and buffers).
     mixed_precision: bool = True
+    # ours: "full" = the published model.pt gathered on rank 0 (what every CLI and the originals read); "sharded" =
+    # torch.distributed.checkpoint, each rank writing its shards (models too big to gather; resumable at any
+    # world size; `python -m causvid.export` makes a full file of it).
+    checkpoint_format: str = "full"
+    # ours: the frozen text encoder and real score live in CPU memory between uses (the real score through
+    # FSDP2's CPU offload, a block's parameters copied in for its compute; the text encoder moved in to encode):
+    # their GPU memory traded for host-device copies. No effect on a CPU run.
+    offload_frozen: bool = False
 
     # timesteps --------------------------------------------------------------------------------------------------
     # CV/SF/CF: the few-step generator's timesteps. CV lists end in 0 (dropped at inference); SF/CF lists do not

@@ -1,9 +1,15 @@
 """Checkpoints: written atomically, found again on resume, loadable by every inference CLI.
 
-A checkpoint is a folder `checkpoint_model_{step:06d}/` holding
+A checkpoint is a folder `checkpoint_model_{step:06d}/` holding, with `checkpoint_format: full`,
 - `model.pt`: the published layout of CausVid / Self-Forcing / Causal-Forcing, `{"generator": ...,
-  "generator_ema": ..., "critic": ...}` with keys prefixed `model.` (what their loaders and ours read);
-- `training_state.pt`: optimizers, step, data position, the EMA's start — what a resume needs beyond weights.
+  "generator_ema": ..., "critic": ...}` with keys prefixed `model.` (what their loaders and ours read),
+  gathered on rank 0;
+- `training_state.pt`: optimizers, step, data position, the EMA's start — what a resume needs beyond weights;
+or, with `checkpoint_format: sharded` (a model too big to gather on one rank),
+- `sharded/`: a `torch.distributed.checkpoint` folder of the weights, EMA and optimizers, each rank's shards
+  written by that rank; a resume reshards it to its own world size, and every loader of the project reads its
+  generator (`causvid.models.wan.checkpoints`), so `python -m causvid.export` turns it into one safetensors file;
+- `training_state.pt`: step, data position, the EMA's start.
 The folder is written under a temporary name and renamed when complete, so a run killed mid-save leaves the
 previous checkpoint as the latest one. `keep_last_n` (config) deletes older ones; on resume the run's log.txt is
 cut back to the checkpoint's step.
@@ -29,19 +35,36 @@ def unpublished(state: dict) -> dict:
     return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
 
 
-def save_checkpoint(logdir, step: int, models: dict, training_state: dict) -> Path:
-    """models: {"generator": sd, "generator_ema": sd or None, "critic": sd or None} (full state dicts)."""
-    logdir = Path(logdir)
-    final = logdir / f"checkpoint_model_{step:06d}"
-    tmp = logdir / f".tmp_checkpoint_model_{step:06d}"
+SHARDED = "sharded"
+
+
+def begin_checkpoint(logdir, step: int) -> Path:
+    """The (emptied) temporary folder a checkpoint is written into, renamed by `finish_checkpoint`."""
+    tmp = Path(logdir) / f".tmp_checkpoint_model_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({k: published(v) for k, v in models.items() if v is not None}, tmp / "model.pt")
+    return tmp
+
+
+def finish_checkpoint(tmp: Path, training_state: dict) -> Path:
+    """Write the training state last, then give the folder its final name: a folder that has it is complete."""
     torch.save(training_state, tmp / "training_state.pt")
+    final = tmp.parent / tmp.name[len(".tmp_"):]
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
     return final
+
+
+def save_checkpoint(logdir, step: int, models: dict, training_state: dict) -> Path:
+    """models: {"generator": sd, "generator_ema": sd or None, "critic": sd or None} (full state dicts)."""
+    tmp = begin_checkpoint(logdir, step)
+    torch.save({k: published(v) for k, v in models.items() if v is not None}, tmp / "model.pt")
+    return finish_checkpoint(tmp, training_state)
+
+
+def is_sharded(folder) -> bool:
+    return (Path(folder) / SHARDED / ".metadata").exists()
 
 
 def _complete_checkpoints(logdir) -> list:
@@ -50,7 +73,7 @@ def _complete_checkpoints(logdir) -> list:
     if not logdir.is_dir():
         return []
     return sorted((int(m.group(1)), p) for p in logdir.iterdir() if (m := _NAME.match(p.name))
-                  and (p / "model.pt").exists() and (p / "training_state.pt").exists())
+                  and ((p / "model.pt").exists() or is_sharded(p)) and (p / "training_state.pt").exists())
 
 
 def latest_checkpoint(logdir) -> Path:
@@ -86,11 +109,14 @@ def truncate_log(path, step: int) -> None:
 
 
 def load_checkpoint(folder) -> tuple:
-    """(models dict with unprefixed state dicts, training state)."""
+    """(models dict with unprefixed state dicts, or None for a sharded checkpoint; training state)."""
     folder = Path(folder)
-    for name in ("model.pt", "training_state.pt"):
+    sharded = is_sharded(folder)
+    for name in ("training_state.pt",) + (() if sharded else ("model.pt",)):
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder}: not a training checkpoint (no {name})")
-    models = torch_load(folder / "model.pt")
     state = torch_load(folder / "training_state.pt", weights_only=False)
+    if sharded:
+        return None, state
+    models = torch_load(folder / "model.pt")
     return {k: unpublished(v) for k, v in models.items()}, state

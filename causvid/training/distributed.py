@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 
@@ -52,28 +52,31 @@ def init_distributed() -> Dist:
     return Dist(rank, world, local_rank, device)
 
 
-def shard(model: torch.nn.Module, mixed_precision: bool) -> torch.nn.Module:
+def shard(model: torch.nn.Module, mixed_precision: bool, offload: bool = False) -> torch.nn.Module:
     """FSDP2: each transformer block is its own shard unit, then the rest of the model. Parameters stay fp32
     (the optimizer's master copy); with mixed precision on CUDA, compute runs in bf16 and gradients are
-    reduced in fp32."""
-    if dist.get_world_size() == 1 and not torch.cuda.is_available():
+    reduced in fp32. offload (CUDA): the shards live in CPU memory, each unit's copied in for its compute."""
+    cuda = torch.cuda.is_available()
+    if dist.get_world_size() == 1 and not cuda:
         return model  # see the module's docstring
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if mixed_precision and torch.cuda.is_available() else MixedPrecisionPolicy()
+        if mixed_precision and cuda else MixedPrecisionPolicy()
+    options = dict(mp_policy=policy, offload_policy=CPUOffloadPolicy() if offload and cuda else OffloadPolicy())
     for block in model.blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(block, **options)
+    fully_shard(model, **options)
     return model
 
 
-def materialize(model: torch.nn.Module, state: dict, device, mixed_precision: bool) -> torch.nn.Module:
+def materialize(model: torch.nn.Module, state: dict, device, mixed_precision: bool,
+                offload: bool = False) -> torch.nn.Module:
     """A model built on the meta device, sharded, then filled: each rank allocates and reads only its own rows
     of every parameter (FSDP2 shards dim 0 in `torch.chunk` pieces), so no rank ever holds a full copy.
     state: the checkpoint's tensors, unread (`checkpoints.open_wan_dit`)."""
     from causvid.models.wan.checkpoints import fill
 
-    model = shard(model, mixed_precision)
-    model.to_empty(device=device)
+    model = shard(model, mixed_precision, offload)
+    model.to_empty(device="cpu" if offload else device)
 
     def rows(name, param):
         if not isinstance(param, DTensor):
@@ -140,6 +143,19 @@ class ShardedEMA:
             shard.copy_(kept)
         return out
 
+    def sharded_state_dict(self, model: torch.nn.Module) -> dict:
+        """The shadow as the parameters are laid out (DTensors where they are sharded), sharing its storage."""
+        out = {}
+        for name, p in sharded_parameters(model):
+            shadow = self.shadow[name]
+            out[name] = DTensor.from_local(shadow, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                           stride=p.stride()) if isinstance(p, DTensor) else shadow
+        return out
+
+    def load_sharded_state_dict(self, model: torch.nn.Module, state: dict) -> None:
+        for name, p in sharded_parameters(model):
+            self.shadow[name].copy_(local(state[name]))
+
     def load_full_state_dict(self, model: torch.nn.Module, state: dict) -> None:
         for name, p in sharded_parameters(model):
             full = state[name].float()
@@ -148,6 +164,38 @@ class ShardedEMA:
             if full.shape != local(p).shape:
                 raise ValueError(f"EMA entry {name}: shard {tuple(full.shape)} vs parameter {tuple(local(p).shape)}")
             self.shadow[name] = full.to(local(p).device).clone()
+
+
+# -- sharded checkpoints (torch.distributed.checkpoint): every rank writes its own shards ----------------------------
+
+def sharded_state(models: dict, optimizers: dict, ema: "ShardedEMA" = None) -> dict:
+    """The training state as each rank's shards, for `torch.distributed.checkpoint`, which reshards on load (save
+    at one world size, resume at another). models / optimizers: {name: ...}, the optimizers' names among the
+    models'; ema: the generator's, or None."""
+    state = {name: get_model_state_dict(model) for name, model in models.items()}
+    state["optimizers"] = {name: get_optimizer_state_dict(models[name], opt) for name, opt in optimizers.items()}
+    if ema is not None:
+        state["generator_ema"] = ema.sharded_state_dict(models["generator"])
+    return state
+
+
+def save_sharded(folder, models: dict, optimizers: dict, ema=None) -> None:
+    """Every rank must call: writes `folder` (shards and metadata)."""
+    import torch.distributed.checkpoint as dcp
+    dcp.save(sharded_state(models, optimizers, ema), checkpoint_id=str(folder))
+
+
+def load_sharded(folder, models: dict, optimizers: dict, ema=None) -> None:
+    """Every rank must call: reads its shards of `folder`, whatever the world size that wrote it."""
+    import torch.distributed.checkpoint as dcp
+    state = sharded_state(models, optimizers, ema)
+    dcp.load(state, checkpoint_id=str(folder))
+    for name, model in models.items():
+        set_model_state_dict(model, state[name])
+    for name, opt in optimizers.items():
+        set_optimizer_state_dict(models[name], opt, state["optimizers"][name])
+    if ema is not None:
+        ema.load_sharded_state_dict(models["generator"], state["generator_ema"])
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -184,3 +232,10 @@ def any_rank(flag: bool, device) -> bool:
 
 def barrier():
     dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

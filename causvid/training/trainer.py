@@ -23,8 +23,8 @@ from causvid.pipelines.text_to_video import load_text_encoder, load_vae, open_di
 from causvid.training import distributed as D
 from causvid import rng
 from causvid.errors import RunError
-from causvid.training.checkpointing import (latest_checkpoint, load_checkpoint, prune_checkpoints,
-                                           save_checkpoint, truncate_log)
+from causvid.training.checkpointing import (SHARDED, begin_checkpoint, finish_checkpoint, latest_checkpoint,
+                                           load_checkpoint, prune_checkpoints, save_checkpoint, truncate_log)
 from causvid.training.stages import Models, make_stage
 
 
@@ -43,12 +43,14 @@ class Trainer:
         device = self.dist.device
         wan = cfg.wan_model_path
         # every model is built on the meta device, sharded, then filled with its rank's rows only
-        load = lambda path, ckpt=None, dtype=None: D.materialize(  # noqa: E731
-            *open_dit(path, ckpt, dtype=dtype), device, cfg.mixed_precision)
+        load = lambda path, ckpt=None, dtype=None, offload=False: D.materialize(  # noqa: E731
+            *open_dit(path, ckpt, dtype=dtype), device, cfg.mixed_precision, offload)
         # frozen models are kept in bf16 where training computes in it (CUDA with mixed precision)
         frozen_dtype = torch.bfloat16 if cfg.mixed_precision and device.type == "cuda" else torch.float32
         generator = load(wan, cfg.generator_ckpt)
-        self.text_encoder = text_encoder or _load_text_encoder(wan, device, generator.config.text_len)
+        self.offload = bool(cfg.offload_frozen) and device.type != "cpu"
+        self.text_encoder = text_encoder or _load_text_encoder(wan, "cpu" if self.offload else device,
+                                                               generator.config.text_len)
         frozen = {}  # consistency distillation: the teacher and the EMA target start as the loaded generator
         if self.stage.needs_teacher:
             frozen = {"teacher": load(wan, cfg.generator_ckpt, frozen_dtype),
@@ -62,14 +64,15 @@ class Trainer:
             fake = load(wan)
             fake.gradient_checkpointing = bool(cfg.gradient_checkpointing)
             self.models.fake_score = fake.train()
-            self.models.real_score = load(real_score_path(cfg), dtype=frozen_dtype).eval().requires_grad_(False)
+            self.models.real_score = load(real_score_path(cfg), dtype=frozen_dtype,
+                                          offload=self.offload).eval().requires_grad_(False)
             self.optimizers["critic"] = torch.optim.AdamW(
                 self.models.fake_score.parameters(), lr=cfg.lr_critic or cfg.lr, weight_decay=cfg.weight_decay,
                 betas=(cfg.beta1 if cfg.beta1_critic is None else cfg.beta1_critic,
                        cfg.beta2 if cfg.beta2_critic is None else cfg.beta2_critic))
         self.negative = None
         if self.stage.needs_negative:
-            self.negative = self.text_encoder.encode([cfg.negative_prompt]).to(device)
+            self.negative = self.encode([cfg.negative_prompt])
         # the EMA starts at ema_start_step, or at once when it is the loss's target (as Causal Forcing's CD does)
         self.ema = D.ShardedEMA(self.models.generator, cfg.ema_weight) if self.stage.ema_target else None
         self.step = 0
@@ -107,7 +110,7 @@ class Trainer:
         rows = [self.dataset[_row(p, n, self.cfg.seed)] for p in positions]
         device = self.dist.device
         batch = {"samples": positions, "prompts": [r["prompts"] for r in rows],
-                 "context": self.text_encoder.encode([r["prompts"] for r in rows]).to(device)}
+                 "context": self.encode([r["prompts"] for r in rows])}
         if self.negative is not None:
             batch["negative"] = self.negative.expand(size, -1, -1)
         if self.stage.data == "ode":
@@ -115,6 +118,16 @@ class Trainer:
         elif self.stage.data == "latents":
             batch["clean"] = torch.stack([r["clean_latent"] for r in rows]).to(device)
         return batch
+
+    def encode(self, prompts) -> torch.Tensor:
+        """Prompt embeddings on the training device; an offloaded text encoder is moved in for the call only."""
+        device = self.dist.device
+        if not self.offload:
+            return self.text_encoder.encode(prompts).to(device)
+        try:
+            return self.text_encoder.to(device).encode(prompts)
+        finally:
+            self.text_encoder.to("cpu")
 
     # -- one update -------------------------------------------------------------------------------------------
     def _update(self, name, model, loss_fn) -> float:
@@ -196,22 +209,40 @@ class Trainer:
         self.stop_signal = signal.Signals(signum).name
 
     # -- checkpoints ------------------------------------------------------------------------------------------
+    def _trained(self) -> dict:
+        return {"generator": self.models.generator,
+                **({"critic": self.models.fake_score} if self.models.fake_score is not None else {})}
+
+    def _training_state(self) -> dict:
+        return {"step": self.step, "ema_started": self.ema is not None,
+                "samples_seen": self.step * (2 if self.stage.has_critic else 1) * self.cfg.grad_accum
+                * self.dist.world_size * self.cfg.batch_size}
+
     def save(self):
         if self.no_save:
+            return
+        if self.cfg.checkpoint_format == "sharded":
+            tmp = begin_checkpoint(self.logdir, self.step) if self.dist.is_main else None
+            tmp = D.broadcast_object(tmp)
+            D.save_sharded(tmp / SHARDED, self._trained(), self.optimizers, self.ema)
+            D.barrier()
+            if self.dist.is_main:
+                self._saved(finish_checkpoint(tmp, self._training_state()))
+            D.barrier()
             return
         models = {"generator": D.full_model_state(self.models.generator),
                   "generator_ema": self.ema.full_state_dict(self.models.generator) if self.ema else None,
                   "critic": D.full_model_state(self.models.fake_score) if self.models.fake_score else None}
         optim = {name: D.full_optimizer_state(self._model_of(name), opt) for name, opt in self.optimizers.items()}
         if self.dist.is_main:
-            state = {"step": self.step, "optimizers": optim, "ema_started": self.ema is not None,
-                     "samples_seen": self.step * (2 if self.stage.has_critic else 1) * self.cfg.grad_accum
-                     * self.dist.world_size * self.cfg.batch_size}
-            path = save_checkpoint(self.logdir, self.step, models, state)
-            prune_checkpoints(self.logdir, self.cfg.keep_last_n)
-            save_config(self.cfg, self.logdir / "config.yaml")
-            self._print(f"saved {path}")
+            self._saved(save_checkpoint(self.logdir, self.step, models,
+                                        {**self._training_state(), "optimizers": optim}))
         D.barrier()
+
+    def _saved(self, path):
+        prune_checkpoints(self.logdir, self.cfg.keep_last_n)
+        save_config(self.cfg, self.logdir / "config.yaml")
+        self._print(f"saved {path}")
 
     def _model_of(self, name):
         return self.models.generator if name == "generator" else self.models.fake_score
@@ -224,6 +255,13 @@ class Trainer:
             self._print(f"resume: no checkpoint in {self.logdir}, starting from step 0")
             return
         models, state = load_checkpoint(folder)
+        if models is None:  # sharded: each rank reads its shards, whatever the world size that wrote them
+            if state["ema_started"] and self.ema is None:
+                self.ema = D.ShardedEMA(self.models.generator, self.cfg.ema_weight)
+            D.load_sharded(folder / SHARDED, self._trained(), self.optimizers, self.ema if state["ema_started"]
+                           else None)
+            self._resumed(folder, state)
+            return
         D.load_full_model_state(self.models.generator, models["generator"])
         if self.models.fake_score is not None:
             D.load_full_model_state(self.models.fake_score, models["critic"])
@@ -232,6 +270,9 @@ class Trainer:
         if state["ema_started"]:
             self.ema = D.ShardedEMA(self.models.generator, self.cfg.ema_weight)
             self.ema.load_full_state_dict(self.models.generator, models["generator_ema"])
+        self._resumed(folder, state)
+
+    def _resumed(self, folder, state):
         self.step = state["step"]
         if self.dist.is_main:  # the log reads as one run: drop the lines of the steps that are run again
             truncate_log(self.logdir / "log.txt", self.step)

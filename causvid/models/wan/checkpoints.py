@@ -15,6 +15,7 @@ names). Real and tiny checkpoints take exactly the same path.
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -176,6 +177,20 @@ def _load_torch(path: Path, use_ema: bool) -> dict:
     return obj
 
 
+def _load_dcp(folder: Path, use_ema: bool) -> dict:
+    """The generator (or its EMA) of a sharded training checkpoint, assembled whole in this process."""
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    wanted = "generator_ema" if use_ema else "generator"
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", "torch.distributed is unavailable or uninitialized")
+            return _load_state_dict_from_keys({wanted}, checkpoint_id=str(folder))[wanted]
+    except (KeyError, RuntimeError) as err:
+        hint = " (the run's EMA had not started: drop use_ema)" if use_ema else ""
+        raise CheckpointError(f"{folder}: no {wanted!r} in this sharded checkpoint{hint}") from err
+
+
 def dit_folder(path) -> Path:
     """The folder holding the DiT: `transformer/` of a diffusers folder, else the folder itself."""
     path = Path(path)
@@ -200,6 +215,8 @@ def read_checkpoint(path, use_ema: bool = False, lazy: bool = False) -> tuple:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     config = None
+    if (path / "sharded" / ".metadata").exists():  # a training checkpoint in torch.distributed.checkpoint's layout
+        return normalize_keys(_load_dcp(path / "sharded", use_ema)), None, path
     if path.is_dir():
         path, config = dit_folder(path), read_folder_config(path)
         weights = next((path / name for name in WEIGHT_FILES if (path / name).exists()), None)
