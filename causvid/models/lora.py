@@ -244,6 +244,15 @@ def merge_lora(model: torch.nn.Module, path, scale: float = 1.0) -> int:
     return len(deltas)
 
 
+def check_lora_specs(specs, flag: str = "--lora") -> None:
+    """Each 'PATH[:SCALE]' names a readable weights file: checked before any model loads."""
+    for spec in specs or ():
+        path, _ = parse_lora_spec(spec)
+        if not path.is_file():
+            raise LoRAError(f"{flag} {spec}: no such file {path} (give PATH or PATH:SCALE, e.g. lora.safetensors:0.8)")
+        check_weights_file(path)
+
+
 def merge_loras(model, specs) -> list:
     """Merge each 'PATH[:SCALE]' of `specs` in order; [(path, scale, tensors changed)]."""
     done = []
