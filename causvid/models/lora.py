@@ -232,16 +232,43 @@ def parse_lora_spec(spec: str) -> tuple:
 
 
 @torch.no_grad()
-def merge_lora(model: torch.nn.Module, path, scale: float = 1.0) -> int:
-    """Add a LoRA file's changes, times `scale`, into the model's weights (in float32, then the weights' dtype);
+def merge_lora_tensors(model: torch.nn.Module, tensors: dict, source, scale: float = 1.0) -> int:
+    """Add a LoRA's changes, times `scale`, into the model's weights (in float32, then the weights' dtype);
     every change is checked against the model before any weight is touched. Returns the tensors changed."""
-    tensors, _ = read_lora(path)
     params = dict(model.named_parameters())
-    deltas = lora_deltas(tensors, {k: v for k, v in params.items()}, path, scale)
+    deltas = lora_deltas(tensors, params, source, scale)
     for name, delta in deltas.items():
         p = params[name]
         p.copy_((p.float() + delta.to(p.device)).to(p.dtype))
     return len(deltas)
+
+
+def merge_lora(model: torch.nn.Module, path, scale: float = 1.0) -> int:
+    """merge_lora_tensors of a LoRA file."""
+    return merge_lora_tensors(model, read_lora(path)[0], path, scale)
+
+
+def training_adapter(path, use_ema: bool = False):
+    """(adapter tensors in this module's reading format, the run's record of it) of a LoRA training run's
+    checkpoint (a model.pt with a `lora` entry, see causvid/training/lora.py), or None for any other checkpoint."""
+    path = Path(path)
+    if path.is_dir() and (path / "model.pt").is_file():
+        path = path / "model.pt"
+    if not path.is_file() or path.suffix not in (".pt", ".pth"):
+        return None
+    from .wan.checkpoints import CheckpointError, torch_load
+    obj = torch_load(path, mmap=True)
+    if not isinstance(obj, dict) or not isinstance(obj.get("lora"), dict) or "generator" not in obj["lora"]:
+        return None
+    record, key = obj["lora"]["generator"], "generator_ema" if use_ema else "generator"
+    if key not in obj:
+        raise CheckpointError(f"{path}: no '{key}' entry in this LoRA run's checkpoint (keys: {sorted(obj)})")
+    name = f".{record.get('adapter_name', 'default')}."
+    tensors = {k.replace(name, "."): v for k, v in obj[key].items()}
+    for k, v in list(tensors.items()):
+        if k.endswith(".lora_A.weight"):  # peft scales by alpha / rank
+            tensors[k[:-len(".lora_A.weight")] + ".alpha"] = torch.tensor(float(record["alpha"]))
+    return tensors, record
 
 
 def check_lora_specs(specs, flag: str = "--lora") -> None:

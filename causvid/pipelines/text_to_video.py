@@ -18,6 +18,7 @@ import torch
 
 from causvid import rng
 from causvid.errors import UsageError
+from causvid.models.lora import merge_lora_tensors, training_adapter
 from causvid.models.model_index import component_class
 from causvid.models.text_encoder import WanTextEncoder
 from causvid.models.vae import WanVAE
@@ -51,6 +52,16 @@ def load_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None, device=None
     """The DiT: the Wan folder's own weights, or a checkpoint (published .pt, Wan or diffusers folder) whose
     sizes the tensors give and whose head count, text length and prediction come from the Wan folder's config.json."""
     dit_class = component_class(wan_folder, "transformer")
+    adapter = training_adapter(checkpoint, use_ema) if checkpoint is not None else None
+    if adapter is not None:  # a LoRA run's checkpoint: the base it names, with the adapter merged into it
+        tensors, record = adapter
+        base = record.get("base_checkpoint")
+        if base is not None and not Path(base).exists():
+            raise UsageError(f"{checkpoint}: a LoRA trained on generator_ckpt {base}, which is not there; put it "
+                             "back at that path (the adapter alone is not the student)")
+        model = load_dit(wan_folder, base, dtype=torch.float32, device=device)
+        merge_lora_tensors(model, tensors, checkpoint)
+        return model.to(dtype or torch.float32)
     if checkpoint is None:
         return dit_class.from_pretrained(wan_folder, dtype=dtype, device=device)
     sizes = config_from_json(read_folder_config(wan_folder), wan_folder)

@@ -29,14 +29,15 @@ def unpublished(state: dict) -> dict:
     return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
 
 
-def save_checkpoint(logdir, step: int, models: dict, training_state: dict) -> Path:
-    """models: {"generator": sd, "generator_ema": sd or None, "critic": sd or None} (full state dicts)."""
+def save_checkpoint(logdir, step: int, models: dict, training_state: dict, extra: dict = None) -> Path:
+    """models: {"generator": sd, "generator_ema": sd or None, "critic": sd or None} (full state dicts, or a LoRA
+    model's adapter); extra: entries stored beside them in model.pt as they are (a LoRA run's `lora` record)."""
     logdir = Path(logdir)
     final = logdir / f"checkpoint_model_{step:06d}"
     tmp = logdir / f".tmp_checkpoint_model_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({k: published(v) for k, v in models.items() if v is not None}, tmp / "model.pt")
+    torch.save({**{k: published(v) for k, v in models.items() if v is not None}, **(extra or {})}, tmp / "model.pt")
     torch.save(training_state, tmp / "training_state.pt")
     if final.exists():
         shutil.rmtree(final)

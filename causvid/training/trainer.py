@@ -22,6 +22,7 @@ from causvid.data.datasets import LatentLMDBDataset, ODERegressionLMDBDataset
 from causvid.data.prompts import read_prompt_file
 from causvid.pipelines.text_to_video import load_dit, load_text_encoder, load_vae
 from causvid.training import distributed as D
+from causvid.training import lora
 from causvid import rng
 from causvid.errors import RunError
 from causvid.training.checkpointing import (latest_checkpoint, load_checkpoint, prune_checkpoints,
@@ -43,7 +44,7 @@ class Trainer:
         self.dist = D.init_distributed()
         device = self.dist.device
         wan = cfg.wan_model_path
-        generator = load_dit(wan, cfg.generator_ckpt, device=device)
+        generator = lora.wrap(load_dit(wan, cfg.generator_ckpt, device=device), cfg, "generator")
         self.text_encoder = text_encoder or _load_text_encoder(wan, device, generator.config.text_len)
         frozen = {}  # consistency distillation: the teacher and the EMA target start as the loaded generator
         if self.stage.needs_teacher:
@@ -54,7 +55,7 @@ class Trainer:
         params = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         self.optimizers = {"generator": torch.optim.AdamW(self.models.generator.parameters(), **params)}
         if self.stage.has_critic:
-            fake = load_dit(wan, device=device)
+            fake = lora.wrap(load_dit(wan, device=device), cfg, "critic")
             fake.gradient_checkpointing = bool(cfg.gradient_checkpointing)
             real = load_dit(real_score_path(cfg), device=device).eval().requires_grad_(False)
             self.models.fake_score = D.shard(fake.train(), cfg.mixed_precision)
@@ -199,11 +200,13 @@ class Trainer:
                   "generator_ema": self.ema.full_state_dict(self.models.generator) if self.ema else None,
                   "critic": D.full_model_state(self.models.fake_score) if self.models.fake_score else None}
         optim = {name: D.full_optimizer_state(self._model_of(name), opt) for name, opt in self.optimizers.items()}
+        models, adapters = lora.checkpoint_models(self.cfg, models)  # a LoRA model: its adapter alone
         if self.dist.is_main:
             state = {"step": self.step, "optimizers": optim, "ema_started": self.ema is not None,
                      "samples_seen": self.step * (2 if self.stage.has_critic else 1) * self.cfg.grad_accum
                      * self.dist.world_size * self.cfg.batch_size}
-            path = save_checkpoint(self.logdir, self.step, models, state)
+            path = save_checkpoint(self.logdir, self.step, models, state,
+                                   extra={"lora": adapters} if adapters else None)
             prune_checkpoints(self.logdir, self.cfg.keep_last_n)
             save_config(self.cfg, self.logdir / "config.yaml")
             self._print(f"saved {path}")
@@ -220,9 +223,9 @@ class Trainer:
             self._print(f"resume: no checkpoint in {self.logdir}, starting from step 0")
             return
         models, state = load_checkpoint(folder)
-        D.load_full_model_state(self.models.generator, models["generator"])
+        D.load_full_model_state(self.models.generator, models["generator"], lora.strict_load(self.cfg, "generator"))
         if self.models.fake_score is not None:
-            D.load_full_model_state(self.models.fake_score, models["critic"])
+            D.load_full_model_state(self.models.fake_score, models["critic"], lora.strict_load(self.cfg, "critic"))
         for name, opt in self.optimizers.items():
             D.load_full_optimizer_state(self._model_of(name), opt, state["optimizers"][name])
         if state["ema_started"]:
