@@ -206,3 +206,35 @@ def test_bad_input_is_one_line(folders, args, message, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (folders / "x.safetensors").exists() and not (folders / "x").exists()
+
+
+def test_a_lora_runs_adapter_exports_at_its_rank_exactly(folders, tmp_path, capsys):
+    """A LoRA training run's folder (its newest checkpoint: the adapter and the `lora` record, config.yaml beside
+    it): the student is the base plus the adapter, so the rank-4 export of a rank-4 adapter is exact."""
+    from causvid.config import load_config, save_config
+    from causvid.training import lora
+    from causvid.training.checkpointing import save_checkpoint
+
+    cfg = load_config(None, overrides=["lora.generator.rank=4", "lora.generator.alpha=2",
+                                       f"wan_model_path={folders / 'wan'}"])
+    model = lora.wrap(WanDiT.from_pretrained(folders / "wan"), cfg, "generator")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.1)
+    run = tmp_path / "run"
+    save_checkpoint(run, 7, {"generator": lora.adapter_state(model.state_dict())}, {},
+                    extra={"lora": {"generator": lora.settings(cfg, "generator")}})
+    save_config(cfg, run / "config.yaml")
+    out = tmp_path / "adapter.safetensors"
+    assert export(folders, "--checkpoint_path", run, "--to", "lora", "--rank", "4", "--out", out) == 0
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:3]] for line in capsys.readouterr().out.splitlines()
+            if re.match(r"^\s*\d+\s", line)}
+    assert rows["4"][0] <= 1e-5 and rows["4"][1] <= 1e-5 and rows["0"][1] > 1e-2
+    with safe_open(str(out), "pt") as f:
+        assert "lora:" in f.metadata()["causvid.run_config"] and f.metadata()["causvid.rank"] == "4"
+    merged = WanDiT.from_pretrained(folders / "wan")
+    merge_lora(merged, out)
+    x, t, ctx = inputs()
+    with torch.no_grad():
+        assert (merged(x, t, ctx) - model.eval()(x, t, ctx)).abs().max() <= 1e-5
