@@ -119,3 +119,20 @@ def test_killed_run_resumes_exactly_and_its_checkpoint_is_the_adapter(tiny_run_d
     with torch.no_grad():
         assert (student(x, t, ctx) - wrapped(x, t, ctx)).abs().max() <= 1e-5
         assert (student(x, t, ctx) - WanDiT.from_pretrained(tiny_run_data / "wan")(x, t, ctx)).abs().max() > 1e-3
+
+
+def test_meta_device_path_fills_the_same_wrapped_model():
+    """A model wrapped on the meta device and filled by name from `open_wrapped`'s state (as a sharded loader fills
+    each rank's rows) equals the model loaded first and wrapped after."""
+    cfg = lora_cfg(rank=4, alpha=8)
+    base = random_dit("tiny", seed=5)
+    direct = lora.wrap(random_dit("tiny", seed=5), cfg, "generator").state_dict()
+    with torch.device("meta"):
+        empty = WanDiT(base.config)
+    model, state = lora.open_wrapped((empty, dict(base.state_dict())), cfg, "generator")
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(state[name])
+    assert model.state_dict().keys() == direct.keys()
+    assert all(torch.equal(model.state_dict()[k], direct[k]) for k in direct)

@@ -27,9 +27,8 @@ def enabled(lora_cfg) -> bool:
 
 def wrap(model: torch.nn.Module, cfg, name: str) -> torch.nn.Module:
     """The model with a rank-r adapter (`cfg.lora[name]`) on each target module and every other parameter frozen
-    (unchanged when its rank is 0). The adapter starts with B = 0: the wrapped model computes exactly the base's
-    output. A is peft's Kaiming-uniform init drawn from (seed, name, module) (causvid.rng), not from the global
-    stream, so every process of a run, and a run on any number of processes, starts from the same A."""
+    (unchanged when its rank is 0), starting from `initial_adapter` (B = 0: the wrapped model computes exactly the
+    base's output). A model on the meta device is only wrapped: fill it from `open_wrapped`'s state."""
     lora_cfg = cfg.lora[name]
     if not enabled(lora_cfg):
         return model
@@ -37,19 +36,48 @@ def wrap(model: torch.nn.Module, cfg, name: str) -> torch.nn.Module:
 
     config = LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha or lora_cfg.rank, lora_dropout=lora_cfg.dropout,
                         target_modules=list(lora_cfg.target_modules))
-    try:
+    try:  # peft freezes every parameter but the adapter's
         model = inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     except ValueError as err:  # no module matched
         raise ConfigError(f"lora.{name}.target_modules={list(lora_cfg.target_modules)}: {str(err).splitlines()[0]}"
                           " (Linear layers of the Wan DiT: q, k, v, o, ffn.0, ffn.2, ...)") from err
-    with torch.no_grad():  # (peft has frozen every parameter but the adapter's)
-        for module_name, module in model.named_modules():
-            if module_name.endswith(f"lora_A.{ADAPTER}"):
-                w = torch.empty(module.weight.shape)
-                torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=rng.generator(cfg.seed, "lora", name,
-                                                                                           module_name))
-                module.weight.copy_(w)
+    if not any(p.is_meta for p in model.parameters()):
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for pname, value in initial_adapter(model, cfg, name).items():
+                params[pname].copy_(value)
     return model
+
+
+def initial_adapter(model: torch.nn.Module, cfg, name: str) -> dict:
+    """{adapter parameter: its starting value}: A is peft's Kaiming-uniform init but drawn from (seed, model,
+    module) (causvid.rng), not from the global stream, so every process of a run, and a run on any number of
+    processes, starts from the same A; B = 0 (LoRA, eq. 3)."""
+    out = {}
+    for pname, p in model.named_parameters():
+        if ".lora_A." in pname:
+            w = torch.empty(p.shape)
+            torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=rng.generator(cfg.seed, "lora", name,
+                                                                                       pname.rsplit(".", 1)[0]))
+            out[pname] = w
+        elif ".lora_B." in pname:
+            out[pname] = torch.zeros(p.shape)
+    return out
+
+
+def open_wrapped(opened: tuple, cfg, name: str) -> tuple:
+    """(model on the meta device, its checkpoint's tensors by name) -> the same for the wrapped model: the base's
+    tensors under peft's names (a wrapped Linear's `M.weight` is `M.base_layer.weight`) and the adapter's
+    `initial_adapter` values, for a loader that fills the model's (local rows of its) parameters by name."""
+    model, state = opened
+    model = wrap(model, cfg, name)
+    if not enabled(cfg.lora[name]):
+        return model, state
+    names = {}
+    for pname, _ in model.named_parameters():
+        names[pname.replace(".base_layer.", ".")] = pname
+    wrapped = {names.get(k, k): v for k, v in state.items()}
+    return model, {**wrapped, **initial_adapter(model, cfg, name)}
 
 
 def is_adapter(name: str) -> bool:
