@@ -104,8 +104,9 @@ def export_lora(args, student, checkpoint, ranks, out: Path, device) -> list:
         raise UsageError("--to lora needs --checkpoint_path: a LoRA is the student's difference from the Wan "
                          "folder's DiT, and without a checkpoint there is none")
     base = load_dit(args.wan_model_path, dtype=torch.float32, device=device).eval()
-    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}  # base's own are overwritten
-    student_state = {k: v.detach() for k, v in student.state_dict().items()}
+    # on CPU (the base's own tensors are overwritten below); the SVDs run on --device
+    base_state = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
+    student_state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
     deltas = weight_deltas(base_state, student_state)
     if not deltas:
         raise UsageError(f"--checkpoint_path {checkpoint}: the student's weights equal the base's; nothing to export")
@@ -118,14 +119,14 @@ def export_lora(args, student, checkpoint, ranks, out: Path, device) -> list:
     if any(rank is not None for rank in ranks):  # one SVD per changed Linear layer, shared by every rank
         linear = [n for n, d in deltas.items() if is_linear_weight(n, d)]
         for name in tqdm(linear, desc="SVD of the Linear layers' changes"):
-            svd_cache[name.rsplit(".", 1)[0]] = svd(deltas[name])
+            svd_cache[name.rsplit(".", 1)[0]] = tuple(t.cpu() for t in svd(deltas[name].to(device)))
     for rank in ranks:
         tensors = lora_tensors(deltas, base_state, rank, svd_cache, dtype=getattr(torch, args.dtype))
         applied = lora_deltas(tensors, base_state, "export")
         err = torch.sqrt(sum((applied.get(k, 0) - d).pow(2).sum() for k, d in deltas.items()))
         with torch.no_grad():
             for name, p in base.named_parameters():
-                p.copy_(base_state[name] + applied[name].to(p.device) if name in applied else base_state[name])
+                p.copy_((base_state[name] + applied[name] if name in applied else base_state[name]).to(p.device))
         out_err = relative(output(base, inputs), target)
         path = out if len(ranks) == 1 else out.with_name(f"{out.stem}_rank{rank or 'full'}{out.suffix}")
         extra = {"causvid.rank": str(rank or "full")}
