@@ -24,7 +24,10 @@ setup(
         "fastapi>=0.110",
         "uvicorn>=0.29",
         "websockets>=13.0",
+        # LoRA training (causvid/training/lora.py); diffusers' load_lora_weights needs it too
+        "peft>=0.17",
     ],
+    entry_points={"console_scripts": ["causvid-export=causvid.export:cli"]},
     package_data={"causvid.serve": ["static/*.html"]},
     extras_require={
         # flash-attn needs a CUDA toolchain to build; the model falls back to PyTorch attention without it.

@@ -15,7 +15,7 @@ RANKS = {
     "pipelines": 3, "tiny_wan": 3,
     "training": 4, "ode_data": 4,
     "toy": 5,
-    "train_ode": 6, "train_distillation": 6, "serve": 6,
+    "train_ode": 6, "train_distillation": 6, "serve": 6, "export": 6,
 }
 #: Command lines kept at the path the seeds' READMEs run them from: entry points, outside the order (nothing in
 #: the package may import them; they parse arguments and call the package).

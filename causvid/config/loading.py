@@ -172,6 +172,12 @@ def _validate(cfg: DictConfig, source: str) -> None:
     if cfg.checkpoint_format not in ("full", "sharded"):
         raise ConfigError(f"{source}: checkpoint_format={cfg.checkpoint_format!r}: expected 'full' (model.pt, the "
                           "published layout) or 'sharded' (torch.distributed.checkpoint)")
+    for model in ("generator", "critic"):
+        lora = cfg.lora[model]
+        if lora.rank < 0 or not 0 <= lora.dropout < 1 or (lora.rank and not lora.target_modules):
+            raise ConfigError(f"{source}: lora.{model}: rank={lora.rank}, dropout={lora.dropout}, target_modules="
+                              f"{list(lora.target_modules)}: expected rank >= 0 (0 = no LoRA), 0 <= dropout < 1 and "
+                              "at least one target module")
     if cfg.keep_last_n is not None and cfg.keep_last_n < 1:
         raise ConfigError(f"{source}: keep_last_n={cfg.keep_last_n}: keep at least 1 checkpoint, or null to keep all")
     for key in ("denoising_step_list", "denoising_step_list_first_chunk"):

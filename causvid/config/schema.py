@@ -40,6 +40,29 @@ class ModelKwargs:
 
 
 @dataclass
+class LoRA:
+    """ours: train one model as a LoRA of its loaded weights (frozen), through peft (causvid/training/lora.py)."""
+
+    # Rank of the adapter; 0 = no LoRA (the model is trained in full).
+    rank: int = 0
+    # Scale alpha / rank of the adapter's output; None = rank (scale 1).
+    alpha: Optional[float] = None
+    # Dropout on the adapter's input (peft's lora_dropout).
+    dropout: float = 0.0
+    # Linear layers that get an adapter: names matched at the end of the module path (peft's rule), e.g. "q"
+    # matches every blocks.N.self_attn.q and blocks.N.cross_attn.q. Default: attention and feed-forward layers.
+    target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "ffn.0", "ffn.2"])
+
+
+@dataclass
+class LoRAs:
+    """ours: a LoRA block per trained model."""
+
+    generator: LoRA = field(default_factory=LoRA)
+    critic: LoRA = field(default_factory=LoRA)  # the fake score of DMD
+
+
+@dataclass
 class Config:
     # model ------------------------------------------------------------------------------------------------------
     # ours: the Wan2.1 folder (DiT, umT5, VAE); the originals hard-code this path.
@@ -83,6 +106,8 @@ class Config:
     # FSDP2's CPU offload, a block's parameters copied in for its compute; the text encoder moved in to encode):
     # their GPU memory traded for host-device copies. No effect on a CPU run.
     offload_frozen: bool = False
+    # ours: LoRA training per model (`lora.generator.rank: 16`); rank 0 trains the model in full.
+    lora: LoRAs = field(default_factory=LoRAs)
 
     # timesteps --------------------------------------------------------------------------------------------------
     # CV/SF/CF: the few-step generator's timesteps. CV lists end in 0 (dropped at inference); SF/CF lists do not

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from causvid.config import ConfigError, generator_is_causal, load_config
 from causvid.data.prompts import shard_for_rank
 from causvid.errors import ArgumentParser, UsageError, run_cli
+from causvid.models.lora import check_lora_specs, merge_loras
 from causvid.models.wan.checkpoints import check_weights_file
 from causvid.pipelines.text_to_video import VideoGenerator, check_wan_folder, load_components
 from causvid.runtime import check_output_folder, distributed_rank, pick_device
@@ -43,6 +44,9 @@ def base_parser(description: str) -> ArgumentParser:
                    help="cpu, cuda (this torchrun rank's GPU) or cuda:N; default: cuda when available")
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
                    help="weights and activations; default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="merge this LoRA (ours, diffusers' or ComfyUI's Wan2.1 key format) into the DiT's weights "
+                        "once, times SCALE (default 1); repeatable, merged in order")
     return p
 
 
@@ -60,9 +64,12 @@ def build_generator(args, checkpoint=None, causal=True, use_ema=False, checkpoin
         check_output_folder(args.output_folder, "--output_folder")
     if check is not None:
         check(cfg)
+    check_lora_specs(getattr(args, "lora", None))
     default = torch.bfloat16 if device.startswith("cuda") else torch.float32
     dtype = getattr(torch, args.dtype) if args.dtype else default
     components = load_components(wan, checkpoint, use_ema=use_ema, dtype=dtype, device=device)
+    for path, scale, count in merge_loras(components.dit, getattr(args, "lora", None)):
+        print(f"merged LoRA {path} (scale {scale:g}): {count} tensors changed", flush=True)
     return VideoGenerator(components, cfg, causal=causal, device=device)
 
 

@@ -18,6 +18,7 @@ import torch
 
 from causvid import rng
 from causvid.errors import UsageError
+from causvid.models.lora import merge_lora_tensors, training_adapter
 from causvid.models.model_index import component_class
 from causvid.models.text_encoder import WanTextEncoder
 from causvid.models.vae import WanVAE
@@ -58,15 +59,40 @@ def _dit_source(wan_folder, checkpoint):
     return dit_class, checkpoint, {k: v for k, v in sizes.items() if k in ("num_heads", "text_len", "prediction")}
 
 
+def _lora_student(wan_folder, checkpoint, use_ema, device):
+    """A LoRA run's checkpoint: the base it names with the adapter merged into it (fp32); None for any other."""
+    adapter = training_adapter(checkpoint, use_ema) if checkpoint is not None else None
+    if adapter is None:
+        return None
+    tensors, record = adapter
+    base = record.get("base_checkpoint")
+    if base is not None and not Path(base).exists():
+        raise UsageError(f"{checkpoint}: a LoRA trained on generator_ckpt {base}, which is not there; put it "
+                         "back at that path (the adapter alone is not the student)")
+    model = load_dit(wan_folder, base, dtype=torch.float32, device=device)
+    merge_lora_tensors(model, tensors, checkpoint)
+    return model
+
+
 def load_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None, device=None) -> WanDiT:
-    """The DiT of a Wan folder, or of a checkpoint sized by that folder (see `_dit_source`)."""
+    """The DiT of a Wan folder, or of a checkpoint sized by that folder (see `_dit_source`), or a LoRA run's
+    student (its base with the adapter merged)."""
+    student = _lora_student(wan_folder, checkpoint, use_ema, device)
+    if student is not None:
+        return student.to(dtype or torch.float32)
     dit_class, path, sizes = _dit_source(wan_folder, checkpoint)
     return dit_class.from_pretrained(path, use_ema=use_ema, dtype=dtype, device=device, **sizes)
 
 
 def open_dit(wan_folder, checkpoint=None, use_ema=False, dtype=None) -> tuple:
     """As `load_dit`, but (the model on the meta device, its tensors unread): for a sharded load that reads
-    each rank's rows only (`causvid.training.distributed.materialize`)."""
+    each rank's rows only (`causvid.training.distributed.materialize`). A LoRA run's student is merged whole
+    first (its base and adapter are two files)."""
+    student = _lora_student(wan_folder, checkpoint, use_ema, "cpu")
+    if student is not None:
+        with torch.device("meta"):
+            model = type(student)(student.config).to(dtype or torch.float32)
+        return model, dict(student.state_dict())
     dit_class, path, sizes = _dit_source(wan_folder, checkpoint)
     return dit_class.open_pretrained(path, use_ema=use_ema, dtype=dtype, **sizes)
 

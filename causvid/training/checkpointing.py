@@ -56,10 +56,11 @@ def finish_checkpoint(tmp: Path, training_state: dict) -> Path:
     return final
 
 
-def save_checkpoint(logdir, step: int, models: dict, training_state: dict) -> Path:
-    """models: {"generator": sd, "generator_ema": sd or None, "critic": sd or None} (full state dicts)."""
+def save_checkpoint(logdir, step: int, models: dict, training_state: dict, extra: dict = None) -> Path:
+    """models: {"generator": sd, "generator_ema": sd or None, "critic": sd or None} (full state dicts, or a LoRA
+    model's adapter); extra: entries stored beside them in model.pt as they are (a LoRA run's `lora` record)."""
     tmp = begin_checkpoint(logdir, step)
-    torch.save({k: published(v) for k, v in models.items() if v is not None}, tmp / "model.pt")
+    torch.save({**{k: published(v) for k, v in models.items() if v is not None}, **(extra or {})}, tmp / "model.pt")
     return finish_checkpoint(tmp, training_state)
 
 

@@ -108,22 +108,27 @@ def sharded_parameters(model: torch.nn.Module):
 
 
 class ShardedEMA:
-    """Exponential moving average of a (sharded) model, kept shard by shard: each rank averages only its own
-    slice of every parameter, so an update costs no gather. The full EMA is assembled only when saved."""
+    """Exponential moving average of a (sharded) model's trained parameters (all of them, or a LoRA's adapter),
+    kept shard by shard: each rank averages only its own slice of every parameter, so an update costs no gather.
+    The full EMA is assembled only when saved."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {name: local(p).detach().float().clone() for name, p in sharded_parameters(model)}
+        self.shadow = {name: local(p).detach().float().clone() for name, p in sharded_parameters(model)
+                       if p.requires_grad}
+
+    def _averaged(self, model):
+        return ((name, p) for name, p in sharded_parameters(model) if name in self.shadow)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for name, p in sharded_parameters(model):
+        for name, p in self._averaged(model):
             self.shadow[name].lerp_(local(p).float(), 1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
         """Write the average into `model`, a copy of the averaged one sharded the same way (a target network)."""
-        for name, p in sharded_parameters(model):
+        for name, p in self._averaged(model):
             local(p).copy_(self.shadow[name])
 
     @torch.no_grad()
@@ -132,7 +137,7 @@ class ShardedEMA:
         shard is swapped into its parameter for the gather (FSDP's own sharding, padding included), then the
         parameter is put back."""
         out = {}
-        for name, p in sharded_parameters(model):
+        for name, p in self._averaged(model):
             if not isinstance(p, DTensor):
                 out[name] = self.shadow[name].cpu().clone()
                 continue
@@ -146,18 +151,18 @@ class ShardedEMA:
     def sharded_state_dict(self, model: torch.nn.Module) -> dict:
         """The shadow as the parameters are laid out (DTensors where they are sharded), sharing its storage."""
         out = {}
-        for name, p in sharded_parameters(model):
+        for name, p in self._averaged(model):
             shadow = self.shadow[name]
             out[name] = DTensor.from_local(shadow, p.device_mesh, p.placements, run_check=False, shape=p.shape,
                                            stride=p.stride()) if isinstance(p, DTensor) else shadow
         return out
 
     def load_sharded_state_dict(self, model: torch.nn.Module, state: dict) -> None:
-        for name, p in sharded_parameters(model):
+        for name, _ in self._averaged(model):
             self.shadow[name].copy_(local(state[name]))
 
     def load_full_state_dict(self, model: torch.nn.Module, state: dict) -> None:
-        for name, p in sharded_parameters(model):
+        for name, p in self._averaged(model):
             full = state[name].float()
             if isinstance(p, DTensor):
                 full = distribute_tensor(full.to(p.device), p.device_mesh, p.placements).to_local()
@@ -210,8 +215,9 @@ def full_optimizer_state(model, optimizer) -> dict:
     return get_optimizer_state_dict(model, optimizer, options=_FULL)
 
 
-def load_full_model_state(model, state: dict) -> None:
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+def load_full_model_state(model, state: dict, strict: bool = True) -> None:
+    """strict=False: `state` may hold part of the model (a LoRA's adapter); the rest is left as it is."""
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
 
 
 def load_full_optimizer_state(model, optimizer, state: dict) -> None:

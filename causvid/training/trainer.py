@@ -21,6 +21,7 @@ from causvid.data.datasets import LatentLMDBDataset, ODERegressionLMDBDataset
 from causvid.data.prompts import read_prompt_file
 from causvid.pipelines.text_to_video import load_text_encoder, load_vae, open_dit
 from causvid.training import distributed as D
+from causvid.training import lora
 from causvid import rng
 from causvid.errors import RunError
 from causvid.training.checkpointing import (SHARDED, begin_checkpoint, finish_checkpoint, latest_checkpoint,
@@ -42,26 +43,31 @@ class Trainer:
         self.dist = D.init_distributed()
         device = self.dist.device
         wan = cfg.wan_model_path
-        # every model is built on the meta device, sharded, then filled with its rank's rows only
-        load = lambda path, ckpt=None, dtype=None, offload=False: D.materialize(  # noqa: E731
-            *open_dit(path, ckpt, dtype=dtype), device, cfg.mixed_precision, offload)
+        # every model is built on the meta device (a LoRA model wrapped there), sharded, then filled with its
+        # rank's rows only
+        def load(path, ckpt=None, dtype=None, offload=False, lora_of=None):
+            opened = open_dit(path, ckpt, dtype=dtype)
+            opened = lora.open_wrapped(opened, cfg, lora_of) if lora_of else opened
+            return D.materialize(*opened, device, cfg.mixed_precision, offload)
+
         # frozen models are kept in bf16 where training computes in it (CUDA with mixed precision)
         frozen_dtype = torch.bfloat16 if cfg.mixed_precision and device.type == "cuda" else torch.float32
-        generator = load(wan, cfg.generator_ckpt)
+        generator = load(wan, cfg.generator_ckpt, lora_of="generator")
         self.offload = bool(cfg.offload_frozen) and device.type != "cpu"
         self.text_encoder = text_encoder or _load_text_encoder(wan, "cpu" if self.offload else device,
                                                                generator.config.text_len)
         frozen = {}  # consistency distillation: the teacher and the EMA target start as the loaded generator
         if self.stage.needs_teacher:
             frozen = {"teacher": load(wan, cfg.generator_ckpt, frozen_dtype),
-                      "target": load(wan, cfg.generator_ckpt)}  # the EMA's copy: fp32 like the weights it averages
+                      # the EMA's copy (the generator's parameter names, LoRA included): fp32 like what it averages
+                      "target": load(wan, cfg.generator_ckpt, lora_of="generator")}
             frozen = {name: m.eval().requires_grad_(False) for name, m in frozen.items()}
         generator.gradient_checkpointing = bool(cfg.gradient_checkpointing)
         self.models = Models(generator.train(), **frozen)
         params = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         self.optimizers = {"generator": torch.optim.AdamW(self.models.generator.parameters(), **params)}
         if self.stage.has_critic:
-            fake = load(wan)
+            fake = load(wan, lora_of="critic")
             fake.gradient_checkpointing = bool(cfg.gradient_checkpointing)
             self.models.fake_score = fake.train()
             self.models.real_score = load(real_score_path(cfg), dtype=frozen_dtype,
@@ -234,9 +240,11 @@ class Trainer:
                   "generator_ema": self.ema.full_state_dict(self.models.generator) if self.ema else None,
                   "critic": D.full_model_state(self.models.fake_score) if self.models.fake_score else None}
         optim = {name: D.full_optimizer_state(self._model_of(name), opt) for name, opt in self.optimizers.items()}
+        models, adapters = lora.checkpoint_models(self.cfg, models)  # a LoRA model: its adapter alone
         if self.dist.is_main:
             self._saved(save_checkpoint(self.logdir, self.step, models,
-                                        {**self._training_state(), "optimizers": optim}))
+                                        {**self._training_state(), "optimizers": optim},
+                                        extra={"lora": adapters} if adapters else None))
         D.barrier()
 
     def _saved(self, path):
@@ -262,9 +270,9 @@ class Trainer:
                            else None)
             self._resumed(folder, state)
             return
-        D.load_full_model_state(self.models.generator, models["generator"])
+        D.load_full_model_state(self.models.generator, models["generator"], lora.strict_load(self.cfg, "generator"))
         if self.models.fake_score is not None:
-            D.load_full_model_state(self.models.fake_score, models["critic"])
+            D.load_full_model_state(self.models.fake_score, models["critic"], lora.strict_load(self.cfg, "critic"))
         for name, opt in self.optimizers.items():
             D.load_full_optimizer_state(self._model_of(name), opt, state["optimizers"][name])
         if state["ema_started"]:

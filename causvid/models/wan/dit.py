@@ -242,6 +242,12 @@ class WanDiT(nn.Module):
             raise ValueError(f"timesteps must be [B] or [B, F] = [{batch}, {frames}], got {tuple(t.shape)}")
         return t
 
+    def _context_trains(self) -> bool:
+        """Whether anything between the prompt and the cross-attention K/V has a trained parameter."""
+        cross = self.blocks[0].cross_attn
+        return any(p.requires_grad for m in (self.text_embedding, cross.k, cross.v, cross.norm_k)
+                   for p in m.parameters())
+
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x, t, context, *, causal: bool = False, num_frame_per_block: int = 1,
                 local_attn_size: int = -1, sink_size: int = 0, clean_x=None, clean_t=None,
@@ -278,8 +284,9 @@ class WanDiT(nn.Module):
                     positions.to(x.device), grid[1], grid[2], self.config.head_dim))
             if cache.holds_context(context):
                 # cross-attention K/V are already in the cache; a call with gradient recomputes them, as
-                # Self-Forcing's exit step does, so the text embedding and cross-attention K/V train
-                if not (torch.is_grad_enabled() and self.text_embedding[0].weight.requires_grad):
+                # Self-Forcing's exit step does, so the text embedding and cross-attention K/V train (a LoRA's
+                # adapter on cross_attn.k / .v too, with the text embedding frozen)
+                if not (torch.is_grad_enabled() and self._context_trains()):
                     context = None
             elif context is None:
                 raise ValueError("context is None but the cache holds no prompt")
