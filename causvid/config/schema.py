@@ -75,6 +75,9 @@ class Config:
     gradient_checkpointing: bool = True
     # CV/SF/CF: bf16 parameters under FSDP mixed precision (fp32 reduce and buffers).
     mixed_precision: bool = True
+    # ours: ranks that share each sample, each holding a piece of every frame's tokens (Ulysses sequence
+    # parallelism; docs/sequence_parallel.md). Divides the number of processes and the DiTs' num_heads.
+    sequence_parallel_size: int = 1
 
     # timesteps --------------------------------------------------------------------------------------------------
     # CV/SF/CF: the few-step generator's timesteps. CV lists end in 0 (dropped at inference); SF/CF lists do not
