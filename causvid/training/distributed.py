@@ -76,7 +76,7 @@ def materialize(model: torch.nn.Module, state: dict, device, mixed_precision: bo
     state: the checkpoint's tensors, unread (`checkpoints.open_wan_dit`)."""
     from causvid.models.wan.checkpoints import fill
 
-    model = shard(model, mixed_precision, mesh)
+    model = shard(model, mixed_precision, mesh=mesh)
     model.to_empty(device=device)
 
     def rows(name, param):
