@@ -108,6 +108,9 @@ class Config:
     offload_frozen: bool = False
     # ours: LoRA training per model (`lora.generator.rank: 16`); rank 0 trains the model in full.
     lora: LoRAs = field(default_factory=LoRAs)
+    # ours: ranks that share each sample, each holding a piece of every frame's tokens (Ulysses sequence
+    # parallelism; docs/sequence_parallel.md). Divides the number of processes and the DiTs' num_heads.
+    sequence_parallel_size: int = 1
 
     # timesteps --------------------------------------------------------------------------------------------------
     # CV/SF/CF: the few-step generator's timesteps. CV lists end in 0 (dropped at inference); SF/CF lists do not

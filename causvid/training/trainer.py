@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from causvid.config import real_score_path, save_config
+from causvid.config import ConfigError, real_score_path, save_config
 from causvid.data.datasets import LatentLMDBDataset, ODERegressionLMDBDataset
 from causvid.data.prompts import read_prompt_file
 from causvid.pipelines.text_to_video import load_text_encoder, load_vae, open_dit
@@ -42,13 +42,21 @@ class Trainer:
         self.dataset = self._dataset()  # so do missing datasets
         self.dist = D.init_distributed()
         device = self.dist.device
+        self.mesh = _mesh(self.dist, cfg.sequence_parallel_size)
+        # each data-parallel rank reads its own samples; the ranks of a sequence-parallel group share them
+        self.dp_rank, self.dp_size = self.mesh.get_local_rank("dp_shard"), self.mesh["dp_shard"].size()
         wan = cfg.wan_model_path
-        # every model is built on the meta device (a LoRA model wrapped there), sharded, then filled with its
-        # rank's rows only
+
+        # every model is built on the meta device (a LoRA model wrapped there, sequence parallelism attached),
+        # sharded, then filled with its rank's rows only
         def load(path, ckpt=None, dtype=None, offload=False, lora_of=None):
-            opened = open_dit(path, ckpt, dtype=dtype)
-            opened = lora.open_wrapped(opened, cfg, lora_of) if lora_of else opened
-            return D.materialize(*opened, device, cfg.mixed_precision, offload)
+            model, state = open_dit(path, ckpt, dtype=dtype)
+            model, state = lora.open_wrapped((model, state), cfg, lora_of) if lora_of else (model, state)
+            try:
+                model = D.sequence_parallel(model, self.mesh)
+            except ValueError as err:  # heads that do not split over the group
+                raise ConfigError(str(err)) from None
+            return D.materialize(model, state, device, cfg.mixed_precision, offload, mesh=self.mesh)
 
         # frozen models are kept in bf16 where training computes in it (CUDA with mixed precision)
         frozen_dtype = torch.bfloat16 if cfg.mixed_precision and device.type == "cuda" else torch.float32
@@ -111,7 +119,7 @@ class Trainer:
         size, n = self.cfg.batch_size, len(self.dataset)
         roles = 2 if self.stage.has_critic else 1
         slot = step * roles + (1 if role == "critic" else 0)
-        first = ((slot * self.cfg.grad_accum + micro) * self.dist.world_size + self.dist.rank) * size
+        first = ((slot * self.cfg.grad_accum + micro) * self.dp_size + self.dp_rank) * size
         positions = list(range(first, first + size))
         rows = [self.dataset[_row(p, n, self.cfg.seed)] for p in positions]
         device = self.dist.device
@@ -147,6 +155,7 @@ class Trainer:
                 loss = loss_fn(self.models, batch, self.step) / self.cfg.grad_accum
             loss.backward()
             total += loss.item()
+        D.reduce_sequence_parallel_grads(model, self.mesh)
         total = D.mean_across_ranks(total, self.dist.device)
         if not math.isfinite(total):  # stop before the bad gradient touches the weights
             last = latest_checkpoint(self.logdir)
@@ -179,10 +188,10 @@ class Trainer:
         end = cfg.max_iters if cfg.max_iters is not None else float("inf")
         bar = tqdm(total=None if end == float("inf") else end, initial=self.step, disable=not self.dist.is_main)
         started, start_step = time.perf_counter(), self.step
-        batch = cfg.batch_size * self.dist.world_size * cfg.grad_accum
+        batch = cfg.batch_size * self.dp_size * cfg.grad_accum
         if cfg.total_batch_size is not None and cfg.total_batch_size != batch:  # informational in the originals
             self._print(f"note: the config's total_batch_size is {cfg.total_batch_size}; this run's global batch is "
-                        f"{batch} (batch_size {cfg.batch_size} x {self.dist.world_size} processes x grad_accum "
+                        f"{batch} (batch_size {cfg.batch_size} x {self.dp_size} data-parallel ranks x grad_accum "
                         f"{cfg.grad_accum})")
         try:
             while self.step < end:
@@ -222,7 +231,7 @@ class Trainer:
     def _training_state(self) -> dict:
         return {"step": self.step, "ema_started": self.ema is not None,
                 "samples_seen": self.step * (2 if self.stage.has_critic else 1) * self.cfg.grad_accum
-                * self.dist.world_size * self.cfg.batch_size}
+                * self.dp_size * self.cfg.batch_size}
 
     def save(self):
         if self.no_save:
@@ -315,6 +324,13 @@ def _row(position: int, n: int, seed: int) -> int:
     """Dataset row of a global sample position: a fresh permutation of the data every epoch."""
     epoch, offset = divmod(position, n)
     return int(torch.randperm(n, generator=rng.generator(seed, "epoch", epoch))[offset])
+
+
+def _mesh(d, sequence_parallel_size):
+    try:
+        return D.parallel_mesh(d, sequence_parallel_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _load_text_encoder(wan, device, text_len):

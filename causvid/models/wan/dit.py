@@ -68,18 +68,21 @@ class Attention(nn.Module):
     def heads(self, x):
         return x.unflatten(-1, (self.num_heads, -1))
 
-    def self_attention(self, x, rope, mask, cache):
+    def self_attention(self, x, rope, mask, cache, sp=None):
         """cache: this layer's `CacheCall`, or None. rope: the query tokens' (cos, sin), and the keys' as a third
         and fourth entry when the cache keeps keys un-rotated (rope_positions="window"): they are then rotated
-        after the read, at window positions."""
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope[:2])
-        k = self.heads(self.norm_k(self.k(x)))
+        after the read, at window positions. sp: a `SequenceShard` (x holds this rank's token pieces), or None;
+        everything after the exchange sees the whole sequence for this rank's heads."""
+        q, k, v = self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
+        if sp is not None:
+            q, k, v = sp.to_heads(torch.cat([q, k, v])).chunk(3)
+        q = apply_rope(q, *rope[:2])
         k = apply_rope(k, *rope[:2]) if len(rope) == 2 else k
-        v = self.heads(self.v(x))
         if cache is not None:
             k, v = cache.update(k, v)
             k = apply_rope(k, *rope[2:]) if len(rope) == 4 else k
-        return self.o(attention(q, k, v, mask).flatten(2))
+        out = attention(q, k, v, mask)
+        return self.o((out if sp is None else sp.to_sequence(out)).flatten(2))
 
     def cross_attention(self, x, context, cache):
         """context: the embedded prompt, or None to use the K/V the cache (a `CacheCall`) holds for it."""
@@ -109,13 +112,14 @@ class WanBlock(nn.Module):
         self.norm2 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
 
-    def forward(self, x, e0, context, rope, mask, cache):
-        """x [B, L, D]; e0 [B, Fs, 6, D] per-frame time projection (fp32); cache: this layer's `CacheCall`."""
+    def forward(self, x, e0, context, rope, mask, cache, sp=None):
+        """x [B, L, D]; e0 [B, Fs, 6, D] per-frame time projection (fp32); cache: this layer's `CacheCall`;
+        sp: a `SequenceShard` when x holds this rank's pieces of every frame (sequence parallelism), or None."""
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = (self.modulation.float()[:, None] + e0).unbind(2)
 
         xs, scale = _per_frame(self.norm1(x).float(), scale_msa)
         h = (xs * (1 + scale) + shift_msa[:, :, None]).flatten(1, 2).to(x.dtype)
-        y, gate = _per_frame(self.self_attn.self_attention(h, rope, mask, cache).float(), gate_msa)
+        y, gate = _per_frame(self.self_attn.self_attention(h, rope, mask, cache, sp).float(), gate_msa)
         x = (x.float() + (y * gate).flatten(1, 2)).to(x.dtype)
 
         x = x + self.cross_attn.cross_attention(self.norm3(x), context, cache)
@@ -153,6 +157,7 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.gradient_checkpointing = False
+        self.sequence_parallel = None  # a `SequenceParallel` hook: split the tokens over its group (None: don't)
         self._init_weights()
 
     # -- construction -------------------------------------------------------------------------------
@@ -269,7 +274,12 @@ class WanDiT(nn.Module):
         """
         batch, frames = x.shape[:2]
         t = self._frame_timesteps(t.to(x.device) if torch.is_tensor(t) else t, batch, frames).to(x.device)
-        tokens, grid = self.patchify(x)
+        sp, enter = None, lambda inputs: inputs  # sequence parallelism: this forward's token pieces
+        if self.sequence_parallel is not None:
+            _, ph, pw = self.config.patch_size
+            sp = self.sequence_parallel.shard(x.shape[3] // ph * (x.shape[4] // pw))
+            enter = sp.enter  # inputs of the DiT, before any parameter touches them (see sequence_parallel.py)
+        tokens, grid = self.patchify(enter(x))
         frame_tokens = grid[1] * grid[2]
         e, e0 = self.embed_time(t)
         rope = rope_angles(grid[0], grid[1], grid[2], self.config.head_dim, start_frame=start_frame, device=x.device)
@@ -295,7 +305,7 @@ class WanDiT(nn.Module):
         elif clean_x is not None:
             if clean_x.shape != x.shape:
                 raise ValueError(f"clean_x {tuple(clean_x.shape)} must match x {tuple(x.shape)}")
-            clean_tokens, _ = self.patchify(clean_x)
+            clean_tokens, _ = self.patchify(enter(clean_x))
             clean_t = self._frame_timesteps(0.0 if clean_t is None else clean_t, batch, frames).to(x.device)
             tokens = torch.cat([clean_tokens, tokens], dim=1)
             e0 = torch.cat([self.embed_time(clean_t)[1], e0], dim=1)
@@ -308,20 +318,22 @@ class WanDiT(nn.Module):
         elif local_attn_size != -1:
             raise ValueError("local_attn_size needs causal=True (or a cache): a bidirectional window is not defined")
 
-        ctx = None if context is None else self.embed_text(context)
+        ctx = None if context is None else self.embed_text(enter(context))
         # Activation checkpointing with a cache too: each layer gets its own `CacheCall`, whose recomputation in
         # backward reads what the forward read and writes nothing (see KVCache).
         recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        tokens = tokens if sp is None else sp.split(tokens)
         for layer, block in enumerate(self.blocks):
             call = None if cache is None else cache.call(layer)
             if recompute:
-                tokens = checkpoint(block, tokens, e0, ctx, rope, mask, call, use_reentrant=False)
+                tokens = checkpoint(block, tokens, e0, ctx, rope, mask, call, sp, use_reentrant=False)
             else:
-                tokens = block(tokens, e0, ctx, rope, mask, call)
+                tokens = block(tokens, e0, ctx, rope, mask, call, sp)
 
-        if clean_x is not None:
+        if clean_x is not None:  # the noisy half (of every frame's pieces, under sequence parallelism)
             tokens = tokens[:, tokens.shape[1] // 2:]
-        out = self.unpatchify(self.head(tokens, e), grid)
+        out = self.head(tokens, e)
+        out = self.unpatchify(out if sp is None else sp.gather(out), grid)
         if self.config.prediction == "x0":
             # sigma floored at X0_MIN_SIGMA (as JiT does): finite flow at t = 0 (cache refresh on clean frames),
             # and a flow loss weighs the x0 error by at most 1 / X0_MIN_SIGMA^2
