@@ -33,6 +33,10 @@ def _tensors(obj):
         yield from _tensors((obj.past, obj.cross))
 
 
+def _unpack(t):
+    return t
+
+
 class HeldForBackward(contextlib.ContextDecorator):
     """Within the context, record every storage a forward holds for backward; `.bytes` is their total.
 
@@ -44,8 +48,10 @@ class HeldForBackward(contextlib.ContextDecorator):
     def __init__(self, *modules: torch.nn.Module):
         self.exclude = {t.untyped_storage().data_ptr() for m in modules
                         for t in list(m.parameters()) + list(m.buffers())}
-        self.storages = {}  # data_ptr -> nbytes
-        self.kept = []      # the recorded tensors (they are alive anyway: autograd or checkpoint holds them)
+        # data_ptr -> nbytes. No reference to the tensors is kept: autograd and checkpointing hold them until the
+        # backward (so no address is reused meanwhile), and a reference from here would tie them to the graph
+        # that holds this object's hooks, in a cycle Python's collector cannot see.
+        self.storages = {}
 
     def _record(self, t: torch.Tensor):
         if t.device.type == "meta":
@@ -54,7 +60,6 @@ class HeldForBackward(contextlib.ContextDecorator):
         ptr = storage.data_ptr()
         if ptr and ptr not in self.exclude and ptr not in self.storages:
             self.storages[ptr] = storage.nbytes()
-            self.kept.append(t)
 
     def _pack(self, t):
         self._record(t)
@@ -69,7 +74,7 @@ class HeldForBackward(contextlib.ContextDecorator):
     def __enter__(self):
         self._real_checkpoint = dit_module.checkpoint
         dit_module.checkpoint = self._checkpoint
-        self._hooks = saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks = saved_tensors_hooks(self._pack, _unpack)
         self._hooks.__enter__()
         return self
 
@@ -151,10 +156,12 @@ def stage_batch(stage, models, latent_shape, batch_size: int = 1, seed: int = 0)
 
 
 def held_bytes(stage, models, batch, role: str = "generator", step: int = 0) -> int:
-    """Bytes one generator (or critic) loss of `stage` holds for backward."""
+    """Bytes one generator (or critic) loss of `stage` holds for backward; the backward then runs (the graph of
+    a checkpointed cached rollout is a cycle through autograd that only the backward's release of saved
+    tensors breaks)."""
     modules = [m for m in (models.generator, models.fake_score, models.real_score, models.teacher, models.target)
                if m is not None]
     with HeldForBackward(*modules) as held:
         loss = (stage.critic_loss if role == "critic" else stage.generator_loss)(models, batch, step)
-    del loss
+    loss.backward()
     return held.bytes
