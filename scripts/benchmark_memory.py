@@ -23,13 +23,14 @@ from causvid.training.memory import LinearFit, held_bytes, stage_batch, stage_mo
 from causvid.training.stages import make_stage
 
 ROOT = Path(__file__).resolve().parents[1]
-#: stage name -> (config under configs/, overrides, roles measured)
+#: stage name -> (config under configs/, overrides, roles measured). The critic's step is the same code in every
+#: DMD stage (flow matching of the fake score on the generator's no-grad sample): measured for two of them.
 STAGES = {
     "self_forcing_dmd": ("self_forcing_dmd", [], ("generator", "critic")),
-    "causal_forcing_dmd_chunkwise": ("causal_forcing_dmd_chunkwise", [], ("generator", "critic")),
+    "causal_forcing_dmd_chunkwise": ("causal_forcing_dmd_chunkwise", [], ("generator",)),
     "causal_forcing_dmd_framewise": ("causal_forcing_dmd_framewise", [], ("generator",)),
     "long_rollout_dmd_x2": ("causal_forcing_dmd_chunkwise", ["long_rollout_frames=42"], ("generator",)),
-    "causvid_dmd": ("wan_causal_dmd", [], ("generator", "critic")),
+    "causvid_dmd": ("wan_causal_dmd", [], ("generator",)),
     "bidirectional_dmd": ("wan_bidirectional_dmd", [], ("generator", "critic")),
     "ar_diffusion_tf_chunkwise": ("ar_diffusion_tf_chunkwise", [], ("generator",)),
     "causal_ode_chunkwise": ("causal_ode_chunkwise", [], ("generator",)),
@@ -70,15 +71,16 @@ def main():
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--preset", default="wan2.1-t2v-1.3b")
     p.add_argument("--budget_gb", type=float, default=80.0)
-    p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--json", help="also write the figures here (rewritten after every row)")
     p.add_argument("--plan", action="store_true", help="print per-GPU memory plans from --plan_from")
-    p.add_argument("--plan_from", default=str(ROOT / "docs" / "benchmarks" / "memory_cpu.json"),
-                   help="a --json file of this script (default: the committed one)")
+    p.add_argument("--plan_from", nargs="+", default=sorted(map(str, (ROOT / "docs" / "benchmarks").glob("memory_cpu_*.json"))),
+                   help="--json files of this script (default: the committed ones, docs/benchmarks/memory_cpu_*.json)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if args.plan:
         from causvid.training.memory_plan import print_plan
-        print_plan(json.loads(Path(args.plan_from).read_text()))
+        files = [json.loads(Path(f).read_text()) for f in args.plan_from]
+        print_plan(dict(files[0], rows=[row for f in files for row in f["rows"]]))
         return
     torch.set_num_threads(args.threads)
     cfg = get_preset(args.preset)
@@ -98,9 +100,10 @@ def main():
                 flag = lambda gb: f"{gb:10.1f}{' !' if gb > args.budget_gb else '  '}"  # noqa: E731
                 print(f"{name:30} {role:9} {dname:5} {fit.d / 1024:14.2f} {abs(check / predicted - 1):8.2%} "
                       f"{flag(row['gb_30'])} {flag(row['gb_40'])}", flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(rows=rows, real_tokens=REAL_TOKENS, frames=FRAMES), indent=1))
+                if args.json:  # after every row: a long run stopped midway keeps what it measured
+                    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.json).write_text(json.dumps(dict(rows=rows, real_tokens=REAL_TOKENS, frames=FRAMES),
+                                                          indent=1))
     print(f"{len(rows)} rows in {time.time() - started:.0f} s" + (f"; written to {args.json}" if args.json else ""))
 
 

@@ -18,14 +18,18 @@ NAMES = [
     "wan_bidirectional_dmd_from_scratch",
     # Self-Forcing
     "self_forcing_dmd",
+    # ours: Self-Forcing's recipe with a 14B student (sequence parallel, sharded checkpoints, offload)
+    "self_forcing_dmd_14b",
     # Causal-Forcing
     "ar_diffusion_tf_framewise", "ar_diffusion_tf_chunkwise", "causal_ode_framewise", "causal_ode_chunkwise",
     "causal_forcing_dmd_framewise", "causal_forcing_dmd_chunkwise", "causal_forcing_dmd_framewise_1step",
     "causal_forcing_dmd_framewise_2step", "causal_cd_framewise", "causal_cd_chunkwise",
 ]
-# What the tiny mirrors may change or add relative to the real files.
+# What the tiny mirrors may change or add relative to the real files (a tiny run is one process: no sequence
+# parallel group).
 TINY_CHANGED = {"wan_model_path", "image_or_video_shape", "num_training_frames", "batch_size", "log_iters",
-                "ema_start_step", "total_batch_size", "data_path", "output_path", "generator_ckpt"}
+                "ema_start_step", "total_batch_size", "data_path", "output_path", "generator_ckpt",
+                "sequence_parallel_size"}
 
 
 def _write(tmp_path, text, name="x.yaml"):
