@@ -82,7 +82,7 @@ def main(out_dir, *sizes):
     for sp in map(int, sizes):
         mesh = D.parallel_mesh(d, sp)
         dp_rank, dp_size = mesh.get_local_rank("dp_shard"), mesh["dp_shard"].size()
-        model = D.sequence_parallel(D.shard(make_model(), False, mesh=mesh), mesh)
+        model = D.sequence_parallel(D.shard(make_model(), False), mesh)
         samples = list(range(BATCH))[dp_rank::dp_size]
         results = {}
         for mode in MODES:

@@ -53,34 +53,32 @@ def init_distributed() -> Dist:
     return Dist(rank, world, local_rank, device)
 
 
-def shard(model: torch.nn.Module, mixed_precision: bool, offload: bool = False,
-          mesh: DeviceMesh = None) -> torch.nn.Module:
-    """FSDP2: each transformer block is its own shard unit, then the rest of the model. Parameters stay fp32
-    (the optimizer's master copy); with mixed precision on CUDA, compute runs in bf16 and gradients are
-    reduced in fp32. offload (CUDA): the shards live in CPU memory, each unit's copied in for its compute.
-    mesh: a `parallel_mesh`, whose "dp_shard" ranks the model is sharded over (None: all)."""
+def shard(model: torch.nn.Module, mixed_precision: bool, offload: bool = False) -> torch.nn.Module:
+    """FSDP2 over every rank: each transformer block is its own shard unit, then the rest of the model.
+    Parameters stay fp32 (the optimizer's master copy); with mixed precision on CUDA, compute runs in bf16 and
+    gradients are reduced in fp32. offload (CUDA): the shards live in CPU memory, each unit's copied in for its
+    compute. With sequence parallelism too the shards span every rank (as torchtitan shards over its data and
+    context dims together): the ranks of a group need the same weights, gathered for compute anyway."""
     cuda = torch.cuda.is_available()
-    shard_mesh = None if mesh is None else mesh["dp_shard"]
-    ranks = dist.get_world_size() if shard_mesh is None else shard_mesh.size()
-    if ranks == 1 and not cuda:
+    if dist.get_world_size() == 1 and not cuda:
         return model  # see the module's docstring
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if mixed_precision and cuda else MixedPrecisionPolicy()
     options = dict(mp_policy=policy, offload_policy=CPUOffloadPolicy() if offload and cuda else OffloadPolicy())
     for block in model.blocks:
-        fully_shard(block, mesh=shard_mesh, **options)
-    fully_shard(model, mesh=shard_mesh, **options)
+        fully_shard(block, **options)
+    fully_shard(model, **options)
     return model
 
 
 def materialize(model: torch.nn.Module, state: dict, device, mixed_precision: bool,
-                offload: bool = False, mesh: DeviceMesh = None) -> torch.nn.Module:
+                offload: bool = False) -> torch.nn.Module:
     """A model built on the meta device, sharded, then filled: each rank allocates and reads only its own rows
     of every parameter (FSDP2 shards dim 0 in `torch.chunk` pieces), so no rank ever holds a full copy.
     state: the checkpoint's tensors, unread (`checkpoints.open_wan_dit`)."""
     from causvid.models.wan.checkpoints import fill
 
-    model = shard(model, mixed_precision, offload, mesh=mesh)
+    model = shard(model, mixed_precision, offload)
     model.to_empty(device="cpu" if offload else device)
 
     def rows(name, param):
@@ -104,8 +102,8 @@ def materialize(model: torch.nn.Module, state: dict, device, mixed_precision: bo
 
 def parallel_mesh(d: Dist, sequence_parallel_size: int = 1) -> DeviceMesh:
     """The ranks as a (dp_shard, sp) grid: the `sp` consecutive ranks of a row share each sample (sequence
-    parallelism, causvid/models/wan/sequence_parallel.py), and FSDP shards over a column ("dp_shard"), each
-    column's ranks reading different samples. Ranks of one sequence-parallel group hold the same FSDP shard."""
+    parallelism, causvid/models/wan/sequence_parallel.py), each column's ranks read different samples. FSDP
+    shards over all of them (`shard`)."""
     sp = int(sequence_parallel_size)
     if sp < 1 or d.world_size % sp:
         raise ValueError(f"sequence_parallel_size={sequence_parallel_size} must be a positive divisor of the "
@@ -123,14 +121,15 @@ def sequence_parallel(model: torch.nn.Module, mesh: DeviceMesh) -> torch.nn.Modu
 
 
 def reduce_sequence_parallel_grads(model: torch.nn.Module, mesh: DeviceMesh) -> None:
-    """Sum the parameters' gradients over each sequence-parallel group: its ranks hold the same shard and each
-    computed the gradient of its own tokens only (FSDP has already averaged each over "dp_shard")."""
-    if mesh["sp"].size() == 1:
+    """FSDP has averaged every gradient over all ranks; the ranks of a sequence-parallel group each computed the
+    gradient of their own tokens, which add up to the sample's: sum over the group, average over the data-parallel
+    ranks = the average over all, times the group's size."""
+    sp = mesh["sp"].size()
+    if sp == 1:
         return
-    group = mesh.get_group("sp")
     for p in model.parameters():
         if p.grad is not None:
-            dist.all_reduce(local(p.grad), group=group)
+            p.grad.mul_(sp)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,7 @@ class Trainer:
                 model = D.sequence_parallel(model, self.mesh)
             except ValueError as err:  # heads that do not split over the group
                 raise ConfigError(str(err)) from None
-            return D.materialize(model, state, device, cfg.mixed_precision, offload, mesh=self.mesh)
+            return D.materialize(model, state, device, cfg.mixed_precision, offload)
 
         # frozen models are kept in bf16 where training computes in it (CUDA with mixed precision)
         frozen_dtype = torch.bfloat16 if cfg.mixed_precision and device.type == "cuda" else torch.float32
