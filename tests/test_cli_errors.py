@@ -248,7 +248,8 @@ def test_output_folder_not_writable_fails_before_the_model_loads(tmp_path, monke
     locked.mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
-    monkeypatch.setattr(cli, "load_components", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    from causvid.pipelines import text_to_video
+    monkeypatch.setattr(text_to_video, "load_components", lambda *a, **k: pytest.fail("the model loaded before the check"))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\n")
     wan = tmp_path / "wan"

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Optional
 
 from causvid.config.schema import BASE_MODEL_NAME, ConfigError
-from causvid.flow import normalize_step_list
 
 def warp_shift(cfg) -> float:
     """The shift of the generator's scheduler grid, which warp_denoising_step indexes.
@@ -23,6 +22,8 @@ def _steps(cfg, key: str) -> Optional[list]:
     steps = cfg[key]
     if steps is None:
         return None
+    from causvid.flow import normalize_step_list  # torch: only where the steps are used
+
     return normalize_step_list(list(steps), warp=bool(cfg.warp_denoising_step), shift=warp_shift(cfg))
 
 

@@ -15,7 +15,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from causvid.config.derived import _steps, generator_is_causal
+from causvid.config.derived import generator_is_causal
+from causvid.wan_conventions import check_step_list
 from causvid.config.schema import IGNORED_KEYS, Config, ConfigError
 
 PathLike = Union[str, Path]
@@ -174,7 +175,7 @@ def _validate(cfg: DictConfig, source: str) -> None:
     for key in ("denoising_step_list", "denoising_step_list_first_chunk"):
         if cfg[key] is not None:
             try:
-                _steps(cfg, key)
+                check_step_list(list(cfg[key]), warp=bool(cfg.warp_denoising_step))
             except ValueError as err:
                 raise ConfigError(f"{source}: {key}: {err}") from err
 

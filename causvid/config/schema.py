@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from causvid.errors import UsageError
-from causvid.flow import WAN_NEGATIVE_PROMPT
+from causvid.wan_conventions import WAN_NEGATIVE_PROMPT
 
 # The model wan_model_path holds by default, and the real score's default (real_name).
 BASE_MODEL_NAME = "Wan2.1-T2V-1.3B"

@@ -1,0 +1,76 @@
+"""How many CPU threads torch runs on (`--threads N` on every command line), chosen for the work.
+
+Measured by `python -m scripts.benchmark_threads` (the main job and a toy training stage, each with every thread
+count side by side): a model as small as the toy's or the tiny test models' (DiT width up to `SMALL_DIT_DIM`)
+runs its many small ops fastest on ONE thread per process, on a quiet 2-core machine and even more so on a busy
+one, where extra OpenMP threads mostly wait for each other (the main job took twice as long on torch's default).
+Wider models (Wan's 1536 / 5120) split their large matmuls well, so they keep every core. On a GPU the CPU
+threads only feed it: torch's default.
+
+No torch import at module level: a CLI adds the flag and reads a model folder's width before torch loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from causvid.errors import positive_int
+
+SMALL_DIT_DIM = 512  # toy 256, tiny test models 32-64; Wan2.1 1.3B is 1536
+
+
+def add_threads_flag(parser) -> None:
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="CPU threads torch uses (torch.set_num_threads); default: 1 for a toy- or tiny-size "
+                             f"model (DiT width <= {SMALL_DIT_DIM}) on the CPU, measured fastest by "
+                             "scripts/benchmark_threads.py; otherwise every core")
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity), or os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def dit_width(folder) -> int | None:
+    """The DiT width of a Wan folder from its config.json (original: `dim`; diffusers: heads x head dim), without
+    loading anything; None when it can't be told."""
+    for path in (Path(folder) / "config.json", Path(folder) / "transformer" / "config.json"):
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict):
+            if isinstance(config.get("dim"), int):
+                return config["dim"]
+            heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
+            if isinstance(heads, int) and isinstance(head_dim, int):
+                return heads * head_dim
+    return None
+
+
+def default_threads(device: str = "cpu", width: int | None = None) -> tuple[int, str]:
+    """(threads, why) for work on `device` with a DiT of `width` (None: unknown, taken as large)."""
+    if not str(device).startswith("cpu"):
+        return cores(), "every core: the GPU does the work"
+    if width is not None and width <= SMALL_DIT_DIM:
+        return 1, f"a DiT of width {width} runs fastest on one thread"
+    return cores(), "every core for a Wan-size model"
+
+
+def use_threads(requested: int | None, device: str = "cpu", width: int | None = None, log=print) -> int:
+    """Set torch's intra-op threads to `requested` (--threads) or the default for the work, and say so in one
+    line. Returns the number."""
+    import torch
+
+    if requested is None:
+        threads, why = default_threads(device, width)
+    else:
+        threads, why = requested, "--threads"
+    torch.set_num_threads(threads)
+    if log is not None:
+        log(f"threads: {threads} ({why}; --threads N to change)" if requested is None else f"threads: {threads} ({why})")
+    return threads
