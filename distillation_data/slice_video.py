@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from causvid.data.video_info import FrameStream
 from causvid.runtime import write_text_atomic
-from causvid.video_io import VideoReadError, VideoWriteError, VideoWriter
+from causvid.video_io.errors import VideoReadError, VideoWriteError
 
 log = logging.getLogger("slice_video")
 
@@ -187,6 +187,8 @@ def cut_clips(task: SourceTask) -> dict[str, tuple[str, str]]:
     for c in pending:
         starting[c.start].append(c)
     last_end = max(c.end for c in pending)
+    from causvid.video_io import VideoWriter  # torch: only once there is a clip to write
+
     open_writers: dict[str, tuple[Clip, VideoWriter]] = {}
     written: list[Clip] = []
     try:

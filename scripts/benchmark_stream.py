@@ -30,13 +30,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(REPO))
+from causvid.config import load_config
+from causvid.pipelines.stream import StreamSession
+from causvid.pipelines.text_to_video import load_components
 
-from causvid.config import load_config  # noqa: E402
-from causvid.pipelines.stream import StreamSession  # noqa: E402
-from causvid.pipelines.text_to_video import load_components  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 A, B = "a red square moving left", "a blue circle moving up"
 SCENARIOS = {"no switch": None, "switch, re-cache": True, "switch, no re-cache": False}

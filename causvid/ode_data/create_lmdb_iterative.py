@@ -11,7 +11,7 @@ import sys
 
 import lmdb
 
-from causvid.data.lmdb import DEFAULT_COMMIT_EVERY, DEFAULT_MAP_SIZE, LMDBDataError, create_lmdb_from_pt
+from causvid.data.lmdb.layout import DEFAULT_COMMIT_EVERY, DEFAULT_MAP_SIZE, LMDBDataError
 
 
 def _parse_args(argv):
@@ -27,6 +27,8 @@ def _parse_args(argv):
 
 def main(argv=None):
     args = _parse_args(argv)
+    from causvid.data.lmdb.convert import create_lmdb_from_pt
+
     try:
         stats = create_lmdb_from_pt(args.data_path, args.lmdb_path, map_size=int(args.map_size_gb * 2**30),
                                     commit_every=args.commit_every)

@@ -18,7 +18,7 @@ import sys
 
 import lmdb
 
-from causvid.data.lmdb import DEFAULT_COMMIT_EVERY, LMDBDataError, merge_lmdbs, natural_sorted
+from causvid.data.lmdb.layout import DEFAULT_COMMIT_EVERY, LMDBDataError
 
 
 def _parse_args(argv):
@@ -37,6 +37,8 @@ def _parse_args(argv):
 
 
 def _sources(args):
+    from causvid.data.lmdb.merge import natural_sorted
+
     if args.sources:
         return args.sources
     target = os.path.realpath(args.target)
@@ -48,6 +50,8 @@ def _sources(args):
 
 def main(argv=None):
     args = _parse_args(argv)
+    from causvid.data.lmdb.merge import merge_lmdbs
+
     try:
         sources = _sources(args)
         stats = merge_lmdbs(sources, args.target, keep_slot=args.keep_slot, delete_sources=args.delete_sources,

@@ -12,7 +12,6 @@ first frames can be written (or shown) before the video is complete.
 """
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
