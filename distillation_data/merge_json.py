@@ -13,10 +13,10 @@ already in the result):
 
 See docs/merge_json.md for the details and examples.
 """
-import argparse
 import json
 import sys
 
+from causvid.errors import ArgumentParser
 from causvid.jsonfile import load_json
 from causvid.runtime import write_text_atomic
 
@@ -137,7 +137,7 @@ def _write_atomic(path, data):
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(description="Merge two JSON files (two objects or two arrays).")
+    p = ArgumentParser(description="Merge two JSON files (two objects or two arrays).")
     p.add_argument("--input1", required=True, help="first JSON file")
     p.add_argument("--input2", required=True, help="second JSON file")
     p.add_argument("--output", required=True, help="merged JSON file to write")

@@ -40,7 +40,7 @@ from fractions import Fraction
 from tqdm import tqdm
 
 from causvid.data.video_info import VIDEO_SUFFIXES, FrameStream
-from causvid.errors import UsageError
+from causvid.errors import ArgumentParser, UsageError
 from causvid.runtime import check_output_folder
 from causvid.video_io.errors import VideoReadError, VideoWriteError
 
@@ -204,7 +204,7 @@ def process_all(input_dir, output_dir, width, height, fps, num_frames=81, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_dir", required=True, help="folder of clips (e.g. slice_video.py's output)")
     p.add_argument("--output_dir", required=True, help="converted videos go here, same relative names")
     p.add_argument("--width", type=int, default=832)

@@ -8,8 +8,10 @@ import argparse
 import time
 from pathlib import Path
 
-from causvid.errors import ArgumentParser
-from causvid.runtime import atomic_save, check_device_name, log, pending_items
+from causvid.errors import ArgumentParser, UsageError
+from causvid.models.weights_file import check_weights_file
+from causvid.runtime import (atomic_save, check_device_name, check_output_folder, check_wan_folder, log,
+                             pending_items)
 from causvid.threads import add_threads_flag, dit_width, use_threads
 from causvid.wan_conventions import WAN_NEGATIVE_PROMPT
 
@@ -51,6 +53,14 @@ def causal_ode_main(argv=None, num_frame_per_block: int = 1) -> int:
     The flags and the device name are checked before torch loads."""
     args = _causal_ode_parser(num_frame_per_block).parse_args(argv)
     check_device_name(args.device)
+    if not Path(args.rawdata_path).exists():
+        raise UsageError(f"--rawdata_path {args.rawdata_path}: no such LMDB or folder of .pt latents")
+    if not Path(args.generator_ckpt).exists():
+        raise UsageError(f"--generator_ckpt {args.generator_ckpt}: no such file (the AR-diffusion checkpoint)")
+    if Path(args.generator_ckpt).is_file():
+        check_weights_file(args.generator_ckpt)
+    check_wan_folder(args.wan_model_path, "--wan_model_path", fix="pass --wan_model_path FOLDER")
+    check_output_folder(args.output_folder, "--output_folder")
     import torch
 
     with torch.no_grad():

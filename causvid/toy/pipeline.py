@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from causvid.config import load_config
-from causvid.errors import ArgumentParser, positive_int
+from causvid.errors import ArgumentParser, positive_int, run_cli
+from causvid.runtime import check_output_folder
 from causvid.toy.schedule import Stage, cores, run_graph
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -392,12 +393,17 @@ def _last(stage_folder):
 
 
 def main(argv=None) -> int:
-    p = ArgumentParser(description="Run the whole method in the toy world (CPU, minutes).")
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
+    p = ArgumentParser(prog="python -m causvid.toy.pipeline",
+                       description="Run the whole method in the toy world (CPU, minutes).")
     p.add_argument("--out", default="runs/toy")
     p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, not quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--release", help="write the shipped student (checkpoints/toy) into this folder")
-    p.add_argument("--workers", type=int, default=cores(),
+    p.add_argument("--workers", type=positive_int, default=cores(),
                    help="stages run side by side in this many processes (default: one per core)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads of the whole run (default: every core): a stage alone gets all N, stages side "
@@ -409,6 +415,9 @@ def main(argv=None) -> int:
     for f in fields(Budget):
         if getattr(args, f.name) is not None:
             setattr(budget, f.name, getattr(args, f.name))
+    check_output_folder(args.out, "--out")
+    if args.release is not None:
+        check_output_folder(args.release, "--release")
     total = args.threads or cores()
     print(f"threads: {total} in all; stages side by side get {max(1, total // max(1, args.workers))} each "
           f"({args.workers} workers){' (smoke run: --quick)' if args.quick else ''}", flush=True)

@@ -42,13 +42,13 @@ accuracy (both as in the input). Strength 0 is the input itself.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from causvid.errors import ArgumentParser
 from causvid.threads import add_threads_flag, use_threads
 
 __all__ = ["MODES", "switch_pairs", "frames_until_holds", "score_after", "measure_switching", "measure_v2v",
@@ -277,7 +277,7 @@ def markdown(result: dict, level: str = "###", name: str = None) -> list[str]:
 
 # -- CLI -------------------------------------------------------------------------------------------------------
 def _parser():
-    p = argparse.ArgumentParser(description="Measure prompt switching and streaming V2V of a toy student.")
+    p = ArgumentParser(prog="python -m causvid.toy.streaming", description="Measure prompt switching and streaming V2V of a toy student.")
     p.add_argument("--checkpoint", required=True, help="a toy student folder (e.g. checkpoints/toy)")
     p.add_argument("--config", required=True, help="its config (e.g. configs/toy/cf_dmd_chunkwise.yaml)")
     p.add_argument("--pairs", type=int, default=16, help="caption pairs (and V2V videos)")

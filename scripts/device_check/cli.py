@@ -8,12 +8,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from causvid.errors import ArgumentParser, UsageError
+from causvid.runtime import check_output_folder, torch_cuda_build
 from causvid.threads import add_threads_flag
 from scripts.device_check.runner import _selected, run_parts
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m scripts.device_check", description="One prepared device check: every GPU figure and GPU-only code path of the project.",
+    p = ArgumentParser(prog="python -m scripts.device_check", description="One prepared device check: every GPU figure and GPU-only code path of the project.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="the JSON file (rewritten after every part)")
     p.add_argument("--budget_s", type=float, default=480.0,
@@ -36,6 +38,12 @@ def parse_args(argv=None):
         p.error(f"--repeats {args.repeats}: give at least 1")
     if args.train_steps is not None and args.train_steps < 1:
         p.error(f"--train_steps {args.train_steps}: give at least 1")
+    try:
+        check_output_folder(Path(args.out).parent, "--out")
+    except UsageError as err:
+        p.error(str(err))
+    if not args.smoke and torch_cuda_build() is None:  # told before torch loads
+        raise SystemExit("device_check: no CUDA device here; run with --smoke for the CPU check")
     return args
 
 
