@@ -202,9 +202,22 @@ def load_config(path: Optional[PathLike] = None, overrides=(), base=None) -> Dic
         overrides = [overrides]
     for item in overrides:
         cfg = _merge(cfg, _parse_override(item), f"override {item!r}")
+    _one_guidance_form(cfg)
     _validate(cfg, source + (" with overrides" if overrides else ""))
     _warn_ignored(cfg, source)
     return cfg
+
+
+def _one_guidance_form(cfg: DictConfig) -> None:
+    """`guidance_scale` has one meaning, Wan's CFG form uncond + g (cond - uncond) (sampling, ODE data, CD's
+    teacher step); the DMD real score's scale s of cond + s (cond - uncond) is `real_guidance_scale` (CausVid's
+    key). Self-Forcing's and Causal Forcing's DMD files give s as guidance_scale: a score-distillation config with
+    no real_guidance_scale has its guidance_scale read as real_guidance_scale, and guidance_scale becomes the
+    same guidance in Wan's form, s + 1. So those files load and train as before, and a saved config says both.
+    (CausVid's files name no trainer and give real_guidance_scale.)"""
+    if cfg.real_guidance_scale is None and cfg.trainer == "score_distillation":  # (CausVid's files name none)
+        cfg.real_guidance_scale = float(cfg.guidance_scale)
+        cfg.guidance_scale = float(cfg.guidance_scale) + 1.0
 
 
 _warned = set()
