@@ -61,7 +61,11 @@ def default_threads(device: str = "cpu", width: int | None = None) -> tuple[int,
     return cores(), "every core for a Wan-size model"
 
 
-def use_threads(requested: int | None, device: str = "cpu", width: int | None = None, log=print) -> int:
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def use_threads(requested: int | None, device: str = "cpu", width: int | None = None, log=_print) -> int:
     """Set torch's intra-op threads to `requested` (--threads) or the default for the work, and say so in one
     line. Returns the number."""
     import torch

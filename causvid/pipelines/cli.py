@@ -153,8 +153,9 @@ class Outputs:
             tqdm.write(f"error: {path}: {text}", file=sys.stderr)
             return
         self.written += 1
-        if self.report_timing:  # on its own line, above the progress bar
-            tqdm.write(f"[timing] {name}{note}: {generator.timing.summary()}")
+        if self.report_timing:  # on its own line above the progress bar, as each video ends (flushed: a pipe or a
+            tqdm.write(f"[timing] {name}{note}: {generator.timing.summary()}", file=sys.stdout)  # log file too)
+            sys.stdout.flush()
 
     def summary(self) -> str:
         rank, world = distributed_rank()

@@ -66,7 +66,7 @@ class Budget:
     teacher_sampling_steps: int = 50
     drift_factor: int = 8       # drift is measured on rollouts this many times the training length
     batch_size: int = 0         # 0: each config's own
-    cache_gradient_comparison: int = 0  # 1: also CF DMD with a detached KV-cache gradient (issue 13's comparison)
+    cache_gradient_comparison: int = 0  # 1: also CF DMD with a detached KV-cache gradient (a comparison)
 
     @classmethod
     def quick(cls):
@@ -150,7 +150,7 @@ class ToyPipeline:
             cf_ode = Ref(f"cf_ode_{layout}", last=True)
             train(f"cf_dmd_{layout}", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"], generator_ckpt=cf_ode,
                   data_path=prompts, **common)
-            if b.cache_gradient_comparison:  # DMD without the originals' gradient through the KV cache (issue 13)
+            if b.cache_gradient_comparison:  # DMD without the originals' gradient through the KV cache
                 train(f"cf_dmd_{layout}_detached", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
                       generator_ckpt=cf_ode, data_path=prompts, kv_cache_gradient="detached", **common)
             # the same DMD on windows of a rollout long_rollout times the training length (Self-Forcing++)
