@@ -1,11 +1,13 @@
 """How many CPU threads torch runs on (`--threads N` on every command line), chosen for the work.
 
 Measured by `python -m scripts.benchmark_threads` (the main job and a toy training stage, each with every thread
-count side by side): a model as small as the toy's or the tiny test models' (DiT width up to `SMALL_DIT_DIM`)
-runs its many small ops fastest on ONE thread per process, on a quiet 2-core machine and even more so on a busy
-one, where extra OpenMP threads mostly wait for each other (the main job took twice as long on torch's default).
-Wider models (Wan's 1536 / 5120) split their large matmuls well, so they keep every core. On a GPU the CPU
-threads only feed it: torch's default.
+count side by side): on the shared 2-core machine at load average 7-12, a toy-size model (DiT width up to
+`SMALL_DIT_DIM`) ran 15-17x slower on 2 threads than on 1 (inference and training alike: extra OpenMP threads
+wait for cores other processes hold); on a quiet one a toy training stage ran 1.8-2.0x faster on 2 threads and
+batch-1 sampling 1.2x (the toy pipeline's timings, 2026-11-30). So a toy-size model gets the cores that are idle
+(cores minus the 1-minute load average, at least 1): every core on a quiet machine, one on a busy one. Wider
+models (Wan's 1536 / 5120) split their large matmuls well and keep every core; on a GPU the CPU threads only feed
+it. OMP_NUM_THREADS, when set, is the default (the usual cap, which the test runner sets).
 
 No torch import at module level: a CLI adds the flag and reads a model folder's width before torch loads.
 """
@@ -22,9 +24,10 @@ SMALL_DIT_DIM = 512  # toy 256, tiny test models 32-64; Wan2.1 1.3B is 1536
 
 def add_threads_flag(parser) -> None:
     parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="CPU threads torch uses (torch.set_num_threads); default: 1 for a toy- or tiny-size "
-                             f"model (DiT width <= {SMALL_DIT_DIM}) on the CPU, measured fastest by "
-                             "scripts/benchmark_threads.py; otherwise every core")
+                        help="CPU threads torch uses (torch.set_num_threads); default: OMP_NUM_THREADS if set, else "
+                             f"for a toy- or tiny-size model (DiT width <= {SMALL_DIT_DIM}) on the CPU the idle "
+                             "cores (1 on a busy machine; measured by scripts/benchmark_threads.py), otherwise every "
+                             "core")
 
 
 def cores() -> int:
@@ -54,10 +57,15 @@ def dit_width(folder) -> int | None:
 
 def default_threads(device: str = "cpu", width: int | None = None) -> tuple[int, str]:
     """(threads, why) for work on `device` with a DiT of `width` (None: unknown, taken as large)."""
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp), "OMP_NUM_THREADS"
     if not str(device).startswith("cpu"):
         return cores(), "every core: the GPU does the work"
     if width is not None and width <= SMALL_DIT_DIM:
-        return 1, f"a DiT of width {width} runs fastest on one thread"
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        idle = max(1, min(cores(), round(cores() - load)))
+        return idle, (f"the idle cores for a DiT of width {width}: {cores()} cores, load average {load:.1f}")
     return cores(), "every core for a Wan-size model"
 
 

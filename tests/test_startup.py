@@ -49,3 +49,19 @@ def test_every_cli_answers_before_torch_loads(tmp_path):
             assert r["code"] == 0, r
         else:  # bad input: one line on stderr naming what is wrong, a non-zero exit code, no traceback
             assert r["code"] in (1, 2) and r["lines"] == 1 and "Traceback" not in r["last"], r
+
+
+def test_default_threads_follow_the_work_and_the_machine(monkeypatch):
+    """By hand, on a 2-core machine: a toy-width model gets the idle cores (2 - load average, at least 1), a
+    Wan-width one every core, OMP_NUM_THREADS wins when set."""
+    from causvid import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    for load, expected in ((0.1, 2), (0.9, 1), (7.5, 1)):
+        monkeypatch.setattr(threads.os, "getloadavg", lambda load=load: (load, load, load))
+        assert threads.default_threads("cpu", 256)[0] == expected, load
+        assert threads.default_threads("cpu", 1536)[0] == 2  # Wan-size: every core
+        assert threads.default_threads("cpu", None)[0] == 2  # unknown width: taken as large
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.default_threads("cpu", 1536) == (1, "OMP_NUM_THREADS")
