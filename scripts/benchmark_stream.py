@@ -26,7 +26,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
 
 from causvid.errors import ArgumentParser
 from causvid.config import load_config
