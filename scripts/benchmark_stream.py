@@ -26,9 +26,8 @@ import statistics
 import time
 from pathlib import Path
 
-
-from causvid.errors import ArgumentParser
 from causvid.config import load_config
+from causvid.errors import ArgumentParser
 from causvid.pipelines.stream import StreamSession
 from causvid.pipelines.text_to_video import load_components
 from causvid.threads import add_threads_flag, dit_width, use_threads
