@@ -9,7 +9,7 @@ The implementation (shared with get_causal_ode_data_chunkwise.py) is `causvid.od
 import sys
 
 from causvid.ode_data.causal import causal_ode_main
-from causvid.pipelines.cli import run
+from causvid.errors import run_cli as run
 
 NUM_FRAME_PER_BLOCK = 1
 

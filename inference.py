@@ -15,8 +15,9 @@ from pathlib import Path
 from causvid.errors import UsageError, positive_int
 from causvid.pipelines.cli import (NUM_FRAMES_HELP, Outputs, add_schedule_flag, add_v2v_flags, base_parser,
                                    build_generator, check_items, check_num_frames, input_latents, my_prompts,
-                                   progress, read_items, run)
-from causvid.video_io import load_image, read_crop_info, safe_filename
+                                   progress, read_items, run, v2v_timestep)
+from causvid.video_io.crop_info import read_crop_info
+from causvid.video_io.names import safe_filename
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -79,6 +80,7 @@ def _main(argv=None):
                              f"{cfg.num_frame_per_block}")
         check_num_frames(cfg, args.num_output_frames, args.config_path)
         check_items(args, cfg, [prompt for prompt, _, _ in items], args.num_output_frames)
+        args.timestep = v2v_timestep(args, cfg)
 
     generator = build_generator(args, args.checkpoint_path, causal=True, use_ema=args.use_ema,
                                 checkpoint_flag="--checkpoint_path", check=check)
@@ -90,11 +92,13 @@ def _main(argv=None):
     for i, (prompt, image, crop) in progress(my_prompts(items), "videos"):
         initial = None
         if image is not None:
+            from causvid.video_io import load_image
+
             pixels = load_image(image, factor * h, factor * w, crop=crop)[None, None]
             initial = generator.components.vae.encode(pixels).to(generator.components.dit.dtype)
         stream = (px for _, px in generator.stream(prompt, num_frames=args.num_output_frames, seed=args.seed,
                                                     index=i, initial_latent=initial, input_latents=source,
-                                                    strength=args.strength))
+                                                    strength=args.timestep))
         outputs.write(f"{names[i]}.mp4", stream, generator)
     return outputs.finish()
 

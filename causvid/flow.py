@@ -21,15 +21,7 @@ from typing import Callable
 
 import torch
 
-NUM_TRAIN_TIMESTEPS = 1000
-
-# Wan2.1's default negative prompt (wan/configs/shared_config.py); WanT2V uses it when no negative prompt is given,
-# and CausVid / Self-Forcing configs copy it. diffusers' WanPipeline defaults to "" instead.
-WAN_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
-    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
-    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
+from causvid.wan_conventions import NUM_TRAIN_TIMESTEPS, WAN_NEGATIVE_PROMPT, check_step_list  # noqa: F401
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -129,13 +121,7 @@ def normalize_step_list(steps, warp: bool = False, shift: float | None = None) -
     lists do not (``[1000, 750, 500, 250]``) and are usually warped (``warp_denoising_step``). This drops a trailing
     0, then warps if asked (warping requires ``shift``), and returns plain floats in decreasing order.
     """
-    steps = [float(s) for s in (steps.tolist() if isinstance(steps, torch.Tensor) else steps)]
-    if steps and steps[-1] == 0:
-        steps = steps[:-1]
-    if not steps or any(not 0 < s <= NUM_TRAIN_TIMESTEPS for s in steps):
-        raise ValueError(f"step list must hold timesteps in (0, 1000] (plus an optional trailing 0), got {steps}")
-    if any(a <= b for a, b in zip(steps, steps[1:])):
-        raise ValueError(f"step list must be strictly decreasing, got {steps}")
+    steps = check_step_list(steps.tolist() if isinstance(steps, torch.Tensor) else steps)
     if warp:
         if shift is None:
             raise ValueError("warp=True needs the timestep shift")

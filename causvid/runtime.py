@@ -4,6 +4,7 @@ torch-free data scripts can use the file helpers."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from causvid.errors import UsageError
@@ -63,6 +64,50 @@ def check_output_folder(path, what: str) -> Path:
         raise UsageError(f"{what} {path}: {existing} is not writable (permission denied); pass a folder you can "
                          "write to, or fix its permissions")
     return path
+
+
+def check_wan_folder(path, what: str = "wan_model_path",
+                     fix: str = "set wan_model_path in the config or pass --wan_model_path") -> Path:
+    """The Wan folder `what` (a flag or config key) names, or a UsageError saying what is wrong with it; `fix`
+    says how to give another, as this command takes it."""
+    path = Path(path)
+    if path.is_file():
+        raise UsageError(f"{what} {path} is a file; pass the Wan model folder that holds it ({path.parent}?): "
+                         "config.json, the DiT weights, Wan2.1_VAE.pth and the umT5 text encoder")
+    if not path.is_dir():
+        raise UsageError(f"{what}: Wan model folder {path} not found ({fix}; download with: hf download "
+                         "Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B)")
+    return path
+
+
+_DEVICE = re.compile(r"^(cpu|cuda)(:\d+)?$")
+
+
+def torch_cuda_build():
+    """The CUDA version this torch was built with ('12.4'), or None for a CPU build, read from torch/version.py
+    without importing torch (seconds on a busy machine), so `--device cuda` on a CPU build fails at once."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except (AttributeError, TypeError, OSError):
+        return "unknown"  # can't tell: let torch decide later
+    match = re.search(r"^cuda(?::[^=]*)?=\s*(.+)$", text, re.M)
+    value = match.group(1).strip().strip("'\"") if match else "unknown"
+    return None if value == "None" else value
+
+
+def check_device_name(name: str | None, what: str = "--device") -> None:
+    """What can be told of a device name before torch loads: its form, and that a CUDA device needs a CUDA build
+    of torch. `pick_device` checks the rest (a GPU visible, its index)."""
+    if name is None:
+        return
+    if not _DEVICE.match(name):
+        raise UsageError(f"{what} {name!r} is not a device; use cpu or cuda (cuda:N for GPU N)")
+    if name.startswith("cuda") and torch_cuda_build() is None:
+        raise UsageError(f"{what} {name}: CUDA is not available here (this torch is built without CUDA); "
+                         f"use {what} cpu")
 
 
 def pick_device(name: str | None, what: str = "--device") -> str:

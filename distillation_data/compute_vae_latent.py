@@ -16,16 +16,14 @@ can't be used (missing, corrupt, or a size that is not a multiple of the VAE's s
 the reason logged and counted; they are retried on the next run. A rank that encodes none of its videos exits
 with 1.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from causvid.data.video_info import read_info
-from causvid.errors import RunError
-from causvid.runtime import atomic_save, log, pending_items, pick_device
+from causvid.errors import ArgumentParser, RunError, run_cli
+from causvid.runtime import atomic_save, check_device_name, log, pending_items
+from causvid.threads import add_threads_flag, use_threads
 from causvid.video_io import VideoReadError, read_video
 
 
@@ -40,12 +38,14 @@ def load_pixels(path, max_frames=None, temporal_factor=4, spatial_factor=8):
     if h % spatial_factor or w % spatial_factor:
         raise VideoReadError(f"video {str(path)!r} is {h}x{w}; the VAE needs sides that are multiples of "
                              f"{spatial_factor}")
+    import torch
+
     video = torch.from_numpy(frames[:keep]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return video[None]
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--input_video_folder", required=True)
     p.add_argument("--output_latent_folder", required=True)
     p.add_argument("--info_path", required=True, help="JSON: clip list [{video, caption}] or flat dict")
@@ -55,15 +55,27 @@ def parser():
     p.add_argument("--device", default=None, help="default: cuda when available (LOCAL_RANK's GPU), else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
                    help="VAE dtype; default bfloat16 on CUDA (as CausVid), float32 on CPU")
+    add_threads_flag(p)
     return p
 
 
-@torch.no_grad()
 def encode_all(argv=None) -> int:
-    from causvid.pipelines.text_to_video import load_vae
-
+    """Flags, the clip list and the device name are checked before torch loads."""
     args = parser().parse_args(argv)
     entries = read_info(args.info_path)
+    check_device_name(args.device)
+    import torch
+
+    with torch.no_grad():
+        return _encode(args, entries)
+
+
+def _encode(args, entries) -> int:
+    import torch
+
+    from causvid.pipelines.text_to_video import load_vae
+    from causvid.runtime import pick_device
+
     out = Path(args.output_latent_folder)
     out.mkdir(parents=True, exist_ok=True)
     todo, already = pending_items(entries, out, "{:08d}.pt", "videos")
@@ -71,6 +83,7 @@ def encode_all(argv=None) -> int:
         return 0
 
     device = pick_device(args.device)
+    use_threads(args.threads, device, None)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda")
                                                            else torch.float32)
     vae = load_vae(args.wan_model_path, dtype=dtype, device=device)  # the folder's VAE (model_index.json)
@@ -97,8 +110,7 @@ def encode_all(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    from causvid.pipelines.cli import run
-    return run(encode_all, argv)
+    return run_cli(encode_all, argv)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
+from causvid.errors import ArgumentParser
+
 log = logging.getLogger("download_mixkit")
 
 DEFAULT_REPO = "LanguageBind/Open-Sora-Plan-v1.1.0"
@@ -185,7 +187,7 @@ def extract_all(tar_dir: str, out_dir: str, workers: int = 4) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--local_dir", required=True, help="download folder; videos are extracted to <local_dir>/videos")
     p.add_argument("--repo_id", default=DEFAULT_REPO, help="Hugging Face dataset repo")
     p.add_argument("--folder_name", default="all_mixkit", help="folder of the repo holding the tars")

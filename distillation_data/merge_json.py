@@ -13,16 +13,12 @@ already in the result):
 
 See docs/merge_json.md for the details and examples.
 """
-import argparse
 import json
-import os
 import sys
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-from causvid.runtime import write_text_atomic  # noqa: E402
+from causvid.errors import ArgumentParser
+from causvid.jsonfile import load_json
+from causvid.runtime import write_text_atomic
 
 MODES = ("overwrite", "keep", "append")
 
@@ -115,18 +111,7 @@ def merge_arrays(a, b, key_field, mode="overwrite", names=("input1", "input2")):
 
 
 def _load(path):
-    try:
-        # utf-8-sig: also accept files saved with a BOM (common from Windows editors).
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise MergeError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise MergeError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise MergeError(f"{path}: not valid UTF-8 (byte offset {e.start})") from None
-    except OSError as e:
-        raise MergeError(f"{path}: cannot read: {e.strerror or e}") from None
+    data = load_json(path, error=MergeError)
     if not isinstance(data, (dict, list)):
         raise MergeError(f"{path}: top-level value is {_kind(data)}; expected an object or an array")
     return data
@@ -152,7 +137,7 @@ def _write_atomic(path, data):
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(description="Merge two JSON files (two objects or two arrays).")
+    p = ArgumentParser(description="Merge two JSON files (two objects or two arrays).")
     p.add_argument("--input1", required=True, help="first JSON file")
     p.add_argument("--input2", required=True, help="second JSON file")
     p.add_argument("--output", required=True, help="merged JSON file to write")

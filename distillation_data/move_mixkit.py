@@ -26,6 +26,7 @@ import sys
 
 from tqdm import tqdm
 
+from causvid.errors import ArgumentParser
 from causvid.data.video_info import VIDEO_SUFFIXES
 
 log = logging.getLogger("move_mixkit")
@@ -115,7 +116,7 @@ def flatten(folder: str, dry_run: bool = False) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="folder to flatten (e.g. ./datasets/videos)")
     p.add_argument("--dry_run", action="store_true", help="print the moves, change nothing")
     args = p.parse_args(argv)

@@ -37,13 +37,12 @@ import sys
 from collections import Counter
 from fractions import Fraction
 
-import torch
 from tqdm import tqdm
 
 from causvid.data.video_info import VIDEO_SUFFIXES, FrameStream
-from causvid.errors import UsageError
+from causvid.errors import ArgumentParser, UsageError
 from causvid.runtime import check_output_folder
-from causvid.video_io import VideoReadError, VideoWriteError, VideoWriter, resize_center_crop
+from causvid.video_io.errors import VideoReadError, VideoWriteError
 
 log = logging.getLogger("process_mixkit")
 
@@ -63,6 +62,10 @@ def source_indices(src_fps: float, fps: float, num_frames: int) -> list[int]:
 
 def convert_frame(frame, height: int, width: int) -> torch.Tensor:
     """uint8 [h, w, 3] -> uint8 [height, width, 3], aspect-preserving resize + centre crop."""
+    import torch
+
+    from causvid.video_io import resize_center_crop
+
     img = torch.from_numpy(frame).permute(2, 0, 1).float()
     out = resize_center_crop(img, height, width)
     return out.clamp_(0, 255).round_().to(torch.uint8).permute(1, 2, 0)
@@ -70,6 +73,8 @@ def convert_frame(frame, height: int, width: int) -> torch.Tensor:
 
 def process_video(src: str, dst: str, width: int, height: int, fps: float, num_frames: int) -> tuple[str, str]:
     """Convert one video; returns ``(status, detail)`` (status: written / existing / a skip reason)."""
+    from causvid.video_io import VideoWriter
+
     if os.path.exists(dst):
         return EXISTING, ""
     try:
@@ -121,6 +126,8 @@ def process_video(src: str, dst: str, width: int, height: int, fps: float, num_f
 def _init_worker() -> None:
     # one thread per process: the pool is the parallelism (and no OpenMP team is
     # used in a forked child)
+    import torch
+
     torch.set_num_threads(1)
 
 
@@ -197,7 +204,7 @@ def process_all(input_dir, output_dir, width, height, fps, num_frames=81, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_dir", required=True, help="folder of clips (e.g. slice_video.py's output)")
     p.add_argument("--output_dir", required=True, help="converted videos go here, same relative names")
     p.add_argument("--width", type=int, default=832)

@@ -49,9 +49,10 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from causvid.errors import ArgumentParser
 from causvid.data.video_info import FrameStream
 from causvid.runtime import write_text_atomic
-from causvid.video_io import VideoReadError, VideoWriteError, VideoWriter
+from causvid.video_io.errors import VideoReadError, VideoWriteError
 
 log = logging.getLogger("slice_video")
 
@@ -187,6 +188,8 @@ def cut_clips(task: SourceTask) -> dict[str, tuple[str, str]]:
     for c in pending:
         starting[c.start].append(c)
     last_end = max(c.end for c in pending)
+    from causvid.video_io import VideoWriter  # torch: only once there is a clip to write
+
     open_writers: dict[str, tuple[Clip, VideoWriter]] = {}
     written: list[Clip] = []
     try:
@@ -352,7 +355,7 @@ def slice_videos(input_folder, output_folder, anno_json, output_json, prompt_fil
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_folder", required=True, help="folder of the (flattened) MixKit videos")
     p.add_argument("--output_folder", required=True, help="where the clips are written")
     p.add_argument("--anno_json", required=True, help="Open-Sora-Plan annotation (JSON list)")

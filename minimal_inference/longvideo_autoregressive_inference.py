@@ -15,7 +15,6 @@ import sys
 from causvid.errors import UsageError, non_negative_int, positive_int
 from causvid.pipelines.cli import (Outputs, build_generator, check_items, checkpoint_in, my_prompts, progress,
                                    prompt_file_parser, read_items, run)
-from causvid.pipelines.long_video import check_overlap, long_video_frames, overlap_stream, rolling_stream
 
 
 def _main(argv=None):
@@ -33,7 +32,9 @@ def _main(argv=None):
     args = p.parse_args(argv)
     if args.prompt_schedule and args.mode != "rolling":
         raise UsageError("--prompt_schedule switches prompts inside one rollout: use it with --mode rolling")
-    prompts = read_items(args, "--prompt_file_path")
+    prompts = read_items(args, "--prompt_file_path")  # before torch loads
+
+    from causvid.pipelines.long_video import check_overlap, long_video_frames, overlap_stream, rolling_stream
 
     def check(cfg):
         check_overlap(cfg, args.num_overlap_frames)

@@ -22,16 +22,16 @@ SkyReels-V2 only without a window).
 On a shared CPU machine pass --threads 1: with two OpenMP threads on two busy cores the runs spread by 2-10x.
 
     # tiny model, CPU, 48 latent frames = 16 chunkwise blocks
-    python scripts/benchmark_inference.py --config configs/tiny/causal_forcing_dmd_chunkwise.yaml --preset tiny \
+    python -m scripts.benchmark_inference --config configs/tiny/causal_forcing_dmd_chunkwise.yaml --preset tiny \
         --frames 48 --modes cached,nocache,skyreels --threads 1 --json bench.json
     # the same with a rolling window (first vs last block latency)
-    python scripts/benchmark_inference.py --config configs/tiny/causal_forcing_dmd_chunkwise.yaml --preset tiny \
+    python -m scripts.benchmark_inference --config configs/tiny/causal_forcing_dmd_chunkwise.yaml --preset tiny \
         --frames 48 --local_attn_size 12 --sink_size 3 --threads 1
     # Wan2.1-T2V-1.3B shapes (21 x 60 x 104 latents) on a GPU, bf16, compiled blocks, overlapped decode
-    python scripts/benchmark_inference.py --config configs/causal_forcing_dmd_chunkwise.yaml \
+    python -m scripts.benchmark_inference --config configs/causal_forcing_dmd_chunkwise.yaml \
         --preset wan2.1-t2v-1.3b --device cuda --vae real --compile --overlap_decode --peak_tflops 989
     # the old bench_rollout.py table (per-block latency cached vs no-cache)
-    python scripts/benchmark_inference.py --preset tiny --num_frame_per_block 3 --blocks 8 --height 16 --width 16 \
+    python -m scripts.benchmark_inference --preset tiny --num_frame_per_block 3 --blocks 8 --height 16 --width 16 \
         --modes cached,nocache --vae none
 
 The FLOP model is causvid/pipelines/flops.py; the timing and memory helpers are causvid/pipelines/measure.py.
@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from causvid.errors import ArgumentParser
 from causvid.config import denoising_steps, first_block_steps, load_config
 from causvid.models.wan import WanDiT, get_preset
 from causvid.models.wan.attention import set_attention_backend
@@ -60,6 +61,7 @@ from causvid.pipelines.flops import CACHED_MODES, flop_figures, forward_flops, r
 from causvid.pipelines.measure import PeakMemory, _sync, stats, timed_latents, timed_pixels
 from causvid.pipelines.rollout import causal_rollout, few_step_sampler
 from causvid.pipelines.speed import SpeedOptions, apply_speed_options, compile_blocks, sdpa_kernel
+from causvid.threads import add_threads_flag, use_threads
 
 # the names tests/test_benchmark_smoke.py and scripts/device_check.py use from this script
 __all__ = [
@@ -79,7 +81,7 @@ MODES = ("cached", "framewise", "chunkwise", "nocache", "skyreels")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="python -m scripts.benchmark_inference", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None,
                    help=f"project YAML config: num_frame_per_block, denoising steps, latent shape, window "
@@ -112,7 +114,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per mode before timing")
     p.add_argument("--peak_tflops", type=float, help="the device's peak TFLOP/s for MFU (e.g. H100 SXM bf16: 989)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU intra-op threads); default: torch's")
+    add_threads_flag(p)
     p.add_argument("--json", dest="json_out", help="write all figures to this JSON file")
     # speed switches (causvid.pipelines.speed)
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
@@ -378,8 +380,7 @@ def environment(device) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     s = resolve_settings(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads, s.device, get_preset(s.preset).dim)
     opts = SpeedOptions(compile=args.compile, compile_backend=args.compile_backend, cuda_graphs=args.cuda_graphs,
                         cross_cache=not args.no_cross_cache, overlap_decode=args.overlap_decode,
                         attention_backend=args.attention_backend, sdpa_kernel=args.sdpa_kernel)

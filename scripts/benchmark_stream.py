@@ -12,31 +12,27 @@ Medians over --repeats. Then where the time goes: DiT forward calls (timed by ho
 the cache refresh), the VAE decode, text encoding, and the rest (Python, sampler arithmetic); with --profile
 the top operators of a few blocks (torch.profiler).
 
-    python scripts/benchmark_stream.py                       # checkpoints/toy, 2 threads, 20 blocks
-    python scripts/benchmark_stream.py --threads 1 --profile
+    python -m scripts.benchmark_stream                       # checkpoints/toy, 1 thread (the default), 20 blocks
+    python -m scripts.benchmark_stream --threads 2 --profile
 
 The machine's load average is printed with the figures: on a shared CPU two OpenMP threads on two busy cores can
 run several times slower than one.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-import torch
+from causvid.config import load_config
+from causvid.errors import ArgumentParser
+from causvid.pipelines.stream import StreamSession
+from causvid.pipelines.text_to_video import load_components
+from causvid.threads import add_threads_flag, dit_width, use_threads
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(REPO))
-
-from causvid.config import load_config  # noqa: E402
-from causvid.pipelines.stream import StreamSession  # noqa: E402
-from causvid.pipelines.text_to_video import load_components  # noqa: E402
 
 A, B = "a red square moving left", "a blue circle moving up"
 SCENARIOS = {"no switch": None, "switch, re-cache": True, "switch, no re-cache": False}
@@ -108,10 +104,10 @@ def profile(components, config, blocks=5):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m scripts.benchmark_stream", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "toy"), help="student folder")
     p.add_argument("--config", default=str(REPO / "configs" / "toy" / "cf_dmd_chunkwise.yaml"))
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    add_threads_flag(p)
     p.add_argument("--blocks", type=int, default=20)
     p.add_argument("--switch_at", type=int, default=10, help="the block that takes the new prompt")
     p.add_argument("--repeats", type=int, default=3)
@@ -121,12 +117,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 0 < args.switch_at < args.blocks:
         p.error(f"--switch_at {args.switch_at} must be in [1, --blocks {args.blocks})")
-    torch.set_num_threads(args.threads)
+    threads = use_threads(args.threads, "cpu", dit_width(args.checkpoint))
     components = load_components(args.checkpoint)
     config = load_config(args.config)
     run_session(components, config, 3, 1, True, seed=0)  # warm-up
     print(f"{args.checkpoint}: {args.blocks} blocks of {config.num_frame_per_block} latent frames, "
-          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"{threads} thread{'s' * (threads != 1)}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     results = {}
     for name, recache in SCENARIOS.items():
         runs = [run_session(components, config, args.blocks, args.switch_at, recache, seed=r)
@@ -144,7 +140,7 @@ def main(argv=None):
     print(f"  where the time goes ({args.blocks} blocks, one re-cached switch, {parts['wall']:.2f} s): "
           + ", ".join(f"{k} {parts[k] / parts['wall']:.0%}" for k in ("dit", "decode", "text_encode", "rest"))
           + f"; {parts['dit_calls']} DiT calls, {parts['dit'] / parts['dit_calls'] * 1000:.1f} ms each")
-    results.update(threads=args.threads, blocks=args.blocks, load_average=os.getloadavg()[0])
+    results.update(threads=threads, blocks=args.blocks, load_average=os.getloadavg()[0])
     if args.profile:
         profile(components, config)
     if args.json:

@@ -1,19 +1,19 @@
 """Steps per second and peak memory of each training stage at tiny size (a benchmark, run by hand).
 
-    python scripts/benchmark_training.py --steps 10
-    python scripts/benchmark_training.py --steps 10 --stages causal_forcing_dmd_chunkwise wan_causal_ode
+    python -m scripts.benchmark_training --steps 10
+    python -m scripts.benchmark_training --steps 10 --stages causal_forcing_dmd_chunkwise wan_causal_ode
 
 Each stage runs in its own process (so peak memory is its own) through train.py on the tiny configs and data
 written by causvid.tiny_wan.write_tiny_training_data; the figures are the trainer's own closing line.
 """
-import argparse
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from causvid.tiny_wan import write_tiny_training_data
+from causvid.errors import ArgumentParser
+from causvid.threads import add_threads_flag
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = [  # (config, dataset)
@@ -25,11 +25,15 @@ STAGES = [  # (config, dataset)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m scripts.benchmark_training", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--stages", nargs="+", choices=[name for name, _ in STAGES], metavar="CONFIG",
                    help="only these tiny configs (default: every stage)")
+    add_threads_flag(p)
     args = p.parse_args(argv)
+    from causvid.tiny_wan import write_tiny_training_data
+
+    threads = [f"--threads={args.threads}"] if args.threads else []  # each stage's train.py prints its own
     with tempfile.TemporaryDirectory() as tmp:
         data = write_tiny_training_data(Path(tmp) / "data")
         print(f"{'stage':<32} {'steps/s':>8}  peak memory")
@@ -37,7 +41,7 @@ def main(argv=None):
             if args.stages and name not in args.stages:
                 continue
             cmd = [sys.executable, str(ROOT / "train.py"), "--config_path", str(ROOT / "configs/tiny" / f"{name}.yaml"),
-                   "--logdir", str(Path(tmp) / name), "--no_save", "--no_visualize", "--disable-wandb",
+                   "--logdir", str(Path(tmp) / name), "--no_save", "--no_visualize", "--disable-wandb", *threads,
                    f"wan_model_path={data / 'wan'}", f"real_model_path={data / 'wan'}", f"data_path={data / dataset}",
                    "generator_ckpt=null", f"max_iters={args.steps}", "log_iters=100000", "dfake_gen_update_ratio=5"]
             out = subprocess.run(cmd, capture_output=True, text=True).stdout

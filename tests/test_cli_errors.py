@@ -128,6 +128,12 @@ def make_rows(data: Path, tmp: Path) -> list:
         Row("text_model_pt_resume_from", TRAIN,
             train(logdir("resume"), lmdb_train, data / "latents", wan=data / "wan") + ["--resume_from", bad_resume],
             2, [bad_resume / "model.pt", "not a PyTorch checkpoint"], [logdir("resume") / "checkpoint_model_000001"]),
+        Row("train_wan_model_path_missing", TRAIN, train(logdir("no_wan"), lmdb_train, data / "latents",
+                                                         wan=tmp / "no_wan"), 2,
+            ["wan_model_path", tmp / "no_wan", "not found", "add the override wan_model_path=FOLDER"],
+            [logdir("no_wan")]),
+        Row("train_resume_no_such_run", TRAIN, ["--resume", tmp / "no_run"], 2,
+            ["--resume", tmp / "no_run", "no such run folder"], [tmp / "no_run"]),
         Row("wan_model_path_is_a_file", AR, ar(out("wan_file"), wan=a_file), 2,
             ["--wan_model_path", a_file, "is a file", "Wan model folder"], [out("wan_file")]),
         Row("checkpoint_folder_is_a_file", AR, ar(out("ckpt_file"), extra=["--checkpoint_folder",
@@ -191,7 +197,8 @@ def table(tiny_run_data, tmp_path_factory):
 
 ROW_NAMES = [  # the names of make_rows' rows, for test ids known before the fixture runs
     "lmdb_truncated", "lmdb_zero_bytes", "lmdb_random_bytes", "text_model_pt_checkpoint_folder",
-    "text_x_pt_generator_ckpt", "text_model_pt_resume_from", "wan_model_path_is_a_file",
+    "text_x_pt_generator_ckpt", "text_model_pt_resume_from", "train_wan_model_path_missing",
+    "train_resume_no_such_run", "wan_model_path_is_a_file",
     "checkpoint_folder_is_a_file", "output_folder_is_a_file", "output_folder_under_a_file", "logdir_under_a_file",
     "num_output_frames_0", "num_output_frames_-3", "num_output_frames_not_whole_blocks", "device_cuda_without_cuda",
     "device_gpu", "ode_config_on_a_latent_lmdb", "num_rollout_0", "process_mixkit_all_too_short",
@@ -248,7 +255,8 @@ def test_output_folder_not_writable_fails_before_the_model_loads(tmp_path, monke
     locked.mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
-    monkeypatch.setattr(cli, "load_components", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    from causvid.pipelines import text_to_video
+    monkeypatch.setattr(text_to_video, "load_components", lambda *a, **k: pytest.fail("the model loaded before the check"))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\n")
     wan = tmp_path / "wan"

@@ -62,6 +62,8 @@ def test_shipped_config_loads(path):
         got = OmegaConf.to_container(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
         if isinstance(value, dict):
             assert {k: got[k] for k in value} == value
+        elif key == "guidance_scale" and "real_guidance_scale" not in _raw(path) and cfg.real_guidance_scale:
+            assert (got, cfg.real_guidance_scale) == (value + 1, value)  # a DMD file's scale, read in one form
         else:
             assert got == value, key
     # the derived settings, from the file by hand: steps without a trailing 0, warped on the shifted grid
@@ -315,3 +317,27 @@ def test_rope_positions_is_checked():
     assert load_config(overrides=["model_kwargs.rope_positions=window"]).model_kwargs.rope_positions == "window"
     with pytest.raises(ConfigError, match="model_kwargs.rope_positions='relative'"):
         load_config(overrides=["model_kwargs.rope_positions=relative"])
+
+
+def test_guidance_scale_has_one_meaning_and_old_dmd_files_still_load(tmp_path):
+    """guidance_scale is Wan's form (uncond + g (cond - uncond)) everywhere; the DMD real score's scale s of
+    cond + s (cond - uncond) is real_guidance_scale. A Self-Forcing / Causal-Forcing DMD file that gives s as
+    guidance_scale (the toy configs' old form, the seeds' self_forcing_dmd.yaml) loads to the same config as one
+    that says both: s stays the real score's scale, guidance_scale becomes s + 1 (by hand: 0.5 -> 1.5, 3 -> 4)."""
+    from causvid.config import guidance_scale, load_config, save_config
+
+    new = CONFIGS / "toy" / "cf_dmd_chunkwise.yaml"
+    old = tmp_path / "old.yaml"
+    old.write_text(new.read_text().replace("guidance_scale: 1.5", "guidance_scale: 0.5").replace(
+        "real_guidance_scale: 0.5", ""))
+    assert "real_guidance_scale" not in old.read_text()
+    a, b = load_config(old), load_config(new)
+    assert a == b and (b.guidance_scale, b.real_guidance_scale, guidance_scale(b)) == (1.5, 0.5, 0.5)
+    seed = load_config(CONFIGS / "self_forcing_dmd.yaml")  # the original's file: guidance_scale: 3.0
+    assert (seed.guidance_scale, seed.real_guidance_scale) == (4.0, 3.0)
+    cd = load_config(CONFIGS / "toy" / "cf_cd_chunkwise.yaml")  # not DMD: Wan's form as written
+    assert (cd.guidance_scale, cd.real_guidance_scale) == (1.5, None)
+    causvid = load_config(CONFIGS / "wan_causal_dmd.yaml")  # CausVid's own key, as written
+    assert causvid.real_guidance_scale == 3.5
+    save_config(b, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == b  # a run's saved config is read the same way again

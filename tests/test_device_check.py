@@ -1,17 +1,13 @@
-"""scripts/device_check.py: the smoke run (every part at toy size on the CPU) writes every part's key with its
+"""scripts/device_check (python -m scripts.device_check): the smoke run (every part at toy size on the CPU) writes every part's key with its
 figures; a failing part records its error and the others still run; the JSON on disk is rewritten after each
 part; the budget stops the run cleanly. No timing is asserted."""
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import device_check as dc  # noqa: E402
+import scripts.device_check as dc
 
 GPU_ONLY = {"inference.flash_attn", "inference.cuda_graphs"}
 NEEDS_GPU_ONLY = {"numerics.flash_attn_vs_eager", "numerics.cuda_graphs_vs_eager"}

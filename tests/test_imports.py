@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "causvid"
 #: Rank of each unit (a top-level module or sub-package of causvid); a module may import only units of lower or
 #: equal rank. Equal ranks may import each other as long as no cycle forms (checked separately).
 RANKS = {
-    "flow": 0, "rng": 0, "jsonfile": 0, "errors": 0,
+    "flow": 0, "rng": 0, "jsonfile": 0, "errors": 0, "wan_conventions": 0, "threads": 0,
     "config": 1,
     "models": 2, "data": 2, "video_io": 2, "runtime": 2,
     "pipelines": 3, "tiny_wan": 3,

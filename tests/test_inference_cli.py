@@ -84,6 +84,8 @@ def test_autoregressive_chunkwise(tmp_path, wan, checkpoint, prompts, capsys):
     timing = [line for line in lines if "FPS without VAE" in line]
     assert len(timing) == 2 and all(line.startswith("[timing] output_00") for line in timing), timing  # not in the bar
     assert lines[-1] == f"2 videos written, 0 failed -> {out}"
+    from causvid.pipelines.cli import count
+    assert (count(1, "video"), count(0, "video")) == ("1 video", "0 videos")  # as the summary says one
     # 6 latent frames -> 1 + 4*5 = 21 frames at 8x the 4x4 latent
     assert sorted(p.name for p in out.iterdir()) == ["output_000.mp4", "output_001.mp4"]
     assert frames(out / "output_000.mp4") == (21, 32, 32)

@@ -420,7 +420,7 @@ def test_read_crop_info(tmp_path):
 @pytest.mark.parametrize(
     "content, match",
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "invalid JSON"),
         ('{"file_name": "a"}', "JSON list"),
         ('[{"caption": "x", "target_crop": {"target_bbox": [0, 0, 5, 5]}}]', "file_name"),
         ('[{"file_name": "a", "target_crop": {"target_bbox": [0, 0, 5, 5]}}]', "caption"),

@@ -1,6 +1,7 @@
 """Prompt schedules and video-to-video through the CLIs, on the shipped toy student (real loading code): one
 video per schedule line with the frames it implies, bad schedules and inputs rejected before any model loads
-(one line naming the line / flag), and V2V at strength 1000 equal to text-to-video from the same noise."""
+(one line naming the line / flag), V2V at --strength 1 equal to text-to-video from the same noise, and --strength
+cutting the student's steps as diffusers' image-to-image cuts its schedule."""
 import json
 import re
 from pathlib import Path
@@ -87,13 +88,15 @@ def source_video(tmp_path_factory):
     return path
 
 
-def test_v2v_at_strength_1000_equals_text_to_video(tmp_path, source_video):
+def test_v2v_at_strength_1_equals_text_to_video(tmp_path, source_video, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text(B + "\n")
     t2v = base(tmp_path) + ["--data_path", str(prompts), "--num_output_frames", "6"]
     assert inference(t2v) == 0
-    v2v = base(tmp_path / "v") + ["--data_path", str(prompts), "--input_video", str(source_video), "--strength", "1000"]
+    v2v = base(tmp_path / "v") + ["--data_path", str(prompts), "--input_video", str(source_video), "--strength", "1"]
     assert inference(v2v) == 0
+    assert "--strength 1.0: the input is noised to timestep 1000 and denoised with 4 steps of the student's 4" \
+        in capsys.readouterr().out
     name = f"{B}.mp4"
     assert (read_video(tmp_path / "out" / name) == read_video(tmp_path / "v" / "out" / name)).all()
 
@@ -102,7 +105,7 @@ def test_v2v_keeps_the_input_at_low_strength(tmp_path, source_video):
     prompts = tmp_path / "p.txt"
     prompts.write_text(B + "\n")
     assert autoregressive(base(tmp_path) + ["--prompt_file_path", str(prompts), "--input_video", str(source_video),
-                                            "--strength", "150"]) == 0
+                                            "--strength_timestep", "150"]) == 0  # CausVid's recipe: T itself
     out = read_video(tmp_path / "out" / "output_000.mp4").astype(float)
     src = read_video(source_video).astype(float)
     assert out.shape == src.shape  # 21 frames in, 6 latent frames = 2 whole blocks, 21 frames out
@@ -110,12 +113,16 @@ def test_v2v_keeps_the_input_at_low_strength(tmp_path, source_video):
 
 
 @pytest.mark.parametrize("kind, flags, message", [
-    ("text", ["--strength", "500"], "source.mp4"),
-    ("short", ["--strength", "500"], "fewer latent frames than one block"),
-    ("ok", ["--strength", "0"], r"--strength 0\.0: --input_video needs a timestep T in \(0, 1000\]"),
-    ("ok", [], r"--strength None"),
+    ("text", ["--strength", "0.5"], "source.mp4"),
+    ("short", ["--strength", "0.5"], "fewer latent frames than one block"),
+    ("ok", ["--strength", "0"], r"--strength 0\.0: give a fraction of the noise schedule in \(0, 1\]"),
+    ("ok", ["--strength", "2"], r"--strength 2\.0: give a fraction of the noise schedule in \(0, 1\].*--strength_timestep"),
+    ("ok", ["--strength", "0.2"], r"--strength 0\.2: the student has 4 steps, so the smallest strength that runs one is "
+                                  r"0\.25"),
+    ("ok", ["--strength_timestep", "1001"], r"--strength_timestep 1001\.0: give a timestep in \(0, 1000\]"),
+    ("ok", [], r"--input_video needs --strength F"),
 ])
-def test_v2v_bad_inputs_fail_cleanly(tmp_path, capsys, source_video, kind, flags, message):
+def test_v2v_bad_inputs_fail_cleanly(tmp_path, capsys, monkeypatch, source_video, kind, flags, message):
     video = tmp_path / "source.mp4"
     if kind == "text":
         video.write_text("not a video")
@@ -125,7 +132,30 @@ def test_v2v_bad_inputs_fail_cleanly(tmp_path, capsys, source_video, kind, flags
         video = source_video
     prompts = tmp_path / "p.txt"
     prompts.write_text(B + "\n")
+    if kind == "ok":  # flag errors: before any model loads
+        from causvid.pipelines import text_to_video
+        monkeypatch.setattr(text_to_video, "load_components", lambda *a, **k: pytest.fail("the model loaded first"))
     code = inference(base(tmp_path) + ["--data_path", str(prompts), "--input_video", str(video)] + flags)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and re.search(message, err), err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # no partial mp4
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.75, 0.5, 0.3, 0.25])
+def test_strength_is_a_fraction_of_the_schedule_as_in_diffusers(strength):
+    """--strength maps to the student's steps as diffusers' image-to-image get_timesteps cuts its schedule: the
+    reference is diffusers' own method, run on the student's steps (warped [1000, 750, 500, 250] at shift 5,
+    by hand 1000 * 5s / (1 + 4s): 1000, 937.5, 833.33, 625)."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from causvid.config import load_config
+    from causvid.pipelines.stream import strength_timestep
+
+    steps = torch.tensor([1000.0, 937.5, 2500 / 3, 625.0])
+    scheduler = SimpleNamespace(timesteps=steps, order=1)
+    expected, runs = StableDiffusionImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=scheduler), 4, strength,
+                                                                  "cpu")
+    timestep, run, total = strength_timestep(load_config(CONFIG), strength)
+    assert (timestep, run, total) == (pytest.approx(float(expected[0]), rel=1e-6), runs, 4)

@@ -63,6 +63,7 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert all(r["first_frame_s"] > 0 and r["fps"] > 0 for r in results.values())
     assert (out / "evaluate" / "drift.png").stat().st_size > 0
     report = (out / "report.md").read_text()
+    assert "A smoke run (`--quick`)" in report and "nan" not in report  # says what it is; no 0/0 ratios
     rows = [line for line in report.splitlines() if line.startswith("| ") and "|---" not in line]
     assert any("Causal Forcing DMD (chunkwise)" in r for r in rows) and any("teacher" in r for r in rows)
     assert re.search(r"\| \*\*total\*\* \| \d+ \|", report) and "| **wall clock** |" in report

@@ -199,10 +199,12 @@ def reference_losses(tiny_run_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGKILL"])
-def test_stopped_run_resumes_exactly_and_its_log_reads_as_one_run(tiny_run_data, reference_losses, tmp_path, sig):
+def test_stopped_run_resumes_exactly_and_its_log_reads_as_one_run(tiny_run_data, reference_losses, tmp_path, sig,
+                                                                  capsys):
     """train.py gets `sig` right after logging step 3 (tests/stop_at_step.py: a known step, no clock). SIGTERM
     and Ctrl-C finish the step, save it and stop (Ctrl-C: exit 130 and one line); SIGKILL leaves step 2's
-    checkpoint. --resume then reproduces the uninterrupted run's losses, and log.txt holds steps 1..8 once."""
+    checkpoint. --resume (with the config and overrides again, or `--resume RUN_FOLDER` alone) then reproduces the
+    uninterrupted run's losses, and log.txt holds steps 1..8 once."""
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "stop_at_step.py"), "3", sig, str(ROOT / "train.py"),
                            *train_argv(tiny_run_data, run)], capture_output=True, text=True, timeout=300,
@@ -211,9 +213,14 @@ def test_stopped_run_resumes_exactly_and_its_log_reads_as_one_run(tiny_run_data,
     assert "Traceback" not in proc.stderr
     if sig == "SIGINT":
         assert proc.stderr.strip().splitlines()[-1] == (f"interrupted (Ctrl-C) after step 3: saved step 3 in {run}; "
-                                                         "continue with --resume")
+                                                         f"continue with --resume {run}")
     assert latest_checkpoint(run).name == ("checkpoint_model_000002" if sig == "SIGKILL" else "checkpoint_model_000003")
-    assert one_thread_cli(train_argv(tiny_run_data, run) + ["--resume"]) == 0
+    if sig == "SIGKILL":  # the seeds' form: the config and overrides again, and --resume
+        assert one_thread_cli(train_argv(tiny_run_data, run) + ["--resume"]) == 0
+    else:  # the run folder alone: its saved config.yaml holds the config and the overrides; a new one is logged
+        capsys.readouterr()
+        assert one_thread_cli(["--resume", str(run), "--no_visualize", "--disable-wandb", "keep_last_n=100"]) == 0
+        assert "resume: override keep_last_n=100 (was None)" in capsys.readouterr().out
     steps = [int(m.group(1)) for line in (run / "log.txt").read_text().splitlines()
              if (m := re.match(r"step (\d+) ", line))]
     assert steps == list(range(1, 9))  # the steps redone after the resume are not logged twice
@@ -327,3 +334,23 @@ def test_sharded_checkpoint_saved_by_two_processes_resumes_on_one_and_on_four(ti
     dit = load_dit(tiny_run_data / "wan", saved)
     two = torch.load(tmp_path / "two.pt")["generator"]
     assert_close_states({k: v for k, v in dit.state_dict().items()}, two, tol=0)
+
+
+def test_the_readmes_toy_training_commands_run_as_pasted(tmp_path, monkeypatch, capsys):
+    """The commands that open the README's "Training" section, as pasted (run folder moved to tmp_path, fewer steps
+    appended as a later override): the toy stage trains, then `--resume RUN_FOLDER` alone continues it."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("\n## Training\n", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(c) for c in block.replace("\\\n", " ").splitlines() if c.startswith("python train.py")]
+    assert len(commands) == 2 and commands[1][2:4] == ["--resume", commands[0][commands[0].index("--logdir") + 1]]
+    run = str(tmp_path / "toy_dmd")
+    first, second = ([run if a == commands[0][commands[0].index("--logdir") + 1] else a for a in c[2:]]
+                     for c in commands)
+    monkeypatch.chdir(ROOT)  # the README's paths are relative to the repository root
+    assert one_thread_cli(first + ["max_iters=2", "log_iters=2"]) == 0
+    assert one_thread_cli(second + ["max_iters=3"]) == 0
+    out = capsys.readouterr().out
+    assert "resume: override max_iters=3 (was 2)" in out and "resumed from" in out and "done: 1 step in" in out
+    assert (tmp_path / "toy_dmd" / "checkpoint_model_000003" / "model.pt").is_file()

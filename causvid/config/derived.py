@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Optional
 
 from causvid.config.schema import BASE_MODEL_NAME, ConfigError
-from causvid.flow import normalize_step_list
 
 def warp_shift(cfg) -> float:
     """The shift of the generator's scheduler grid, which warp_denoising_step indexes.
@@ -23,6 +22,8 @@ def _steps(cfg, key: str) -> Optional[list]:
     steps = cfg[key]
     if steps is None:
         return None
+    from causvid.flow import normalize_step_list  # torch: only where the steps are used
+
     return normalize_step_list(list(steps), warp=bool(cfg.warp_denoising_step), shift=warp_shift(cfg))
 
 
@@ -77,8 +78,9 @@ def ode_layout(cfg) -> str:
 
 
 def guidance_scale(cfg) -> float:
-    """The real score's CFG scale: CausVid's real_guidance_scale when set, else guidance_scale (SF/CF)."""
-    return float(cfg.guidance_scale if cfg.real_guidance_scale is None else cfg.real_guidance_scale)
+    """The DMD real score's scale s of cond + s (cond - uncond): real_guidance_scale (load_config sets it for the
+    SF/CF DMD files, which give it as guidance_scale), else guidance_scale - 1 (guidance_scale is Wan's form)."""
+    return float(cfg.guidance_scale - 1.0 if cfg.real_guidance_scale is None else cfg.real_guidance_scale)
 
 
 def generator_is_causal(cfg) -> bool:

@@ -15,7 +15,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from causvid.config.derived import _steps, generator_is_causal
+from causvid.config.derived import generator_is_causal
+from causvid.wan_conventions import check_step_list
 from causvid.config.schema import IGNORED_KEYS, Config, ConfigError
 
 PathLike = Union[str, Path]
@@ -183,7 +184,7 @@ def _validate(cfg: DictConfig, source: str) -> None:
     for key in ("denoising_step_list", "denoising_step_list_first_chunk"):
         if cfg[key] is not None:
             try:
-                _steps(cfg, key)
+                check_step_list(list(cfg[key]), warp=bool(cfg.warp_denoising_step))
             except ValueError as err:
                 raise ConfigError(f"{source}: {key}: {err}") from err
 
@@ -210,9 +211,22 @@ def load_config(path: Optional[PathLike] = None, overrides=(), base=None) -> Dic
         overrides = [overrides]
     for item in overrides:
         cfg = _merge(cfg, _parse_override(item), f"override {item!r}")
+    _one_guidance_form(cfg)
     _validate(cfg, source + (" with overrides" if overrides else ""))
     _warn_ignored(cfg, source)
     return cfg
+
+
+def _one_guidance_form(cfg: DictConfig) -> None:
+    """`guidance_scale` has one meaning, Wan's CFG form uncond + g (cond - uncond) (sampling, ODE data, CD's
+    teacher step); the DMD real score's scale s of cond + s (cond - uncond) is `real_guidance_scale` (CausVid's
+    key). Self-Forcing's and Causal Forcing's DMD files give s as guidance_scale: a score-distillation config with
+    no real_guidance_scale has its guidance_scale read as real_guidance_scale, and guidance_scale becomes the
+    same guidance in Wan's form, s + 1. So those files load and train as before, and a saved config says both.
+    (CausVid's files name no trainer and give real_guidance_scale.)"""
+    if cfg.real_guidance_scale is None and cfg.trainer == "score_distillation":  # (CausVid's files name none)
+        cfg.real_guidance_scale = float(cfg.guidance_scale)
+        cfg.guidance_scale = float(cfg.guidance_scale) + 1.0
 
 
 _warned = set()

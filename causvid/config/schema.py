@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from causvid.errors import UsageError
-from causvid.flow import WAN_NEGATIVE_PROMPT
+from causvid.wan_conventions import WAN_NEGATIVE_PROMPT
 
 # The model wan_model_path holds by default, and the real score's default (real_name).
 BASE_MODEL_NAME = "Wan2.1-T2V-1.3B"
@@ -160,9 +160,11 @@ class Config:
     distillation_loss: str = "dmd"
     # CV/SF/CF: the critic's / diffusion loss parameterisation ("flow"; CV also x0, v, noise).
     denoising_loss_type: str = "flow"
-    # SF/CF: CFG scale of the real score (and of CF's CD / ODE teacher).
+    # CFG in Wan's form, uncond + g (cond - uncond): many-step sampling, ODE data, CF's CD teacher step. (SF/CF DMD
+    # files write the DMD real score's scale here; load_config moves it to real_guidance_scale and sets this to
+    # that scale + 1, the same guidance in Wan's form.)
     guidance_scale: float = 3.0
-    # CV's name for the real score's CFG scale (real = cond + scale * (cond - uncond)); wins when set.
+    # The DMD real score's scale s in CausVid's form, real = cond + s (cond - uncond) = Wan's form with g = s + 1.
     real_guidance_scale: Optional[float] = None
     # CV/SF/CF: the unconditional prompt for CFG.
     negative_prompt: str = WAN_NEGATIVE_PROMPT

@@ -17,8 +17,6 @@ import os
 import warnings
 from typing import Sequence, TypeVar
 
-import torch.utils.data
-
 from causvid.errors import UsageError
 
 __all__ = ["PromptFileError", "read_prompt_file", "Schedule", "read_prompt_schedule", "check_schedule_blocks",
@@ -198,8 +196,9 @@ def shard_for_rank(items: Sequence[T], rank: int, world_size: int) -> list[tuple
     return [(i, items[i]) for i in range(rank, len(items), world_size)]
 
 
-class PromptDataset(torch.utils.data.Dataset):
-    """Prompts as a map-style dataset: item ``i`` is ``{"prompts": str, "idx": int}``.
+class PromptDataset:
+    """Prompts as a map-style dataset (what torch's DataLoader takes; no torch import, so the CLIs read prompt
+    files before torch loads): item ``i`` is ``{"prompts": str, "idx": int}``.
 
     ``idx`` is the prompt's global index: by default its position in
     ``prompts``; pass ``indices`` to keep the global numbering of a shard, or

@@ -11,18 +11,18 @@ Rows are re-indexed in source order (a glob is sorted naturally: _2 before _10);
 in the target are skipped, so re-running an interrupted merge resumes it. Shards are deleted only
 with --delete_sources, after the merged LMDB has been checked. See docs/data.md.
 """
-import argparse
 import glob
 import os
 import sys
 
 import lmdb
 
-from causvid.data.lmdb import DEFAULT_COMMIT_EVERY, LMDBDataError, merge_lmdbs, natural_sorted
+from causvid.errors import ArgumentParser
+from causvid.data.lmdb.layout import DEFAULT_COMMIT_EVERY, LMDBDataError
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(description="Merge LMDB shards with the same row shape into one LMDB.")
+    p = ArgumentParser(description="Merge LMDB shards with the same row shape into one LMDB.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sources", nargs="+", help="source LMDB directories, in order")
     src.add_argument("--source_glob", help="glob of source LMDB directories (quote it), e.g. 'dataset/ODE6KCausal_chunkwise_*'")
@@ -37,6 +37,8 @@ def _parse_args(argv):
 
 
 def _sources(args):
+    from causvid.data.lmdb.merge import natural_sorted
+
     if args.sources:
         return args.sources
     target = os.path.realpath(args.target)
@@ -48,6 +50,12 @@ def _sources(args):
 
 def main(argv=None):
     args = _parse_args(argv)
+    missing = [path for path in args.sources or () if not os.path.isdir(path)]
+    if missing:  # before torch loads
+        print(f"error: --sources {missing[0]}: no such LMDB directory", file=sys.stderr)
+        return 1
+    from causvid.data.lmdb.merge import merge_lmdbs
+
     try:
         sources = _sources(args)
         stats = merge_lmdbs(sources, args.target, keep_slot=args.keep_slot, delete_sources=args.delete_sources,

@@ -24,19 +24,18 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from causvid.config import load_config, warp_shift
 from causvid.data.prompts import read_prompt_file
-from causvid.ode_data.trajectory import item_noise, ode_pairs, schedule, slot_timesteps
-from causvid.runtime import atomic_save, log, pending_items, pick_device
+from causvid.errors import ArgumentParser
+from causvid.runtime import atomic_save, check_device_name, log, pending_items
+from causvid.threads import add_threads_flag, dit_width, use_threads
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "wan_causal_ode.yaml"
 MODEL_TYPES = ("T2V-1.3B", "T2V-14B")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output_folder", required=True)
     p.add_argument("--caption_path", required=True, help="prompt file, one prompt per line")
     p.add_argument("--config", default=str(DEFAULT_CONFIG),
@@ -54,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
                         "(no wrapper yet): each process holds the whole teacher")
     p.add_argument("--device", default=None, help="default: cuda when available (LOCAL_RANK's GPU), else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="teacher dtype")
+    add_threads_flag(p)
     return p
 
 
@@ -66,13 +66,25 @@ def teacher_folder(args, config) -> Path:
     return base.parent / f"Wan2.1-{args.model_type}"
 
 
-@torch.no_grad()
 def generate(argv=None) -> int:
-    from causvid.pipelines.text_to_video import load_dit, load_text_encoder
-
+    """Flags, config, prompt file and device name are checked before torch loads."""
     args = parser().parse_args(argv)
     config = load_config(args.config)
     prompts = read_prompt_file(args.caption_path)
+    check_device_name(args.device)
+    import torch
+
+    with torch.no_grad():
+        return _generate(args, config, prompts)
+
+
+def _generate(args, config, prompts) -> int:
+    import torch
+
+    from causvid.ode_data.trajectory import item_noise, ode_pairs, schedule, slot_timesteps
+    from causvid.pipelines.text_to_video import load_dit, load_text_encoder
+    from causvid.runtime import pick_device
+
     if args.fsdp:
         log("--fsdp: no FSDP wrapper in this project yet; ignored, each process holds the whole teacher")
     sigmas, indices = schedule(config, args.num_steps, args.shift)
@@ -90,6 +102,7 @@ def generate(argv=None) -> int:
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype)
     wan = teacher_folder(args, config)
+    use_threads(args.threads, device, dit_width(wan))
     model = load_dit(wan, dtype=dtype, device=device).eval().requires_grad_(False)
     encoder = load_text_encoder(wan, model.config.text_len, dtype=dtype, device=device)
     guided = args.guidance_scale != 1.0

@@ -3,6 +3,10 @@ the checks that need no model (run before any model loads), and the output folde
 by block into a `.partial` file renamed when complete, so a failure never leaves a half video under the final
 name, and the run ends with one line saying how many videos were written, skipped and failed, and where.
 
+Nothing heavy is imported at module level: `--help`, flag errors and every check that needs no model (the config,
+the device name, the Wan folder, the checkpoint file, the output folder, prompt files and schedules) answer
+before torch loads (`tests/test_startup.py`; `python -m scripts.benchmark_startup` times them).
+
 The CLIs themselves (`minimal_inference/*.py`, `inference.py`) only say which model they load, how they
 name their outputs and, for long videos, how rollouts are chained. Errors become one line through
 `causvid.errors.run_cli` (exported here as `run`).
@@ -11,17 +15,14 @@ import re
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from causvid.config import ConfigError, generator_is_causal, load_config
 from causvid.data.prompts import shard_for_rank
 from causvid.errors import ArgumentParser, UsageError, run_cli
-from causvid.models.lora import check_lora_specs, merge_loras
-from causvid.models.wan.checkpoints import check_weights_file
-from causvid.pipelines.text_to_video import VideoGenerator, check_wan_folder, load_components
-from causvid.runtime import check_output_folder, distributed_rank, pick_device
-from causvid.video_io import VideoWriteError, VideoWriter
+from causvid.models.weights_file import check_weights_file
+from causvid.runtime import check_device_name, check_output_folder, check_wan_folder, distributed_rank
+from causvid.threads import add_threads_flag, dit_width, use_threads
 
 FPS = 16  # Wan2.1's sample_fps
 run = run_cli
@@ -40,22 +41,24 @@ def base_parser(description: str) -> ArgumentParser:
                    help="regenerate videos that already exist in --output_folder (default: skip them)")
     p.add_argument("--report_timing", action="store_true",
                    help="print each video's first-block latency and FPS with and without VAE decode")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device",
                    help="cpu, cuda (this torchrun rank's GPU) or cuda:N; default: cuda when available")
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
                    help="weights and activations; default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
                    help="merge this LoRA (ours, diffusers' or ComfyUI's Wan2.1 key format) into the DiT's weights "
                         "once, times SCALE (default 1); repeatable, merged in order")
+    add_threads_flag(p)
     return p
 
 
 def build_generator(args, checkpoint=None, causal=True, use_ema=False, checkpoint_flag="--checkpoint_folder",
-                    check=None) -> VideoGenerator:
-    """Load the model the flags describe. Everything that needs no model is checked first: the config, the
-    device, the Wan folder, the checkpoint file, the output folder and `check(config)` (the CLI's own flags)."""
+                    check=None):
+    """Load the model the flags describe (a `VideoGenerator`). Everything that needs no model is checked first,
+    most of it before torch loads: the config, the device name, the Wan folder, the checkpoint file, the output
+    folder and `check(config)` (the CLI's own flags). Then the threads (`--threads`, when the CLI has the flag)."""
     cfg = load_config(args.config_path)
-    device = pick_device(args.device)
+    check_device_name(args.device)
     where = "--wan_model_path" if args.wan_model_path else f"wan_model_path (in {args.config_path})"
     wan = check_wan_folder(args.wan_model_path or cfg.wan_model_path, where)
     if checkpoint is not None:
@@ -64,7 +67,18 @@ def build_generator(args, checkpoint=None, causal=True, use_ema=False, checkpoin
         check_output_folder(args.output_folder, "--output_folder")
     if check is not None:
         check(cfg)
+    import torch
+
+    from causvid.models.lora import check_lora_specs, merge_loras
+    from causvid.pipelines.text_to_video import VideoGenerator, load_components
+    from causvid.runtime import pick_device
+
     check_lora_specs(getattr(args, "lora", None))
+    device = pick_device(args.device)
+    if hasattr(args, "threads") and distributed_rank()[0] == 0:
+        use_threads(args.threads, device, dit_width(wan))
+    elif hasattr(args, "threads"):
+        use_threads(args.threads, device, dit_width(wan), log=None)
     default = torch.bfloat16 if device.startswith("cuda") else torch.float32
     dtype = getattr(torch, args.dtype) if args.dtype else default
     components = load_components(wan, checkpoint, use_ema=use_ema, dtype=dtype, device=device)
@@ -126,8 +140,12 @@ class Outputs:
         self.overwrite, self.report_timing = overwrite, report_timing
         self.written = self.skipped = self.failed = 0
 
-    def write(self, name: str, pixel_blocks, generator: VideoGenerator, note: str = "") -> None:
+    def write(self, name: str, pixel_blocks, generator, note: str = "") -> None:
         """Write pixel blocks [1, n, 3, H, W] into folder/name as they arrive."""
+        import torch
+
+        from causvid.video_io import VideoWriteError, VideoWriter
+
         path = self.folder / name
         if path.exists() and not self.overwrite:
             self.skipped += 1
@@ -142,19 +160,25 @@ class Outputs:
             tqdm.write(f"error: {path}: {text}", file=sys.stderr)
             return
         self.written += 1
-        if self.report_timing:  # on its own line, above the progress bar
-            tqdm.write(f"[timing] {name}{note}: {generator.timing.summary()}")
+        if self.report_timing:  # on its own line above the progress bar, as each video ends (flushed: a pipe or a
+            tqdm.write(f"[timing] {name}{note}: {generator.timing.summary()}", file=sys.stdout)  # log file too)
+            sys.stdout.flush()
 
     def summary(self) -> str:
         rank, world = distributed_rank()
         who = f"rank {rank}/{world}: " if world > 1 else ""
         skipped = f", {self.skipped} skipped (already there; use --overwrite to regenerate)" if self.skipped else ""
-        return f"{who}{self.written} videos written{skipped}, {self.failed} failed -> {self.folder}"
+        return f"{who}{count(self.written, 'video')} written{skipped}, {self.failed} failed -> {self.folder}"
 
     def finish(self) -> int:
         """Print the summary line; the exit code (1 when a video failed)."""
         print(self.summary(), flush=True)
         return 1 if self.failed else 0
+
+
+def count(n: int, noun: str) -> str:
+    """'1 video', '2 videos', '0 videos'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def check_num_frames(cfg, num_frames, config_path, flag="--num_output_frames") -> None:
@@ -212,9 +236,14 @@ def add_v2v_flags(p) -> None:
     p.add_argument("--input_video", metavar="PATH",
                    help="video-to-video: this video, resized and centre-cropped to the config's size, is each "
                         "prompt's source; the output has its length in whole blocks")
-    p.add_argument("--strength", type=float,
-                   help="video-to-video: the timestep T in (0, 1000] the input is noised to before the student's "
-                        "steps below T (1000: ignore the input; lower keeps more of it)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--strength", type=float, metavar="F",
+                       help="video-to-video: how much of the student's noise schedule to run on the input, a "
+                            "fraction in (0, 1] as in diffusers' image-to-image (1: ignore the input; lower keeps "
+                            "more of it); mapped to a step of the student's grid, which the run prints")
+    group.add_argument("--strength_timestep", type=float, metavar="T",
+                       help="video-to-video as CausVid's recipe gives it: the timestep T in (0, 1000] the input is "
+                            "noised to before the student's steps below T (any T, on the grid or not)")
 
 
 def read_items(args, data_flag: str):
@@ -227,23 +256,52 @@ def read_items(args, data_flag: str):
     if (data is None) == (schedule is None):
         raise UsageError(f"give either {data_flag} (one prompt per line) or --prompt_schedule (prompts that change "
                          "mid-video), not both" if data is not None else f"give {data_flag} or --prompt_schedule")
-    if getattr(args, "input_video", None) is not None and not 0 < (args.strength or 0) <= 1000:
-        raise UsageError(f"--strength {args.strength}: --input_video needs a timestep T in (0, 1000]")
-    if getattr(args, "strength", None) is not None and getattr(args, "input_video", None) is None:
-        raise UsageError("--strength needs --input_video (the video to start from)")
+    check_strength_flags(args)
     if getattr(args, "input_video", None) is not None:
-        from causvid.video_io import video_info
+        from causvid.video_io.reader import video_info
         video_info(args.input_video)  # unreadable: one line naming it, before any model loads
     if schedule is None:
         return read_prompt_file(data)
     return read_prompt_schedule(schedule)
 
 
+def check_strength_flags(args) -> None:
+    """--strength F in (0, 1] or --strength_timestep T in (0, 1000], with --input_video and only with it."""
+    video = getattr(args, "input_video", None)
+    fraction, timestep = getattr(args, "strength", None), getattr(args, "strength_timestep", None)
+    if fraction is not None and not 0 < fraction <= 1:
+        raise UsageError(f"--strength {fraction}: give a fraction of the noise schedule in (0, 1] (1: ignore the "
+                         "input video); for a timestep in (0, 1000] use --strength_timestep")
+    if timestep is not None and not 0 < timestep <= 1000:
+        raise UsageError(f"--strength_timestep {timestep}: give a timestep in (0, 1000]")
+    given = "--strength" if fraction is not None else "--strength_timestep" if timestep is not None else None
+    if given and video is None:
+        raise UsageError(f"{given} needs --input_video (the video to start from)")
+    if video is not None and given is None:
+        raise UsageError("--input_video needs --strength F (a fraction in (0, 1]) or --strength_timestep T")
+
+
+def v2v_timestep(args, cfg):
+    """The timestep the input video is noised to: --strength_timestep as given, or --strength mapped to the
+    student's steps (printed), or None without --input_video. Called in a CLI's config check, before the model
+    loads."""
+    if getattr(args, "input_video", None) is None:
+        return None
+    if args.strength_timestep is not None:
+        return args.strength_timestep
+    from causvid.pipelines.stream import strength_timestep
+
+    timestep, steps, total = strength_timestep(cfg, args.strength)
+    print(f"--strength {args.strength}: the input is noised to timestep {timestep:g} and denoised with "
+          f"{count(steps, 'step')} of the student's {total}", flush=True)
+    return timestep
+
+
 def check_items(args, cfg, items, num_frames=None) -> None:
     """Once the config is known (before the model loads): the schedules' switches (`items` from `read_items`) on
     block boundaries, inside the video."""
+    from causvid.wan_conventions import block_layout
     from causvid.data.prompts import check_schedule_blocks
-    from causvid.models.wan.attention import block_layout
 
     if getattr(args, "prompt_schedule", None) is None:
         return
@@ -252,10 +310,12 @@ def check_items(args, cfg, items, num_frames=None) -> None:
     check_schedule_blocks(items, args.prompt_schedule, starts, frames)
 
 
-def input_latents(args, generator: VideoGenerator):
+def input_latents(args, generator):
     """--input_video as latents [1, F, C, h, w]: read, resized and centre-cropped to the config's size, encoded."""
     if getattr(args, "input_video", None) is None:
         return None
+    import torch
+
     from causvid.video_io import read_video, resize_center_crop
 
     frames = torch.from_numpy(read_video(args.input_video)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -285,13 +345,13 @@ def prompt_file_main(argv, causal: bool, description: str) -> int:
     def check(cfg):
         check_num_frames(cfg, num_frames, args.config_path)
         check_items(args, cfg, items, num_frames)
+        args.timestep = v2v_timestep(args, cfg)
 
     generator = build_generator(args, checkpoint_in(args.checkpoint_folder), causal=causal, check=check)
     source = input_latents(args, generator)
     outputs = Outputs(args.output_folder, args.overwrite, args.report_timing)
     for i, item in progress(my_prompts(items), "videos"):
         stream = (pixels for _, pixels in generator.stream(item, num_frames=num_frames, seed=args.seed, index=i,
-                                                           input_latents=source,
-                                                           strength=getattr(args, "strength", None)))
+                                                           input_latents=source, strength=args.timestep))
         outputs.write(f"output_{i:03d}.mp4", stream, generator)
     return outputs.finish()

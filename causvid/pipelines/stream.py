@@ -10,8 +10,8 @@ long videos and Self-Forcing training drive too, and decodes each block as it is
   frames still in the window are written again under the new prompt, so the next blocks follow it without a
   hard cut; `recache=False` keeps their old K/V and swaps only the cross-attention (the naive switch).
   With re-sink (default, in a rolling window) the old sink is dropped and the first block under the new prompt
-  becomes the sink: in the toy world the new prompt then holds within one block in 94 % of switches, against
-  19 % when the old sink (the old prompt's first block, with its motion) stays (README, "Live streams").
+  becomes the sink: in the toy world the new prompt then shows sooner than when the old sink (the old prompt's
+  first block, with its motion) stays (measured by `python -m causvid.toy.streaming`; README, "Live streams").
 - Video-to-video (CausVid, arXiv 2412.07772 §5.3, SDEdit-style): each block of the input's latents is noised to
   `strength` T and denoised with the student's steps below T. T = 1000 from the same noise is text-to-video.
 """
@@ -24,7 +24,7 @@ from causvid.config import denoising_steps, first_block_steps, generator_grid, w
 from causvid.flow import NUM_TRAIN_TIMESTEPS, add_noise
 from causvid.pipelines.rollout import Rollout, few_step_sampler, ode_sampler
 
-__all__ = ["StreamSession", "StreamBlock", "make_sampler"]
+__all__ = ["StreamSession", "StreamBlock", "make_sampler", "strength_timestep"]
 
 
 def make_sampler(config, generator: torch.Generator, below: float = None):
@@ -39,6 +39,26 @@ def make_sampler(config, generator: torch.Generator, below: float = None):
     if below is not None:
         steps, first = _from(steps, below), first and _from(first, below)
     return few_step_sampler(steps, first, generator=generator, grid=grid), 1.0
+
+
+def strength_timestep(config, strength: float) -> tuple:
+    """(timestep, steps run, steps in all) of a video-to-video `strength` in (0, 1], diffusers' image-to-image
+    convention: of the student's n steps the last int(n * strength) run, starting at the first of them, to which
+    the input is noised (1: every step from pure noise, the input ignored). A strength too small for one step
+    is a UsageError naming the smallest."""
+    from causvid.errors import UsageError
+
+    steps = denoising_steps(config)
+    if not steps:
+        raise UsageError("--strength: video-to-video needs a few-step student (a config with denoising_step_list)")
+    if not 0 < strength <= 1:
+        raise UsageError(f"--strength {strength}: give a fraction of the noise schedule in (0, 1]")
+    n = len(steps)
+    run = min(int(n * strength), n)
+    if run == 0:
+        raise UsageError(f"--strength {strength}: the student has {n} steps, so the smallest strength that runs one "
+                         f"is {1 / n:g}; give a strength in [{1 / n:g}, 1]")
+    return float(steps[n - run]), run, n
 
 
 def _from(steps, level):

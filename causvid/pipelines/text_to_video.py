@@ -12,13 +12,13 @@ first frames can be written (or shown) before the video is complete.
 """
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from causvid import rng
 from causvid.errors import UsageError
 from causvid.models.lora import merge_lora_tensors, training_adapter
+from causvid.runtime import check_wan_folder  # noqa: F401  (torch-free, so the CLIs check it first)
 from causvid.models.model_index import component_class
 from causvid.models.text_encoder import WanTextEncoder
 from causvid.models.vae import WanVAE
@@ -33,19 +33,6 @@ class Components:
     dit: WanDiT
     text_encoder: WanTextEncoder  # or the class the folder's model_index.json names (same interface)
     vae: WanVAE  # idem (the toy world's ToyVAE)
-
-
-def check_wan_folder(path, what: str = "wan_model_path") -> Path:
-    """The Wan folder `what` (a flag or config key) names, or a UsageError saying what is wrong with it."""
-    path = Path(path)
-    if path.is_file():
-        raise UsageError(f"{what} {path} is a file; pass the Wan model folder that holds it ({path.parent}?): "
-                         "config.json, the DiT weights, Wan2.1_VAE.pth and the umT5 text encoder")
-    if not path.is_dir():
-        raise UsageError(f"{what}: Wan model folder {path} not found (set wan_model_path in the config or pass "
-                         "--wan_model_path; download with: hf download Wan-AI/Wan2.1-T2V-1.3B "
-                         "--local-dir wan_models/Wan2.1-T2V-1.3B)")
-    return path
 
 
 def _dit_source(wan_folder, checkpoint):

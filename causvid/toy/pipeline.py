@@ -11,7 +11,6 @@ evaluation of each model run side by side, one process per core (`--workers`, `c
 run in a worker logs to `<out>/<stage>/log.txt`. Resumable stage by stage: a stage that finished left
 `<out>/<stage>/DONE` (its seconds and threads) and is skipped next time.
 """
-import argparse
 import contextlib
 import functools
 import json
@@ -21,14 +20,9 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import torch
-
 from causvid.config import load_config
-from causvid.data.lmdb import LatentLMDBWriter
-from causvid.models.wan import WanDiT
-from causvid.ode_data.trajectory import batch_noise, causal_ode_slots, ode_pairs, schedule
-from causvid.toy import world
-from causvid.toy.folder import write_toy_folder
+from causvid.errors import ArgumentParser, positive_int, run_cli
+from causvid.runtime import check_output_folder
 from causvid.toy.schedule import Stage, cores, run_graph
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +66,7 @@ class Budget:
     teacher_sampling_steps: int = 50
     drift_factor: int = 8       # drift is measured on rollouts this many times the training length
     batch_size: int = 0         # 0: each config's own
-    cache_gradient_comparison: int = 0  # 1: also CF DMD with a detached KV-cache gradient (issue 13's comparison)
+    cache_gradient_comparison: int = 0  # 1: also CF DMD with a detached KV-cache gradient (a comparison)
 
     @classmethod
     def quick(cls):
@@ -108,8 +102,10 @@ COSTS = {"teacher": 1300, "ode_pairs": 260, "causal_ode_data": 270, "ar_diffusio
 
 
 class ToyPipeline:
-    def __init__(self, out, budget: Budget, seed: int = 0, workers: int = 1, log=None):
-        self.out, self.budget, self.seed, self.workers = Path(out), budget, seed, workers
+    def __init__(self, out, budget: Budget, seed: int = 0, workers: int = 1, log=None, threads: int = None,
+                 smoke: bool = False):
+        self.out, self.budget, self.seed, self.workers, self.threads = Path(out), budget, seed, workers, threads
+        self.smoke = smoke  # --quick: the report says its figures check the plumbing only
         self.log = log or functools.partial(print, flush=True)
         self.times = {}
 
@@ -154,7 +150,7 @@ class ToyPipeline:
             cf_ode = Ref(f"cf_ode_{layout}", last=True)
             train(f"cf_dmd_{layout}", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"], generator_ckpt=cf_ode,
                   data_path=prompts, **common)
-            if b.cache_gradient_comparison:  # DMD without the originals' gradient through the KV cache (issue 13)
+            if b.cache_gradient_comparison:  # DMD without the originals' gradient through the KV cache
                 train(f"cf_dmd_{layout}_detached", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
                       generator_ckpt=cf_ode, data_path=prompts, kv_cache_gradient="detached", **common)
             # the same DMD on windows of a rollout long_rollout times the training length (Self-Forcing++)
@@ -207,10 +203,10 @@ class ToyPipeline:
         earlier = [name for name in stages if self.done(name)]
         if earlier:
             self.log(f"{len(earlier)} of {len(stages)} stages done earlier, skipped")
-        run_graph(stages, self.run_stage, self.done, self.workers, self.log)
+        run_graph(stages, self.run_stage, self.done, self.workers, self.log, self.threads)
         self.times = {name: json.loads((self.out / name / "DONE").read_text()) for name in stages}
         from causvid.toy.evaluate import write_report
-        write_report(self.out, self.times, self.budget.drift_factor)
+        write_report(self.out, self.times, self.budget.drift_factor, smoke=self.smoke)
         if release is not None:
             self.release(release)
         return self.out / "report.md"
@@ -221,6 +217,8 @@ class ToyPipeline:
     def run_stage(self, name: str, threads: int) -> None:
         """One stage (here or in a worker process): its folder, its log (a worker's output goes to
         <stage>/log.txt), and DONE with its time when it finished."""
+        import torch
+
         stage = self.stages[name]
         folder = self.out / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -262,6 +260,8 @@ class ToyPipeline:
 
     def export(self, checkpoint, use_ema, folder, dtype=None):
         """A toy-world folder holding these weights (loadable by every CLI, usable as a teacher / critic)."""
+        from causvid.toy.folder import write_toy_folder
+
         from causvid.pipelines.text_to_video import load_dit
         write_toy_folder(folder, load_dit(self.out / "base", checkpoint, use_ema=use_ema), dtype=dtype)
         return folder
@@ -269,6 +269,8 @@ class ToyPipeline:
     def release(self, folder):
         """The shipped student: a toy folder with the release stage's weights (EMA when trained with it) in
         bfloat16, which keeps it small; the CLIs load it in float32."""
+        import torch
+
         from causvid.toy.evaluate import has_ema
         checkpoint = _last(self.out / RELEASE)
         use_ema = has_ema(checkpoint)
@@ -286,6 +288,9 @@ class ToyPipeline:
 
     def make_base(self, folder):
         """The untrained toy model and its toy-world components (VAE, text encoder): the teacher's start."""
+        from causvid.models.wan import WanDiT
+        from causvid.toy.folder import write_toy_folder
+
         write_toy_folder(folder, WanDiT.from_preset("toy"))
 
     def evaluate(self, folder, model, config, wan_folder, checkpoint, sink_choices, streams):
@@ -299,6 +304,9 @@ class ToyPipeline:
 
     def make_data(self, folder):
         """Render videos, encode them into the toy latent space, write the latent LMDB and the prompt file."""
+        from causvid.data.lmdb import LatentLMDBWriter
+        from causvid.toy import world
+
         from causvid.pipelines.text_to_video import load_vae
         vae = load_vae(self.out / "base")
         specs = world.sample_specs(self.budget.videos, seed=self.seed, start=START)
@@ -319,6 +327,12 @@ class ToyPipeline:
     def make_ode_pairs(self, folder, teacher_folder):
         """The bidirectional teacher's ODE pairs (CausVid / Self-Forcing): Euler with CFG, states kept at the
         student's step levels plus the endpoint, batched over prompts."""
+        import torch
+
+        from causvid.data.lmdb import LatentLMDBWriter
+        from causvid.ode_data.trajectory import batch_noise, ode_pairs, schedule
+        from causvid.toy import world
+
         cfg = load_config(CONFIGS / "ode_chunkwise.yaml")
         teacher_cfg = load_config(CONFIGS / "teacher.yaml")
         dit, encoder = self._teacher(teacher_folder)
@@ -338,6 +352,11 @@ class ToyPipeline:
     def make_causal_ode_data(self, folder, teacher_folder, ar_checkpoint, block, latents):
         """Causal Forcing's causal ODE data: the AR-diffusion model's Euler run with the real latent as
         teacher-forcing context (KV-cached blockwise path), 6 slots per row."""
+        import torch
+
+        from causvid.data.lmdb import LatentLMDBWriter
+        from causvid.ode_data.trajectory import batch_noise, causal_ode_slots, schedule
+
         from causvid.data.datasets import LatentLMDBDataset
         from causvid.pipelines.text_to_video import load_dit, load_text_encoder
         cfg = load_config(CONFIGS / "ode_chunkwise.yaml")
@@ -374,13 +393,21 @@ def _last(stage_folder):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Run the whole method in the toy world (CPU, minutes).")
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
+    p = ArgumentParser(prog="python -m causvid.toy.pipeline",
+                       description="Run the whole method in the toy world (CPU, minutes).")
     p.add_argument("--out", default="runs/toy")
     p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, not quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--release", help="write the shipped student (checkpoints/toy) into this folder")
-    p.add_argument("--workers", type=int, default=cores(),
+    p.add_argument("--workers", type=positive_int, default=cores(),
                    help="stages run side by side in this many processes (default: one per core)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="CPU threads of the whole run (default: every core): a stage alone gets all N, stages side "
+                        "by side N // --workers each (1 on 2 cores: the toy model runs fastest so)")
     for f in fields(Budget):
         p.add_argument(f"--{f.name}", type=int, help=f"override the budget's {f.name}")
     args = p.parse_args(argv)
@@ -388,13 +415,21 @@ def main(argv=None) -> int:
     for f in fields(Budget):
         if getattr(args, f.name) is not None:
             setattr(budget, f.name, getattr(args, f.name))
+    check_output_folder(args.out, "--out")
+    if args.release is not None:
+        check_output_folder(args.release, "--release")
+    total = args.threads or cores()
+    print(f"threads: {total} in all; stages side by side get {max(1, total // max(1, args.workers))} each "
+          f"({args.workers} workers){' (smoke run: --quick)' if args.quick else ''}", flush=True)
     try:
-        report = ToyPipeline(args.out, budget, seed=args.seed, workers=args.workers).run(release=args.release)
+        report = ToyPipeline(args.out, budget, seed=args.seed, workers=args.workers, threads=args.threads,
+                             smoke=args.quick).run(release=args.release)
     except (StageStopped, KeyboardInterrupt) as stop:
         print(str(stop) or "interrupted: finished stages are kept; run the same command again to go on",
               file=sys.stderr)
         return 130
-    print(f"report: {report}")
+    print(f"report: {report}" + (" (a smoke run: a few steps per stage check the plumbing; its figures are not "
+                                  "results)" if args.quick else ""))
     return 0
 
 

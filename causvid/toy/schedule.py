@@ -49,17 +49,19 @@ def critical_path(stages: dict) -> dict:
 
 
 def run_graph(stages: dict, run: Callable[[str, int], None], done: Callable[[str], bool], workers: int,
-              log=print) -> None:
+              log=print, total_threads: int = None) -> None:
     """Run every stage not `done` (stages: name -> Stage, deps among them or done). run(name, threads) runs
     one stage; it must be picklable (a module-level function or a bound method of a picklable object), as
-    it also runs in the worker processes."""
+    it also runs in the worker processes. total_threads: the threads of the whole run (default: cores()); a
+    stage alone gets them all, stages side by side total_threads // workers each."""
     unknown = {d for s in stages.values() for d in s.deps if d not in stages}
     if unknown:
         raise ValueError(f"stages read stages that do not exist: {sorted(unknown)}")
     finished = {name for name in stages if done(name)}
     pending = [name for name in stages if name not in finished]
     priority = critical_path(stages)
-    all_cores, threads = cores(), max(1, cores() // max(1, workers))
+    all_cores = total_threads or cores()
+    threads = max(1, all_cores // max(1, workers))
     running, pool = {}, None
     try:
         while pending or running:

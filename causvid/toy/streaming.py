@@ -42,18 +42,14 @@ accuracy (both as in the input). Strength 0 is the input itself.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from causvid.pipelines.stream import StreamSession
-from causvid.toy import analyser, world
+from causvid.errors import ArgumentParser
+from causvid.threads import add_threads_flag, use_threads
 
 __all__ = ["MODES", "switch_pairs", "frames_until_holds", "score_after", "measure_switching", "measure_v2v",
            "measure", "markdown", "main"]
@@ -66,6 +62,8 @@ HELD_OUT = 10_000  # the evaluation's held-out specs are world.sample_specs(n, H
 
 def _generator(seed: int, index: int) -> torch.Generator:
     """The noise of stream `index` (as `VideoGenerator.noise`: the same whatever the order)."""
+    import torch
+
     return torch.Generator().manual_seed(hash((seed, index)) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
@@ -75,6 +73,8 @@ def _others(vocab, value):
 
 def switch_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """(A, B) captions: A the held-out caption i, B drawn (deterministically) with every attribute different."""
+    from causvid.toy import world
+
     pairs = []
     for i, a in enumerate(world.sample_specs(n, seed=HELD_OUT + seed)):
         b = world.sample_spec((HELD_OUT + 1 + seed, i), shapes=_others(world.SHAPES, a.shape),
@@ -92,6 +92,10 @@ def frames_until_holds(ok: list[bool]) -> int | None:
 def _stream(components, config, prompt, frames, generator, switch=None, kv=None):
     """Pixels [T, 3, H, W] of the first `frames` latent frames of an endless session; switch: (latent frame,
     prompt, recache[, resink]); kv: StreamSession's local_attn_size / sink_size (default: the session's)."""
+    import torch
+
+    from causvid.pipelines.stream import StreamSession
+
     session = StreamSession(components, config, prompt, generator=generator, **(kv or {}))
     pixels = []
     while session.frame < frames:
@@ -102,6 +106,8 @@ def _stream(components, config, prompt, frames, generator, switch=None, kv=None)
 
 
 def _verdicts(clips, caption):
+    from causvid.toy import analyser
+
     return [analyser.compare(m, caption) for m in analyser.measure_batch(clips)]
 
 
@@ -130,6 +136,8 @@ def measure_switching(components, config, pairs: int = 16, windows: int = 4, see
                          f"(num_frame_per_block={block}, independent_first_frame off) to switch there")
     vae, total = components.vae, switch * (1 + windows)
     kw = dict(window=switch, windows=windows, block=block)
+    from causvid.toy import analyser
+
     kv = {k: v for k, v in dict(local_attn_size=local_attn_size, sink_size=sink_size).items() if v is not None}
     per_pair = []
     for i, (a, b) in enumerate(switch_pairs(pairs, seed)):
@@ -157,6 +165,8 @@ def _onset_text(onset):
 
 
 def _mean(values):
+    import numpy as np
+
     return float(np.mean(values)) if len(values) else float("nan")
 
 
@@ -176,6 +186,13 @@ def _summarise(rows, block):
 
 def measure_v2v(components, config, videos: int = 16, strengths=STRENGTHS, seed: int = 0) -> dict:
     """The V2V measurement (module doc): per strength, accuracies over `videos` held-out specs."""
+    from causvid.toy import world
+
+    import numpy as np
+    import torch
+
+    from causvid.pipelines.stream import StreamSession
+
     vae = components.vae
     frames = int(config.image_or_video_shape[1])
     size = int(config.image_or_video_shape[3]) * vae.spatial_factor
@@ -199,6 +216,8 @@ def measure_v2v(components, config, videos: int = 16, strengths=STRENGTHS, seed:
 
 
 def _v2v_row(videos, specs, prompts) -> dict:
+    from causvid.toy import analyser
+
     verdicts = [analyser.compare(m, p) for m, p in zip(analyser.measure_batch(videos), prompts)]
     return dict(new_colour_acc=_mean([v["colour_ok"] for v in verdicts]),
                 input_colour_kept=_mean([v["colour"] == s.colour for v, s in zip(verdicts, specs)]),
@@ -258,7 +277,7 @@ def markdown(result: dict, level: str = "###", name: str = None) -> list[str]:
 
 # -- CLI -------------------------------------------------------------------------------------------------------
 def _parser():
-    p = argparse.ArgumentParser(description="Measure prompt switching and streaming V2V of a toy student.")
+    p = ArgumentParser(prog="python -m causvid.toy.streaming", description="Measure prompt switching and streaming V2V of a toy student.")
     p.add_argument("--checkpoint", required=True, help="a toy student folder (e.g. checkpoints/toy)")
     p.add_argument("--config", required=True, help="its config (e.g. configs/toy/cf_dmd_chunkwise.yaml)")
     p.add_argument("--pairs", type=int, default=16, help="caption pairs (and V2V videos)")
@@ -267,14 +286,14 @@ def _parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--local_attn_size", type=int, help="the switching streams' KV window (default: the session's)")
     p.add_argument("--sink_size", type=int, help="their sink frames (default: the session's)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    add_threads_flag(p)
     p.add_argument("--out", help="folder for streaming.md and streaming.json")
     return p
 
 
 def _main(argv=None) -> int:
     from causvid.config import load_config
-    from causvid.pipelines.text_to_video import load_components
+
     args = _parser().parse_args(argv)
     if not Path(args.checkpoint).is_dir():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: not a folder (give a toy student folder such as "
@@ -288,9 +307,11 @@ def _main(argv=None) -> int:
     if not all(0 < s <= 1000 for s in strengths):
         raise ValueError(f"--strengths {args.strengths!r}: every strength must be in (0, 1000]")
     strengths = [int(s) if s == int(s) else s for s in strengths]
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = load_config(args.config)
+    from causvid.pipelines.text_to_video import load_components
+    from causvid.threads import dit_width
+
+    use_threads(args.threads, "cpu", dit_width(args.checkpoint))
     components = load_components(args.checkpoint)
     kv = {k: getattr(args, k) for k in ("local_attn_size", "sink_size") if getattr(args, k) is not None}
     result = measure(components, config, args.pairs, args.windows, strengths, args.seed,

@@ -212,7 +212,8 @@ class Trainer:
                 signal.signal(sig, handler)
             bar.close()
         seconds = time.perf_counter() - started
-        self._print(f"done: {self.step - start_step} steps in {seconds:.1f} s "
+        done = self.step - start_step
+        self._print(f"done: {done} step{'s' * (done != 1)} in {seconds:.1f} s "
                     f"({(self.step - start_step) / max(seconds, 1e-9):.2f} steps/s), peak memory {_peak_memory()}")
         return self.history
 

@@ -29,13 +29,21 @@ Reading (:func:`read_video`, :func:`video_info`)
     Any problem (missing file, not a video, truncated, decode errors) is a
     one-line :class:`VideoReadError` (a ``ValueError``) naming the file.
 """
-from causvid.video_io.crop_info import read_crop_info
-from causvid.video_io.errors import CropInfoError, ImageReadError, VideoReadError, VideoWriteError
-from causvid.video_io.frames import to_uint8_frames
-from causvid.video_io.images import load_image, resize_center_crop
-from causvid.video_io.names import safe_filename
-from causvid.video_io.reader import read_video, video_info
-from causvid.video_io.writer import VideoWriter, write_video
+import importlib
+
+#: name -> the submodule that defines it; imported on first use, so that a command line can read a crop file or
+#: probe a video (no torch) before torch loads.
+_WHERE = {"read_crop_info": "crop_info", "CropInfoError": "errors", "ImageReadError": "errors",
+          "VideoReadError": "errors", "VideoWriteError": "errors", "to_uint8_frames": "frames",
+          "load_image": "images", "resize_center_crop": "images", "safe_filename": "names", "read_video": "reader",
+          "video_info": "reader", "VideoWriter": "writer", "write_video": "writer"}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "VideoReadError",

@@ -35,13 +35,22 @@ Files: ``layout.py`` (the keys, LMDBDataError, checks on ``data.mdb``, read-only
 rows), ``writer.py`` (:class:`LatentLMDBWriter`), ``convert.py`` (``.pt`` files -> LMDB:
 :func:`create_lmdb_from_pt`), ``merge.py`` (merging shards: :func:`merge_lmdbs`, :func:`natural_sorted`).
 """
-from causvid.data.lmdb.convert import create_lmdb_from_pt, row_from_value  # noqa: F401
-from causvid.data.lmdb.layout import (  # noqa: F401
-    LMDBDataError, check_lmdb_file, lmdb_errors, open_lmdb_readonly, read_lmdb_meta, read_prompt, read_row,
-    release_shared_lmdb, shared_lmdb,
-)
-from causvid.data.lmdb.merge import merge_lmdbs, natural_sorted  # noqa: F401
-from causvid.data.lmdb.writer import DEFAULT_COMMIT_EVERY, DEFAULT_MAP_SIZE, LatentLMDBWriter  # noqa: F401
+import importlib
+
+#: name -> the submodule that defines it, imported on first use (the CLIs check their flags before torch loads;
+#: `writer` and `convert` need torch, `layout` does not).
+_WHERE = {"create_lmdb_from_pt": "convert", "row_from_value": "convert", "merge_lmdbs": "merge",
+          "natural_sorted": "merge", "LatentLMDBWriter": "writer",
+          **{name: "layout" for name in ("LMDBDataError", "check_lmdb_file", "lmdb_errors", "open_lmdb_readonly",
+                                         "read_lmdb_meta", "read_prompt", "read_row", "release_shared_lmdb",
+                                         "shared_lmdb", "DEFAULT_MAP_SIZE", "DEFAULT_COMMIT_EVERY")}}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LMDBDataError",

@@ -15,6 +15,9 @@ import numpy as np
 
 from causvid.errors import UsageError
 
+DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB; grown on demand
+DEFAULT_COMMIT_EVERY = 16  # rows per transaction ... (or fewer, see writer.DEFAULT_COMMIT_BYTES)
+
 _DTYPE = np.float16
 
 _LATENTS_SHAPE = b"latents_shape"

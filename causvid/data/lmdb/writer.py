@@ -8,13 +8,11 @@ import lmdb
 import numpy as np
 import torch
 
-from causvid.data.lmdb.layout import (
-    _DTYPE, LMDBDataError, _parse_meta, _shape_values, check_lmdb_file, latents_key, prompts_key, read_prompt,
+from causvid.data.lmdb.layout import (  # noqa: F401  (the defaults live with the layout, torch-free)
+    DEFAULT_COMMIT_EVERY, DEFAULT_MAP_SIZE, _DTYPE, LMDBDataError, _parse_meta, _shape_values, check_lmdb_file, latents_key, prompts_key, read_prompt,
     release_shared_lmdb,
 )
 
-DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB; grown on demand
-DEFAULT_COMMIT_EVERY = 16  # rows per transaction ...
 DEFAULT_COMMIT_BYTES = 256 << 20  # ... or fewer, once this many bytes are pending
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from causvid.wan_conventions import block_layout  # noqa: F401
+
 try:  # optional: used on CUDA for unmasked attention in half precision
     from flash_attn import flash_attn_func
 except ImportError:  # pragma: no cover - depends on the machine
@@ -40,17 +42,6 @@ def set_attention_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
     _backend = name
-
-
-def block_layout(num_frames: int, block: int, independent_first_frame: bool = False) -> list:
-    """The autoregressive blocks of a video as (start frame, size): blocks of `block` frames, or with
-    `independent_first_frame` (Self-Forcing's layout) frame 0 alone and then blocks of `block`: [1, 3, 3, ...]."""
-    first = 1 if independent_first_frame else 0
-    if num_frames < first or (num_frames - first) % block:
-        layout = f"1 + {block} * k" if independent_first_frame else f"a multiple of {block}"
-        raise ValueError(f"{num_frames} latent frames do not split into blocks of num_frame_per_block={block}"
-                         f"{' after an independent first frame' if first else ''} (need {layout})")
-    return [(0, 1)] * first + [(start, block) for start in range(first, num_frames, block)]
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,9 @@ from pathlib import Path
 
 import torch
 
-from causvid.errors import UsageError
+from causvid.models.weights_file import TORCH_SUFFIXES, CheckpointError, check_weights_file  # noqa: F401
 
 from .presets import PRESETS, WanConfig, get_preset
-
-
-class CheckpointError(UsageError):
-    """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
 
 
 # diffusers -> Wan key renames (regex, replacement), applied in order. Verified numerically against the original
@@ -54,7 +50,6 @@ _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_o
 _LEADING_PREFIXES = ("model.", "module.")
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors")
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 def diffusers_to_wan_key(key: str) -> str:
@@ -79,27 +74,6 @@ def normalize_keys(state_dict: dict) -> dict:
 
 
 # -- reading files ------------------------------------------------------------------------------------
-def check_weights_file(path) -> None:
-    """Read the first bytes of a .pt / .safetensors file: fail with a CheckpointError naming it when it is empty,
-    a text file or cut short, before anything is loaded."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder; expected a checkpoint file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if size == 0:
-        raise CheckpointError(f"{path}: the file is empty (0 bytes); download or save it again")
-    if path.suffix == ".safetensors":
-        header = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-        if not 0 < header <= size - 8 or head[8:9] != b"{":
-            raise CheckpointError(f"{path}: not a safetensors file (no header; starts with {head[:8]!r}) or cut "
-                                  "short; download or save it again")
-    elif path.suffix in TORCH_SUFFIXES and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip or a pickle; this file "
-                              f"starts with {head[:12]!r}); point at the .pt that training or the release wrote")
-
-
 def torch_load(path, weights_only: bool = True, mmap: bool = False):
     """torch.load on CPU; a file it can't read (cut short, not torch.save's) is a CheckpointError naming it."""
     check_weights_file(path)

@@ -7,7 +7,7 @@
 import sys
 
 from causvid.ode_data.pairs import generate
-from causvid.pipelines.cli import run
+from causvid.errors import run_cli as run
 
 
 def main(argv=None) -> int:
