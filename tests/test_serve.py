@@ -543,3 +543,39 @@ def test_the_cli_needs_no_argument_binds_loopback_and_says_so(capsys):
 def test_bad_flags_give_one_line(argv, message, capsys):
     assert run_cli(main, argv) == 2
     assert capsys.readouterr().err.splitlines() == [message]
+
+
+def test_help_names_the_program_and_every_flag_s_help_and_default(capsys):
+    with pytest.raises(SystemExit) as done:
+        parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0 and text.startswith("usage: python -m causvid.serve ")
+    assert "--allow_origin ORIGIN" in text and "a CPU is enough." in text  # the description is whole
+    for action in parser()._actions:
+        if action.dest != "help":
+            assert action.help and ("default" in action.help or action.dest == "debug"), action.dest
+
+
+STARTUP = """
+import contextlib, io, socket, sys
+from causvid.serve.__main__ import cli
+busy = socket.create_server(("127.0.0.1", 0))
+for argv in (["--help"], ["--threads", "0"], ["--port", str(busy.getsockname()[1])]):
+    sys.argv = ["causvid-serve"] + argv
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli()
+        except SystemExit as exit:
+            code = exit.code
+    print(code, err.getvalue().strip())
+print("torch loaded" if "torch" in sys.modules else "torch not loaded")
+"""
+
+
+def test_help_a_bad_flag_and_a_busy_port_are_answered_before_torch_loads():
+    out = subprocess.run([sys.executable, "-c", STARTUP], capture_output=True, text=True, check=True,
+                         timeout=RECV_TIMEOUT).stdout.splitlines()
+    assert out[:2] == ["0 ", "2 error: --threads 0: must be at least 1"]
+    assert out[2].startswith("2 error: --host 127.0.0.1 --port ") and "cannot listen there" in out[2]
+    assert out[3] == "torch not loaded"

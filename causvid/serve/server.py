@@ -2,6 +2,7 @@
 before serving, and clients that connect early wait in the listen queue), either in the foreground (the CLI)
 or in a background thread (tests, benchmarks). `bind` needs no uvicorn: the command line binds before anything
 heavy loads."""
+import os
 import socket
 import threading
 
@@ -12,7 +13,8 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port))
     except OSError as err:
-        raise ValueError(f"--host {host} --port {port}: cannot listen there ({err.strerror}); "
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({reason}); "
                          "pick another --port (0: any free one)") from None
 
 
@@ -37,8 +39,11 @@ def hard_limit(max_message_bytes: int) -> int:
 
 
 def run(app, sock: socket.socket) -> None:
-    """Serve until interrupted (Ctrl-C)."""
-    _server(app).run(sockets=[sock])
+    """Serve until interrupted (Ctrl-C), then return."""
+    try:
+        _server(app).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: here that is the normal end
+        pass
 
 
 class BackgroundServer:
