@@ -378,12 +378,14 @@ def test_a_send_that_blocks_drops_the_oldest_frames_and_stats_say_so(toy, refere
 
 def test_a_slow_client_over_a_real_socket_loses_the_oldest_frames_and_is_told(toy, reference, monkeypatch):
     """Through uvicorn on a real TCP port: a client reads one frame, then nothing until the server has dropped
-    frames for it; a stats event then counts the dropped ones, and the stream goes on when it reads again."""
-    dropping = threading.Event()
+    frames for it; its queue never held more than its bound, a stats event counts the dropped frames, and the
+    stream goes on when the client reads again."""
+    dropping, peak = threading.Event(), []
     put_frames = Outbox.put_frames
 
     def watching_put(box, frames):
         put_frames(box, frames)
+        peak.append(len(box.frames))
         if box.dropped:
             dropping.set()
 
@@ -405,7 +407,7 @@ def test_a_slow_client_over_a_real_socket_loses_the_oldest_frames_and_is_told(to
         stats = c.read(event="stats", max_messages=2000)
         while not stats["dropped"]:
             stats = c.read(event="stats", max_messages=2000)
-        assert stats["frames"] == len(c.frames) and stats["prompt"] == A
+        assert stats["frames"] == len(c.frames) and stats["prompt"] == A and max(peak) == BLOCK
         np.testing.assert_array_equal(c.frames[0], reference[0])
         c.read(frames=2 * BLOCK)  # reading again, the stream goes on
         assert app.state.sessions.open == 1 and not c.of_type("error")

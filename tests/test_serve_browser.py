@@ -110,7 +110,8 @@ def test_the_page_streams_draws_and_switches_prompts(tmp_path):
 
             page.click("#stop")
             assert page.text_content("#go") == "Start" and page.text_content("#state") == "idle"
-            assert not failed  # no 404 (the page has its own icon), no failed request
+            assert page.evaluate("fetch('/favicon.ico').then(r => r.status)") == 204  # what browsers ask for
+            assert not failed  # no 404, no failed request
 
             # a page of another origin (another port) cannot open the stream
             page.goto(other)

@@ -1,4 +1,4 @@
-"""The web app: GET `/` (the page), GET `/healthz`, WebSocket `/stream` (the protocol of docs/serve.md).
+"""The web app: GET `/` (the page), GET `/healthz`, GET `/favicon.ico` (none: 204), WebSocket `/stream` (the protocol of docs/serve.md).
 
 Each WebSocket connection is one session (at most `max_sessions` at a time): a receive task reads the client's
 JSON messages, a send task drains the connection's `Outbox` (events first, then frames, paced at `fps`), and
@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from causvid.serve.live import LiveStream, Outbox
 
@@ -96,6 +96,10 @@ def create_app(components, config, options: ServeOptions) -> FastAPI:
     @app.get("/")
     async def page():
         return FileResponse(PAGE, media_type="text/html")
+
+    @app.get("/favicon.ico")
+    async def favicon():  # browsers ask for it: no icon, but no 404 either
+        return Response(status_code=204)
 
     @app.get("/healthz")
     async def healthz():
