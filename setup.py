@@ -1,4 +1,22 @@
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# The toy student ships in the package (`python -m causvid.serve` works from an installed copy): the build copies
+# these folders of the checkout to causvid/serve/shipped/, where causvid.serve.assets finds them.
+SHIPPED = ["configs/toy", "checkpoints/toy"]
+
+
+class BuildWithToy(build_py):
+    def run(self):
+        super().run()
+        for folder in SHIPPED:
+            target = Path(self.build_lib) / "causvid" / "serve" / "shipped" / folder
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(Path(__file__).resolve().parent / folder, target)
+
 
 setup(
     name="causvid",
@@ -29,6 +47,8 @@ setup(
     ],
     entry_points={"console_scripts": ["causvid-export=causvid.export:cli"]},
     package_data={"causvid.serve": ["static/*.html"]},
+    cmdclass={"build_py": BuildWithToy},
+    entry_points={"console_scripts": ["causvid-serve = causvid.serve.__main__:cli"]},
     extras_require={
         # flash-attn needs a CUDA toolchain to build; the model falls back to PyTorch attention without it.
         "flash": ["flash-attn>=2.5"],

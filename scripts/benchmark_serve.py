@@ -8,26 +8,25 @@ streaming at once. For each client:
   switch delay    seconds from sending a `prompt` message to the arrival of the first frame of the new prompt
                   (the frame the server's `prompt_applied` event names), median of --switches
 
-    python scripts/benchmark_serve.py                      # the shipped toy student on the CPU
-    python scripts/benchmark_serve.py --blocks 30 --switches 5 --json serve_bench.json
-    python scripts/benchmark_serve.py --config_path configs/causal_forcing_dmd_chunkwise.yaml \\
+    python -m scripts.benchmark_serve                      # the shipped toy student on the CPU
+    python -m scripts.benchmark_serve --blocks 30 --switches 5 --json serve_bench.json
+    python -m scripts.benchmark_serve --config_path configs/causal_forcing_dmd_chunkwise.yaml \\
         --checkpoint_path checkpoints/chunkwise/causal_forcing.pt --device cuda
 
-The model flags are those of `python -m causvid.serve`. `main(argv)` returns the results.
+The model flags are those of `python -m causvid.serve` (--threads too: 1 by default). `main(argv)` returns the
+results.
 """
 import argparse
 import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 from websockets.sync.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from causvid.serve.__main__ import build, parser as serve_parser  # noqa: E402
-from causvid.serve.server import BackgroundServer  # noqa: E402
+from causvid.serve.__main__ import build, check, parser as serve_parser
+from causvid.serve.server import BackgroundServer
 
 PROMPTS = ["a red square moving left", "a blue circle moving up", "a green triangle moving right",
            "a yellow square moving down"]
@@ -85,6 +84,7 @@ def main(argv=None):
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     args.fps, args.max_sessions, args.port = 0.0, 2, 0
+    check(args)
     app, name = build(args)
     results = {"model": name}
     with BackgroundServer(app) as url:
@@ -94,7 +94,8 @@ def main(argv=None):
         for clients in (1, 2):
             results[f"{clients}_clients"] = measure(url, clients, args.blocks, args.switches)
             app.state.sessions.idle.wait()
-    print(f"{name}, unpaced (--fps 0), {args.blocks} blocks and {args.switches} prompt switches per client")
+    print(f"{name}, unpaced (--fps 0), {args.threads} CPU thread(s), {args.blocks} blocks and {args.switches} "
+          "prompt switches per client")
     print(f"{'clients':>7} {'client':>6} {'first frame s':>13} {'frames/s':>9} {'switch delay s':>14}")
     for clients in (1, 2):
         for i, r in enumerate(results[f"{clients}_clients"]):

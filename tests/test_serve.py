@@ -7,6 +7,9 @@ the toy world's colours (a red shape before a switch to a blue one, blue after),
 import asyncio
 import io
 import json
+import socket
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,14 +18,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from causvid.config import load_config
 from causvid.pipelines.stream import StreamSession
 from causvid.pipelines.text_to_video import load_components
 from causvid.pipelines.cli import run as run_cli
-from causvid.serve.__main__ import main
+from causvid.serve import live as live_module
+from causvid.serve.__main__ import main, parser
 from causvid.serve.app import ServeOptions, create_app
 from causvid.serve.live import Frame, LiveStream, Outbox, seconds_to_wait
 from causvid.serve.server import BackgroundServer
@@ -178,6 +182,8 @@ def test_frames_come_in_order_complete_and_with_the_events(toy, reference):
 
         c.send({"type": "stop"})
         final = c.read(event="stats")
+        assert c.read(event="stopped") == {"type": "stopped"} and c.log[-2:] == [("event", final),
+                                                                                 ("event", {"type": "stopped"})]
         c.send({"type": "stop"})  # nothing is on now: an error, and no frame may come before it
         seen = len(c.frames)
         assert c.read(event="error")["message"] == "no stream is on"
@@ -202,7 +208,10 @@ BAD_MESSAGES = [
     ({"type": "prompt", "prompt": 7}, '"prompt" must be a non-empty string'),
     ({"type": "prompt", "prompt": "a red square moving left and then turning around"},
      "the prompt has 9 words; this model reads at most 8"),
+    ({"type": "prompt", "prompt": "a" * 1001}, "the prompt has 1001 characters; this server takes at most 1000"),
+    ({"type": "x" * 3000}, "unknown message type 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx..."),
     (b"\x89PNG", "binary messages are not part of the protocol"),
+    ("x" * 5000, "a message of 5000 bytes; this server reads at most 4096"),
 ]
 
 
@@ -219,7 +228,8 @@ def test_every_bad_message_gets_an_error_and_the_stream_goes_on(toy):
         c.read(frames=1)
         for message, expected in BAD_MESSAGES:
             c.send(message)
-            assert c.read(event="error")["message"].startswith(expected), message
+            error = c.read(event="error")["message"]
+            assert error.startswith(expected) and len(error) < 150, message  # no long echo of what was sent
         seen = len(c.frames)
         c.read(frames=2 * BLOCK)  # the stream went on, under the first prompt
         assert not c.of_type("prompt_applied") and len(c.of_type("started")) == 1
@@ -366,6 +376,146 @@ def test_a_send_that_blocks_drops_the_oldest_frames_and_stats_say_so(toy, refere
     assert final["dropped"] >= seen["dropped"] and final["frames"] == len(frames_sent)
 
 
+def test_a_slow_client_over_a_real_socket_loses_the_oldest_frames_and_is_told(toy, reference, monkeypatch):
+    """Through uvicorn on a real TCP port: a client reads one frame, then nothing until the server has dropped
+    frames for it; its queue never held more than its bound, a stats event counts the dropped frames, and the
+    stream goes on when the client reads again."""
+    dropping, peak = threading.Event(), []
+    put_frames = Outbox.put_frames
+
+    def watching_put(box, frames):
+        put_frames(box, frames)
+        peak.append(len(box.frames))
+        if box.dropped:
+            dropping.set()
+
+    monkeypatch.setattr(Outbox, "put_frames", watching_put)
+    app = create_app(*toy, ServeOptions(model_name="toy", fps=0, queue_frames=BLOCK))
+    server = BackgroundServer(app)
+    # small kernel buffers on both ends (accepted sockets inherit the listener's), so that the server's sends
+    # block after a few frames rather than a few megabytes, as they would for a slow client far away
+    server.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with server as http_url:
+        url = http_url.replace("http://", "ws://") + "/stream"
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small TCP window
+        sock.connect(server.sock.getsockname()[:2])
+        c = Client(url, sock=sock, max_queue=1, ping_interval=None)
+        c.send({"type": "start", "prompt": A, "seed": SEED})
+        c.read(frames=1)
+        assert dropping.wait(RECV_TIMEOUT)  # the server went on generating; the oldest queued frames went
+        stats = c.read(event="stats", max_messages=2000)
+        while not stats["dropped"]:
+            stats = c.read(event="stats", max_messages=2000)
+        assert stats["frames"] == len(c.frames) and stats["prompt"] == A and max(peak) == BLOCK
+        np.testing.assert_array_equal(c.frames[0], reference[0])
+        c.read(frames=2 * BLOCK)  # reading again, the stream goes on
+        assert app.state.sessions.open == 1 and not c.of_type("error")
+        c.close()
+
+
+def test_a_failed_generation_returns_the_connection_to_idle(toy, monkeypatch, caplog):
+    """The session's second block raises: the client gets an error, then stopped; the connection is idle (a
+    prompt is refused as with no stream) and the next start streams."""
+    calls = []
+
+    class Failing(StreamSession):
+        def next_block(self):
+            calls.append(self)
+            if len(calls) == 2:
+                raise RuntimeError("injected failure")
+            return super().next_block()
+
+    monkeypatch.setattr(live_module, "StreamSession", Failing)
+    with serving(toy) as (app, url):
+        c = Client(url)
+        c.send({"type": "start", "prompt": A, "seed": SEED})
+        error = c.read(event="error")
+        assert error["message"] == "generation failed: RuntimeError: injected failure"
+        assert c.read(event="stopped") == {"type": "stopped"} and c.log[-1] == ("event", {"type": "stopped"})
+        c.send({"type": "prompt", "prompt": B})
+        assert c.read(event="error")["message"].startswith("no stream is on")
+        seen = len(c.frames)
+        c.send({"type": "start", "prompt": A, "seed": SEED})
+        c.read(event="started")
+        c.read(frames=FIRST + BLOCK)
+        assert {colour(f) for f in c.frames[seen:]} == {"red"} and len(c.of_type("error")) == 2
+        c.close()
+    assert "injected failure" in caplog.text
+
+
+def ws_origin(url):
+    return url.replace("ws://", "http://").rsplit("/", 1)[0]
+
+
+def test_only_the_page_s_own_origin_or_a_client_without_one_opens_the_stream(toy, caplog):
+    with serving(toy) as (app, url):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, origin="http://evil.example:8000")
+        assert refused.value.response.status_code == 403
+        assert "refused a WebSocket from Origin 'http://evil.example:8000'" in caplog.text
+        for origin in [ws_origin(url), None]:  # the page's own, and a client that sends none
+            c = Client(url, origin=origin)
+            c.send({"type": "start", "prompt": A, "seed": SEED})
+            c.read(frames=1)
+            c.close()
+    with serving(toy, allow_origins=("http://evil.example:8000",)) as (app, url):
+        c = Client(url, origin="http://evil.example:8000")
+        c.send({"type": "stop"})
+        assert c.read(event="error")["message"] == "no stream is on"
+        c.close()
+        with pytest.raises(InvalidStatus):
+            connect(url, origin="http://other.example:8000")
+
+
+def test_a_client_that_floods_bad_messages_and_never_reads_has_a_bounded_queue(toy, monkeypatch):
+    """Driven through ASGI with a `send` that blocks until the test opens it: 300 bad messages while nothing is
+    sent; the connection's event queue never holds more than max_events, and the newest are the ones sent."""
+    app = create_app(*toy, ServeOptions(model_name="toy", fps=0, max_events=8))
+    lengths, errors = [], []
+    put_event = Outbox.put_event
+    flood = 300
+
+    async def scenario():
+        incoming, sent, gate, flooded, drained = asyncio.Queue(), [], asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        def recording_put(box, event):
+            put_event(box, event)
+            lengths.append(len(box.events))
+            if event["type"] == "error":
+                errors.append(event)
+                if len(errors) == flood:
+                    flooded.set()
+
+        monkeypatch.setattr(Outbox, "put_event", recording_put)
+
+        async def send(message):
+            if message["type"] != "websocket.accept":
+                await gate.wait()
+                sent.append(message)
+                if len(sent) == 8:
+                    drained.set()
+
+        scope = {"type": "websocket", "path": "/stream", "raw_path": b"/stream", "root_path": "", "scheme": "ws",
+                 "query_string": b"", "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+                 "subprotocols": [], "asgi": {"version": "3.0"}}
+        await incoming.put({"type": "websocket.connect"})
+        for i in range(flood):
+            await incoming.put({"type": "websocket.receive", "text": json.dumps({"type": f"bad {i}"})})
+        task = asyncio.create_task(app(scope, incoming.get, send))
+        await asyncio.wait_for(flooded.wait(), RECV_TIMEOUT)
+        gate.set()
+        await asyncio.wait_for(drained.wait(), RECV_TIMEOUT)
+        await incoming.put({"type": "websocket.disconnect", "code": 1000})
+        await task
+        return [json.loads(m["text"])["message"] for m in sent]
+
+    sent = asyncio.run(scenario())
+    assert len(errors) == flood and max(lengths) == 8
+    # the receive loop read the whole flood before the send loop ran: the queue kept the newest 8, in order
+    assert sent == [f"unknown message type 'bad {i}': use start, prompt or stop" for i in range(flood - 8, flood)]
+
+
 # -- the command line -------------------------------------------------------------------------------------------
 def test_the_cli_needs_no_argument_binds_loopback_and_says_so(capsys):
     served = []
@@ -380,14 +530,54 @@ def test_the_cli_needs_no_argument_binds_loopback_and_says_so(capsys):
     assert (options.fps, options.video_fps, options.max_sessions) == (16, 16, 2)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"serving cf_dmd_chunkwise (checkpoints/toy) at http://127.0.0.1:{port} (loopback only; "
-                     "Ctrl-C stops)", "stopped; served 0 session(s), wrote nothing"]
+                     "1 CPU thread; Ctrl-C stops)", "stopped; served 0 session(s), wrote nothing"]
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--max_sessions", "0"], "error: --max_sessions 0: must be at least 1"),
     (["--fps", "-1"], "error: --fps -1.0: must be >= 0 (0: unpaced)"),
-    (["--config_path", "missing.yaml"], "error: config file not found: missing.yaml"),
+    (["--config_path", "missing.yaml"], "error: --config_path missing.yaml: no such file or folder"),
+    (["--threads", "0"], "error: --threads 0: must be at least 1"),
+    (["--allow_origin", "evil.example"], "error: --allow_origin evil.example: give scheme://host[:port] as a "
+                                         "browser sends it (e.g. http://localhost:3000), or '*' for any page"),
+    (["--max_message_bytes", "10"], "error: --max_message_bytes 10: must be at least 256"),
 ])
 def test_bad_flags_give_one_line(argv, message, capsys):
     assert run_cli(main, argv) == 2
     assert capsys.readouterr().err.splitlines() == [message]
+
+
+def test_help_names_the_program_and_every_flag_s_help_and_default(capsys):
+    with pytest.raises(SystemExit) as done:
+        parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0 and text.startswith("usage: python -m causvid.serve ")
+    assert "--allow_origin ORIGIN" in text and "a CPU is enough." in text  # the description is whole
+    for action in parser()._actions:
+        if action.dest != "help":
+            assert action.help and ("default" in action.help or action.dest == "debug"), action.dest
+
+
+STARTUP = """
+import contextlib, io, socket, sys
+from causvid.serve.__main__ import cli
+busy = socket.create_server(("127.0.0.1", 0))
+for argv in (["--help"], ["--threads", "0"], ["--port", str(busy.getsockname()[1])]):
+    sys.argv = ["causvid-serve"] + argv
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli()
+        except SystemExit as exit:
+            code = exit.code
+    print(code, err.getvalue().strip())
+print("torch loaded" if "torch" in sys.modules else "torch not loaded")
+"""
+
+
+def test_help_a_bad_flag_and_a_busy_port_are_answered_before_torch_loads():
+    out = subprocess.run([sys.executable, "-c", STARTUP], capture_output=True, text=True, check=True,
+                         timeout=RECV_TIMEOUT).stdout.splitlines()
+    assert out[:2] == ["0 ", "2 error: --threads 0: must be at least 1"]
+    assert out[2].startswith("2 error: --host 127.0.0.1 --port ") and "cannot listen there" in out[2]
+    assert out[3] == "torch not loaded"

@@ -139,8 +139,12 @@ class Rollout:
     def set_context(self, context: torch.Tensor, recache: bool = True, resink: bool = False) -> None:
         """The prompt of the blocks from the next one on (the negative prompt's stream keeps its own).
         resink (a rolling window): the old sink is dropped and the next block becomes the sink, so the stream
-        anchors on the new prompt; the window's other blocks are re-cached for continuity until evicted."""
+        anchors on the new prompt; the window's other blocks are re-cached for continuity until evicted. The
+        negative stream (CFG) moves its sink with it, so both caches hold the same frames."""
         self.streams[0].switch(context, recache, resink)
+        if resink:
+            for s in self.streams[1:]:
+                s.switch(s.context, recache=True, resink=True)
 
     def _check(self, size):
         if size != self.next_block_size():

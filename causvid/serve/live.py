@@ -56,20 +56,36 @@ def seconds_to_wait(fps: float, made: int, last_block: int, elapsed: float) -> f
 
 
 class Outbox:
-    """A viewer's queue, used from the event loop only: control events (never dropped, sent first) and at most
-    `capacity` frames (the oldest dropped, counted in `dropped`). Frames older than the current prompt
-    version are flushed by `switch` and refused afterwards."""
+    """A viewer's queue, used from the event loop only: control events (sent first) and at most `capacity`
+    frames (the oldest dropped, counted in `dropped`). Frames older than the current prompt version are flushed
+    by `switch` and refused afterwards. Events are bounded too, for a client that sends and never reads: a
+    `stats` event replaces a queued one, and past `max_events` the oldest `stats`, else the oldest `error`,
+    else the oldest event is dropped (counted in `events_dropped`)."""
 
-    def __init__(self, capacity: int):
-        if capacity < 1:
-            raise ValueError(f"an outbox holds at least one frame, got capacity {capacity}")
-        self.capacity, self.frames, self.events = capacity, deque(), deque()
-        self.version, self.dropped, self.flushed = 0, 0, 0
+    def __init__(self, capacity: int, max_events: int = 16):
+        if capacity < 1 or max_events < 1:
+            raise ValueError(f"an outbox holds at least one frame and one event, got capacity {capacity}, "
+                             f"max_events {max_events}")
+        self.capacity, self.max_events, self.frames, self.events = capacity, max_events, deque(), deque()
+        self.version, self.dropped, self.flushed, self.events_dropped = 0, 0, 0, 0
         self._ready = asyncio.Event()
 
     def put_event(self, event: dict) -> None:
+        if event["type"] == "stats":  # only the newest counts matter
+            self._remove_oldest("stats", count=False)
         self.events.append(event)
+        if len(self.events) > self.max_events:
+            self._remove_oldest("stats") or self._remove_oldest("error") or self._remove_oldest(None)
         self._ready.set()
+
+    def _remove_oldest(self, kind, count: bool = True) -> bool:
+        """Remove the oldest queued event of type `kind` (None: of any type); whether there was one."""
+        for i, event in enumerate(self.events):
+            if kind is None or event["type"] == kind:
+                del self.events[i]
+                self.events_dropped += count
+                return True
+        return False
 
     def put_frames(self, frames) -> None:
         for frame in frames:
@@ -100,17 +116,16 @@ class Outbox:
 class LiveStream:
     """Generates for one viewer in a daemon thread until `stop()`: blocks of `StreamSession(components, config,
     prompt, seed)` (endless), encoded and delivered to `outbox` through the event `loop`, tagged with prompt
-    `version` until `set_prompt` gives another."""
+    `version` until `set_prompt` gives another. If generation fails, the thread ends and `on_failure(self,
+    message)` runs on the event loop (its last act)."""
 
     def __init__(self, components, config, prompt: str, seed: int, fps: float, outbox: Outbox, loop,
-                 image_format: str = "png", version: int = 0):
+                 image_format: str = "png", version: int = 0, on_failure=None):
         self.components, self.config, self.seed, self.fps = components, config, seed, fps
-        self.outbox, self.loop, self.image_format = outbox, loop, image_format
+        self.outbox, self.loop, self.image_format, self.on_failure = outbox, loop, image_format, on_failure
         self._prompt = (version, prompt)  # (version, prompt): written by the event loop, read by the worker
         self._stop = threading.Event()
         self._wake = threading.Event()  # ends a pacing wait early: a switch (its block ahead was flushed), a stop
-        self.error = None
-        self.frames_made = 0
         self.thread = threading.Thread(target=self._run, name=f"live-stream-{seed}", daemon=True)
 
     def start(self) -> "LiveStream":
@@ -134,8 +149,11 @@ class LiveStream:
         try:
             self._generate()
         except Exception as err:  # a failing model must end this stream with a message, not kill the server
-            self.error = f"{type(err).__name__}: {err}"
-            self._deliver_event({"type": "error", "message": f"generation failed: {self.error}"})
+            if self.on_failure is not None:
+                try:
+                    self.loop.call_soon_threadsafe(self.on_failure, self, f"{type(err).__name__}: {err}")
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    pass
 
     def _generate(self):
         version, prompt = self._prompt
@@ -156,14 +174,8 @@ class LiveStream:
             self.loop.call_soon_threadsafe(self.outbox.put_frames, frames)
             now = time.perf_counter()
             first = now if first is None else first
-            self.frames_made, made = self.frames_made + n, made + n
+            made += n
             if self.fps > 0 and made / self.fps < now - first:
                 first = now - made / self.fps  # late: the clock restarts here, no burst
             self._wake.wait(seconds_to_wait(self.fps, made, n, now - first))
             self._wake.clear()
-
-    def _deliver_event(self, event):
-        try:
-            self.loop.call_soon_threadsafe(self.outbox.put_event, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass

@@ -1,10 +1,10 @@
 """Running the app: on a socket we bind ourselves (so the URL, with the port the OS chose for port 0, is known
 before serving, and clients that connect early wait in the listen queue), either in the foreground (the CLI)
-or in a background thread (tests, benchmarks)."""
+or in a background thread (tests, benchmarks). `bind` needs no uvicorn: the command line binds before anything
+heavy loads."""
+import os
 import socket
 import threading
-
-import uvicorn
 
 __all__ = ["bind", "url_of", "BackgroundServer", "run"]
 
@@ -13,7 +13,8 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port))
     except OSError as err:
-        raise ValueError(f"--host {host} --port {port}: cannot listen there ({err.strerror}); "
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({reason}); "
                          "pick another --port (0: any free one)") from None
 
 
@@ -22,14 +23,27 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def _server(app) -> uvicorn.Server:
-    # frames are already compressed images: per-message deflate would only cost time
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_per_message_deflate=False, lifespan="off"))
+def _server(app):
+    """A uvicorn.Server for `app`. Frames are already compressed images: per-message deflate would only cost
+    time. The WebSocket layer reads messages up to `hard_limit` bytes (the app refuses those over its own limit
+    with an error event and goes on); a larger one closes the connection (1009)."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_per_message_deflate=False, lifespan="off",
+                                         ws_max_size=hard_limit(app.state.options.max_message_bytes)))
+
+
+def hard_limit(max_message_bytes: int) -> int:
+    """The largest message the WebSocket layer reads at all: 16 x the app's limit, at least 64 KiB."""
+    return max(16 * max_message_bytes, 64 * 1024)
 
 
 def run(app, sock: socket.socket) -> None:
-    """Serve until interrupted (Ctrl-C)."""
-    _server(app).run(sockets=[sock])
+    """Serve until interrupted (Ctrl-C), then return."""
+    try:
+        _server(app).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: here that is the normal end
+        pass
 
 
 class BackgroundServer:
