@@ -12,7 +12,7 @@ from causvid.tiny_wan.dit import random_dit
 from causvid.training import distributed as D
 from causvid.training.stages import DMDStage, Models
 from causvid.training.trainer import Trainer
-from tests.test_training import overrides
+from test_training import overrides
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 

@@ -222,7 +222,7 @@ def test_bump_weight_is_normalised_over_the_shifted_grid():
 
 def test_diffusion_stage_draws_on_the_grid_and_keeps_a_sample_for_the_videos(tiny_run_data):
     from causvid.training.trainer import Trainer
-    from tests.test_training import overrides
+    from test_training import overrides
 
     cfg = load_config(TINY / "ar_diffusion_tf_chunkwise.yaml", overrides=overrides(tiny_run_data, "latents"))
     t = Trainer(cfg, tiny_run_data / "unused", no_visualize=True, no_save=True)
@@ -263,7 +263,7 @@ def test_causvid_input_levels_are_the_list_as_written(tiny_run_data):
 
 def test_critic_reads_its_own_batch(tiny_run_data, tmp_path):
     from causvid.training.trainer import Trainer
-    from tests.test_training import overrides
+    from test_training import overrides
 
     cfg = load_config(TINY / "causal_forcing_dmd_chunkwise.yaml",
                       overrides=overrides(tiny_run_data, "prompts.txt", batch_size=2))
@@ -351,7 +351,7 @@ def test_independent_first_frame_rollout_equals_the_block_causal_full_forward():
 
 def test_independent_first_frame_trains(tiny_run_data, tmp_path):
     from causvid.training.trainer import Trainer
-    from tests.test_training import overrides
+    from test_training import overrides
 
     cfg = load_config(TINY / "self_forcing_dmd.yaml", overrides=overrides(
         tiny_run_data, "prompts.txt", independent_first_frame="true", num_frame_per_block=3,
