@@ -41,7 +41,7 @@ STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped"
 
 
 def setup_cfg(target: str, tests: list, copied: list) -> str:
-    lines = ["[mutmut]", "source_paths=causvid", f"only_mutate={target}",
+    lines = ["[mutmut]", "source_paths=src/causvid", f"only_mutate=src/{target}",
              "also_copy=\n" + "\n".join(f"    {name}" for name in copied if name != "causvid"),
              "pytest_add_cli_args_test_selection=\n" + "\n".join(f"    {t}" for t in tests),
              "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -x\n    -q",
@@ -54,15 +54,20 @@ def run_one(target: str, tests: list, workdir: Path, root: Path = ROOT) -> dict:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    # the package goes under src/ (mutmut puts mutants/src first on the path): a causvid/ beside the tests would
+    # shadow the mutated copy for anything that imports it before mutmut arranges sys.path
     copied = sorted(p.name for p in root.iterdir() if p.name not in SKIP and p.name != "setup.cfg")
     for name in copied:
-        src = root / name
+        src, dst = root / name, work / ("src/causvid" if name == "causvid" else name)
         if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
-            shutil.copy2(src, work / name)
+            shutil.copy2(src, dst)
     (work / "setup.cfg").write_text(setup_cfg(target, [t for t in tests if (root / t).exists()], copied))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(work / "mutants"))
+    # PYTHONPATH (for the tests' subprocesses) names mutants/src before mutmut fills it: it must exist by then, or
+    # Python caches it as missing and imports the installed (unmutated) causvid instead
+    (work / "mutants" / "src").mkdir(parents=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{work / 'mutants' / 'src'}:{work / 'mutants'}")
     print(f"{target}: mutmut run in {work} (log: {work / 'mutmut.log'})", flush=True)
     with open(work / "mutmut.log", "w") as log:
         run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=work, env=env,

@@ -197,10 +197,16 @@ def test_critic_flow_target_is_scaled_by_the_two_grids_sigmas():
     stage.dmd_timesteps = lambda x_, batch_, step, tag: torch.full(x_.shape[:2], 20.0)
     loss = stage.critic_loss(Models(None, fake_score=lambda x_t, t, ctx: f), batch, step=0)
     noise = stage.noise(x, batch, 0, "critic_noise")
-    scale = 0.023506 / 0.019685
+
+    def nearest_sigma(t, shift):  # the grid point nearest to t of 1000 * shift(u), u = 1, 0.999, ..., 0.001
+        u = np.linspace(1.0, 0.0, 1001)[:-1]
+        grid = shift * u / (1 + (shift - 1) * u)
+        return grid[np.abs(1000 * grid - t).argmin()]
+
+    scale = nearest_sigma(20.0, 8.0) / nearest_sigma(20.0, 5.0)
     expected = ((f * scale - (noise - x)) ** 2).mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-4)
-    assert scale == pytest.approx(1.194, abs=1e-3)
+    assert scale == pytest.approx(1.194, abs=1e-3)  # the figure of the docstring
 
 
 # -- point 5: the teacher-forcing weight table -------------------------------------------------------------------
@@ -227,9 +233,18 @@ def test_diffusion_stage_draws_on_the_grid_and_keeps_a_sample_for_the_videos(tin
     cfg = load_config(TINY / "ar_diffusion_tf_chunkwise.yaml", overrides=overrides(tiny_run_data, "latents"))
     t = Trainer(cfg, tiny_run_data / "unused", no_visualize=True, no_save=True)
     assert isinstance(t.stage, DiffusionStage) and t.stage.last_output is None
+    seen = []
+    t.models.generator.register_forward_hook(lambda m, args, out: seen.append((args[0], args[1], out)))
     with torch.no_grad():
         t.stage.generator_loss(t.models, t.batch(0, 0), 0)
-    assert t.stage.last_output is not None and t.stage.last_output.shape == t.batch(0, 0)["clean"].shape
+    (x_t, steps, flow), = seen
+    u = np.linspace(1.0, 0.0, 1001)[:-1]
+    grid = 1000 * 5 * u / (1 + 4 * u)  # training_timesteps(5) written out
+    off = np.abs(steps.double().numpy().reshape(-1, 1) - grid[None, :])
+    assert off.min(axis=1).max() < 1e-3  # every t the generator receives is a grid point
+    sigma = torch.tensor(grid[off.argmin(axis=1)] / 1000).reshape(*steps.shape, 1, 1, 1)
+    torch.testing.assert_close(t.stage.last_output.double(), x_t.double() - sigma * flow.double(),
+                               rtol=1e-5, atol=1e-5)  # the kept sample: x0 = x_t - sigma * v
 
 
 # -- point 6: random draws ---------------------------------------------------------------------------------------
