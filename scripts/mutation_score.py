@@ -23,13 +23,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# file -> the test files that cover it (kept narrow: each mutant runs only the tests of these that call it)
+# file -> the tests that cover it, kept narrow (each mutant then runs only those of them that call the mutated
+# function): the hand-computation and fidelity tests, not the slow end-to-end training runs
+CD = "tests/test_consistency.py::"
 TARGETS = {
     "causvid/flow.py": ["tests/test_flow.py", "tests/test_losses_by_hand.py"],
     "causvid/training/losses.py": ["tests/test_losses_by_hand.py", "tests/test_training_fidelity.py",
-                                   "tests/test_consistency.py"],
+                                   CD + "test_cd_loss_equals_a_hand_computation_from_wandit_calls",
+                                   CD + "test_cd_loss_boundary_takes_the_euler_result_as_target"],
     "causvid/training/stages.py": ["tests/test_losses_by_hand.py", "tests/test_training_fidelity.py",
-                                   "tests/test_consistency.py", "tests/test_long_rollout.py"],
+                                   CD + "test_cd_loss_equals_a_hand_computation_from_wandit_calls",
+                                   CD + "test_cd_draws_one_grid_level_per_video",
+                                   "tests/test_long_rollout.py::test_window_choices_and_bad_lengths",
+                                   "tests/test_long_rollout.py::test_gradient_is_the_windows_exit_steps_on_the_same_rollout",
+                                   "tests/test_long_rollout.py::test_rope_positions_reach_the_training_rollout"],
     "causvid/pipelines/rollout.py": ["tests/test_rollout.py", "tests/test_losses_by_hand.py",
                                      "tests/test_training_fidelity.py", "tests/test_stream.py"],
     "causvid/pipelines/stream.py": ["tests/test_stream.py"],
@@ -49,8 +56,8 @@ def setup_cfg(target: str, tests: list, copied: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_one(target: str, tests: list, workdir: Path, root: Path = ROOT) -> dict:
-    work = workdir / target.replace("/", "_")
+def prepare(target: str, tests: list, work: Path, root: Path) -> dict:
+    """A fresh copy of `root` in `work` with mutmut's setup.cfg; the environment to run mutmut in."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -63,30 +70,49 @@ def run_one(target: str, tests: list, workdir: Path, root: Path = ROOT) -> dict:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(src, dst)
-    (work / "setup.cfg").write_text(setup_cfg(target, [t for t in tests if (root / t).exists()], copied))
+    selected = [t for t in tests if (root / t.split("::")[0]).exists()]
+    (work / "setup.cfg").write_text(setup_cfg(target, selected, copied))
     # PYTHONPATH (for the tests' subprocesses) names mutants/src before mutmut fills it: it must exist by then, or
     # Python caches it as missing and imports the installed (unmutated) causvid instead
     (work / "mutants" / "src").mkdir(parents=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{work / 'mutants' / 'src'}:{work / 'mutants'}")
-    print(f"{target}: mutmut run in {work} (log: {work / 'mutmut.log'})", flush=True)
-    with open(work / "mutmut.log", "w") as log:
-        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=work, env=env,
-                             stdout=log, stderr=subprocess.STDOUT)
-    if run.returncode != 0:
-        raise SystemExit(f"mutmut failed on {target} (exit {run.returncode}); see {work / 'mutmut.log'}")
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{work / 'mutants' / 'src'}:{work / 'mutants'}")
+
+
+def results(target: str, work: Path, env: dict) -> dict:
     listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
                              capture_output=True, text=True, check=True).stdout
-    counts, survivors = {s: 0 for s in STATUSES}, []
+    status = {}
     for line in listing.splitlines():
-        name, _, status = line.strip().rpartition(": ")
-        if status in counts:
-            counts[status] += 1
-            if status == "survived":
-                survivors.append(name)
-    tested = sum(counts.values()) - counts["no tests"] - counts["skipped"]
+        name, _, verdict = line.strip().rpartition(": ")
+        if verdict in STATUSES or verdict == "not checked":
+            status[name] = verdict
+    return status
+
+
+def summary(target: str, status: dict, work: Path) -> dict:
+    counts = {s: sum(v == s for v in status.values()) for s in STATUSES + ("not checked",)}
+    tested = sum(counts.values()) - counts["no tests"] - counts["skipped"] - counts["not checked"]
     killed = counts["killed"] + counts["timeout"] + counts["segfault"]
     score = 100.0 * killed / tested if tested else float("nan")
-    return dict(file=target, score=round(score, 1), **counts, survivors=survivors, workdir=str(work))
+    return dict(file=target, score=round(score, 1), **counts,
+                survivors=sorted(n for n, v in status.items() if v == "survived"), workdir=str(work))
+
+
+def run_one(target: str, tests: list, workdir: Path, root: Path = ROOT, only: list = None, earlier: dict = None):
+    """Mutate `target`, run the tests; `only`: just these mutants, the others keep their verdicts in `earlier`."""
+    work = workdir / target.replace("/", "_")
+    env = prepare(target, tests, work, root)
+    print(f"{target}: mutmut run in {work} (log: {work / 'mutmut.log'})", flush=True)
+    with open(work / "mutmut.log", "w") as log:
+        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *(only or [])],
+                             cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if run.returncode != 0:
+        raise SystemExit(f"mutmut failed on {target} (exit {run.returncode}); see {work / 'mutmut.log'}")
+    status = results(target, work, env)
+    if only is not None:
+        status = {**earlier, **{n: status[n] for n in only}}
+    (work / "status.json").write_text(json.dumps(status, indent=0) + "\n")
+    return summary(target, status, work)
 
 
 def main(argv=None):
@@ -95,13 +121,23 @@ def main(argv=None):
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/causvid-mutation"))
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to test (default: this one)")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
+    parser.add_argument("--rerun", type=Path, default=None,
+                        help="a workdir of an earlier run (say, before new tests): run only its survivors and "
+                             "mutants without tests again, keeping its other verdicts")
     args = parser.parse_args(argv)
     unknown = [f for f in args.files if f not in TARGETS]
     if unknown:
         parser.exit(2, f"unknown file {unknown[0]!r}: choose from {', '.join(TARGETS)}\n")
     if shutil.which("mutmut") is None and subprocess.run([sys.executable, "-c", "import mutmut"]).returncode:
         parser.exit(2, "mutmut is not installed: pip install -r requirements-dev.txt\n")
-    results = [run_one(f, TARGETS[f], args.workdir, args.root) for f in args.files]
+    results = []
+    for f in args.files:
+        if args.rerun is not None:
+            earlier = json.loads((args.rerun / f.replace("/", "_") / "status.json").read_text())
+            again = [n for n, v in earlier.items() if v in ("survived", "no tests")]
+            results.append(run_one(f, TARGETS[f], args.workdir, args.root, again, earlier))
+        else:
+            results.append(run_one(f, TARGETS[f], args.workdir, args.root))
     for r in results:
         print(f"{r['file']}: {r['score']}% killed ({r['killed']} killed, {r['timeout']} timeout, "
               f"{r['survived']} survived, {r['no tests']} without tests)")

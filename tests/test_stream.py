@@ -84,13 +84,21 @@ def test_prompt_switch_equals_the_hand_reference(toy, recache):
 
 
 def test_endless_session_keeps_a_bounded_window(toy):
+    """No num_frames: a rolling window of 6 frames with a 3-frame sink. Its first two blocks equal a finite
+    session's (the window is not full yet), and over 8 blocks, a re-cache included, the cache keeps one shape."""
     comp, cfg = toy
-    session = StreamSession(comp, cfg, A, seed=1)  # no num_frames: rolling window of 6 frames, sink 3
-    stream = session.rollout.streams[0]
+    session = StreamSession(comp, cfg, A, seed=1)
+    finite = StreamSession(comp, cfg, A, num_frames=6, seed=1)
+    cache, shapes = session.rollout.streams[0].cache, None
     for i in range(8):
         block = session.next_block()
         assert block.start == 3 * i and block.pixels.shape[1] == (9 if i == 0 else 12)
-        assert len(stream.done) <= 2 and stream.cache.capacity == 6
+        if i < 2:
+            torch.testing.assert_close(block.latents, finite.next_block().latents, rtol=0, atol=1e-6)
+        now = {tuple(kv.shape) for kvs in (cache.k, cache.v) for kv in kvs}
+        assert now == (shapes or now)
+        shapes = now
+        assert len(shapes) == 1 and next(iter(shapes))[1] == 6 * cache.frame_tokens  # 6 frames' tokens
         if i == 4:
             session.set_prompt(B)  # a re-cache in the rolling window: the sink and the last block again
     assert session.frame == 24 and not session.finished

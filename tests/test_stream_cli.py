@@ -44,9 +44,23 @@ def test_a_schedule_writes_one_video_per_line(tmp_path, capsys):
 
 
 def test_a_switch_changes_what_follows_and_nothing_before():
-    generator = VideoGenerator(load_components(TOY), load_config(CONFIG))
+    """A schedule [(A, 0), (B, 3)] is a session on A with set_prompt(B) before frame 3, from the same noise: equal
+    to it, equal to the unswitched video before the switch, different after."""
+    from causvid import rng
+    from causvid.pipelines.stream import StreamSession
+
+    components, cfg = load_components(TOY), load_config(CONFIG)
+    generator = VideoGenerator(components, cfg)
     plain = torch.cat([x for x, _ in generator.stream(A, num_frames=9, seed=1)], 1)
     switched = torch.cat([x for x, _ in generator.stream([(A, 0), (B, 3)], num_frames=9, seed=1)], 1)
+    gen = rng.generator(1, 0, 0)  # the noise of (seed 1, prompt 0, rollout 0)
+    noise = torch.randn(1, 9, *cfg.image_or_video_shape[2:], generator=gen)
+    session = StreamSession(components, cfg, A, noise=noise, generator=gen)
+    blocks = [session.next_block()]
+    session.set_prompt(B)
+    blocks += list(session)
+    assert [b.prompt for b in blocks] == [A, B, B]
+    assert torch.equal(switched, torch.cat([b.latents for b in blocks], 1))
     assert torch.equal(plain[:, :3], switched[:, :3])
     assert (plain[:, 3:] - switched[:, 3:]).abs().max() > 1e-2
 

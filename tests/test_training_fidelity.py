@@ -365,6 +365,10 @@ def test_independent_first_frame_rollout_equals_the_block_causal_full_forward():
 
 
 def test_independent_first_frame_trains(tiny_run_data, tmp_path):
+    """A training step with Self-Forcing's [1, 3, 3] layout: the generator is called on blocks (start, frames) =
+    (0, 1), (1, 3), (4, 3) in that order, and the logged generator loss is the DMD loss of the recorded score
+    calls, by hand: 0.5 mean(g^2), g = (fake - real) / mean|x - real|, real = cond + 3 (cond - uncond), each
+    x0 = x_t - sigma_8(t) v on the scores' shift-8 grid."""
     from causvid.training.trainer import Trainer
     from test_training import overrides
 
@@ -372,5 +376,25 @@ def test_independent_first_frame_trains(tiny_run_data, tmp_path):
         tiny_run_data, "prompts.txt", independent_first_frame="true", num_frame_per_block=3,
         image_or_video_shape="[1,7,16,4,4]", dfake_gen_update_ratio=1, max_iters=1))
     t = Trainer(cfg, tmp_path, no_visualize=True, no_save=True)
+    blocks, scores = [], []
+    t.models.generator.register_forward_hook(
+        lambda m, args, kwargs, out: blocks.append((kwargs["start_frame"], args[0].shape[1])), with_kwargs=True)
+    for role in ("real_score", "fake_score"):
+        getattr(t.models, role).register_forward_hook(
+            lambda m, args, out, role=role: scores.append((role, torch.is_grad_enabled(), *args[:3], out.detach())))
     logs = t.train()[0][1]
     assert set(logs) == {"generator_loss", "critic_loss"}
+    order = [b for i, b in enumerate(blocks) if i == 0 or blocks[i - 1] != b]
+    assert set(order) == {(0, 1), (1, 3), (4, 3)} and order[:3] == [(0, 1), (1, 3), (4, 3)]
+
+    assert t.stage.score_grid == 8.0 and t.stage.scale == 3.0
+    (_, _, x_t, steps, _, f_fake), = [c for c in scores if c[0] == "fake_score" and not c[1]]  # the generator's
+    (_, _, _, _, ctx_c, f_cond), (_, _, _, _, ctx_u, f_uncond) = [c for c in scores if c[0] == "real_score"]
+    u = np.linspace(1.0, 0.0, 1001)[:-1]
+    grid = 8 * u / (1 + 7 * u)
+    sigma = torch.tensor(grid[np.abs(1000 * grid - float(steps[0, 0])).argmin()], dtype=torch.float64)
+    x_t, x = x_t.double(), t.stage.last_output.double()
+    fake, cond, uncond = (x_t - sigma * f.double() for f in (f_fake, f_cond, f_uncond))
+    real = cond + 3.0 * (cond - uncond)
+    g = (fake - real) / (x - real).abs().mean()
+    assert logs["generator_loss"] == pytest.approx(0.5 * float((g ** 2).mean()), rel=1e-4)
