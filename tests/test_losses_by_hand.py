@@ -319,3 +319,31 @@ def test_refresh_pass_by_hand(noise_context):
     with torch.no_grad():
         rollout.step(noise)
     assert [c[2] for c in calls] == [0, 0, 2, 2] and rollout.frame == 4
+
+
+# -- the small pieces ------------------------------------------------------------------------------------------
+
+def test_blockwise_repeats_each_blocks_first_value():
+    from causvid.training.losses import blockwise
+
+    values = torch.arange(14.0).reshape(2, 7)
+    assert blockwise(values[:, :6], 3).tolist() == [[0, 0, 0, 3, 3, 3], [7, 7, 7, 10, 10, 10]]
+    assert blockwise(values, 3, independent_first_frame=True).tolist() == [[0, 1, 1, 1, 4, 4, 4],
+                                                                            [7, 8, 8, 8, 11, 11, 11]]
+
+
+def test_euler_step_and_consistency_loss_by_hand():
+    """x_next = x_t + (t_next - t) / 1000 * v (Song et al. 2023, eq. 6) in float64, returned in x_t's dtype; the CD
+    loss is the mean squared x0 difference, with x_next itself as the target where t_next = 0."""
+    from causvid.training.losses import consistency_distillation_loss, euler_step
+
+    x_t, v = latents(1, 2, 3, 2, 2, seed=20), latents(1, 2, 3, 2, 2, seed=21)
+    t, t_next = torch.tensor([[900.0, 500.0]]), torch.tensor([[700.0, 0.0]])
+    expected = x_t.double() + torch.tensor([-0.2, -0.5], dtype=torch.float64).reshape(1, 2, 1, 1, 1) * v.double()
+    torch.testing.assert_close(euler_step(x_t, v, t, t_next).double(), expected, rtol=1e-6, atol=1e-7)
+    assert euler_step(x_t.bfloat16(), v, t, t_next).dtype == torch.bfloat16
+    student, target = latents(1, 2, 3, 2, 2, seed=22), latents(1, 2, 3, 2, 2, seed=23)
+    x_next = euler_step(x_t, v, t, t_next)
+    by_hand = torch.cat([(student[:, :1] - target[:, :1]), (student[:, 1:] - x_next[:, 1:])], 1).pow(2).mean()
+    got = consistency_distillation_loss(student, target, x_next, t_next)
+    assert got.item() == pytest.approx(by_hand.item(), rel=1e-6)
