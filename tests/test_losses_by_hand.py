@@ -298,14 +298,15 @@ def test_refresh_pass_by_hand(noise_context):
     calls, forward = [], model.forward
     model.forward = lambda x, t, ctx, **kw: calls.append((x.clone(), t.clone(), kw["start_frame"])) or forward(
         x, t, ctx, **kw)
-    rollout = Rollout(model, latents(1, 16, 32, seed=15), batch=1, num_frame_per_block=2, max_frames=4,
+    context = latents(1, 16, 32, seed=15)
+    rollout = Rollout(model, context, batch=1, num_frame_per_block=2, max_frames=4,
                       sampler=few_step_sampler([1000.0], noise_fn=keyed_noise, grid=5.0), context_noise=120.0,
                       noise_context=noise_context, grid=5.0, noise_fn=keyed_noise)
     noise = latents(1, 2, 16, 4, 4, seed=14)
     with torch.no_grad():
         x0 = rollout.step(noise)
         (x_seen, t_seen, _), (refresh, t, start) = calls
-        flow = forward(noise, t_seen, rollout.streams[0].context, cache=model.new_cache(1, max_frames=4),
+        flow = forward(noise, t_seen, context, cache=model.new_cache(1, max_frames=4),
                        start_frame=0)
     assert torch.equal(x_seen, noise) and torch.equal(t_seen, torch.full((1, 2), 1000.0))
     torch.testing.assert_close(x0.double(), noise.double() - flow.double() * float(hand_sigma(1000.0, 5.0)))
