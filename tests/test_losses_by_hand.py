@@ -348,3 +348,18 @@ def test_euler_step_and_consistency_loss_by_hand():
     by_hand = torch.cat([(student[:, :1] - target[:, :1]), (student[:, 1:] - x_next[:, 1:])], 1).pow(2).mean()
     got = consistency_distillation_loss(student, target, x_next, t_next)
     assert got.item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_dmd_timesteps_by_hand():
+    """One t per video: an integer k = floor(1000 u) of the stage's uniform draw u, shifted (shift 5 here),
+    1000 * 5 (k / 1000) / (1 + 4 k / 1000), clamped to [20, 980] (the originals' min / max step)."""
+    stage = stage_of("causal_forcing_dmd_chunkwise")
+    assert stage.shift == 5.0
+    x = torch.zeros(6, 6, 1, 1, 1)
+    batch = {"samples": list(range(6))}
+    t = stage.dmd_timesteps(x, batch, 3, "dmd_t")
+    u = stage.uniform((1,), batch, 3, "dmd_t", device="cpu").double()
+    k = torch.floor(u * 1000) / 1000
+    expected = (1000 * 5 * k / (1 + 4 * k)).clamp(20, 980).expand(-1, 6)
+    torch.testing.assert_close(t.double(), expected, rtol=1e-6, atol=1e-4)
+    assert ((t > 20) & (t < 980)).any()  # not all at a clamp
