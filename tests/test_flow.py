@@ -158,7 +158,7 @@ def test_add_noise_endpoints_and_dtype():
     assert torch.equal(flow.add_noise(x0, noise, torch.full((2, 3), 1000.0)), noise)
     out = flow.add_noise(x0.bfloat16(), noise.bfloat16(), torch.tensor([757, 522]))
     assert out.dtype == torch.bfloat16
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"timestep of shape \(2, 3, 4\) does not fit a tensor of shape \(8, 8\)"):
         flow.add_noise(x0[0, 0, 0], noise[0, 0, 0], torch.zeros(2, 3, 4))
 
 

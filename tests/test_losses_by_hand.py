@@ -178,6 +178,8 @@ def test_ode_regression_loss_masks_exactly_the_t0_frames():
     expected = (per_frame[0, 1] + per_frame[0, 2] + per_frame[1, 0]) / 3
     assert ode_regression_loss(pred, target, t).item() == pytest.approx(expected.item(), rel=1e-6)
     assert ode_regression_loss(pred, target, torch.zeros(2, 3)).item() == 0.0  # all context: no loss, no NaN
+    one = torch.tensor([[0.0, 0.0, 0.0], [0.0, 522.0, 0.0]])  # a single frame counts: its error, not half of it
+    assert ode_regression_loss(pred, target, one).item() == pytest.approx(per_frame[1, 1].item(), rel=1e-6)
 
 
 # -- DMD: CausVid's generator input ---------------------------------------------------------------------------
