@@ -1,6 +1,7 @@
 """scripts/device_check (python -m scripts.device_check): the smoke run (every part at toy size on the CPU) writes every part's key with its
 figures; a failing part records its error and the others still run; the JSON on disk is rewritten after each
 part; the budget stops the run cleanly. No timing is asserted."""
+import importlib.util
 import json
 import math
 
@@ -44,6 +45,22 @@ def test_smoke_writes_every_part(tmp_path, capsys):
         assert r["fps"] > 0 and r["with_vae"]["fps"] > 0 and r["first_block_s"]["median"] > 0
         assert r["with_vae"]["first_block_pixels_s"]["median"] > 0 and r["peak_memory"]["peak_bytes"] > 0
         assert r["flops"]["mfu"] > 0 and r["latent_shape"] == [1, 6, 16, 4, 4]
+    # the FLOPs by hand, as tests/test_benchmark_smoke.py counts them: per block 4 steps + 1 refresh, each
+    # attending to the frames so far, the text computed once
+    spec = importlib.util.spec_from_file_location("benchmark_inference_flops", REPO / "scripts/benchmark_inference.py")
+    flop_module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = flop_module
+    spec.loader.exec_module(flop_module)
+    from causvid.models.wan import get_preset
+    for name in ("eager_sdpa", "compile", "overlap_decode", "framewise"):
+        r = p[f"inference.{name}"]
+        cfg, block = get_preset(r["preset"]), r["num_frame_per_block"]
+        tokens = (4 // cfg.patch_size[1]) * (4 // cfg.patch_size[2])
+        calls = [(block, block * (b + 1), b == 0 and i == 0) for b in range(6 // block) for i in range(5)]
+        by_hand = sum(flop_module.forward_flops(cfg, q, k, tokens, text)["total"] for q, k, text in calls)
+        assert r["flops"]["calls"] == len(calls) and r["flops"]["tflop_per_video"] == pytest.approx(by_hand / 1e12)
+        assert r["flops"]["mfu"] == pytest.approx(r["flops"]["achieved_tflops"] / 1.0)  # --peak_tflops 1
+    sys.modules.pop(spec.name, None)
     assert p["inference.eager_sdpa"]["num_frame_per_block"] == 3
     assert p["inference.framewise"]["num_frame_per_block"] == 1
     assert p["inference.compile"]["options"]["compile"] and p["inference.overlap_decode"]["with_vae"]["overlap_decode"]

@@ -79,11 +79,53 @@ def test_normalize_step_list():
     assert flow.normalize_step_list([1000, 750, 500, 250, 0], warp=True, shift=8.0) == pytest.approx(
         [1000.0, 960.0, 888.89, 727.27], abs=0.01
     )
-    for bad in ([1000, 0, 500], [500, 750], [1001], [0]):
-        with pytest.raises(ValueError):
+    assert flow.normalize_step_list([0.5]) == [0.5]  # any timestep in (0, 1000]
+    for bad, message in (([1000, 0, 500], r"in \(0, 1000\]"), ([500, 750], "strictly decreasing"),
+                         ([500, 500], "strictly decreasing"), ([1001], r"in \(0, 1000\]"), ([0], r"\(0, 1000\]")):
+        with pytest.raises(ValueError, match=message):
             flow.normalize_step_list(bad)
-    with pytest.raises(ValueError):
-        flow.normalize_step_list([1000, 750], warp=True)  # shift missing
+    with pytest.raises(ValueError, match="^warp=True needs the timestep shift$"):
+        flow.normalize_step_list([1000, 750], warp=True)
+
+
+def test_schedules_are_float64_and_warp_takes_integer_indices():
+    assert flow.euler_sigmas(4, 5.0).dtype == torch.float64 and flow.sampling_sigmas(4, 5.0).dtype == torch.float64
+    assert flow.training_timesteps(5.0).dtype == torch.float64
+    assert flow.warp_denoising_step([0], 5.0).tolist() == [0.0]  # t = 0 is the appended 0
+    assert flow.warp_denoising_step([1], 5.0).item() == pytest.approx(1000 * 5 * 0.001 / (1 + 4 * 0.001), rel=1e-6)
+    for bad in ([-1], [1001], [500.5]):
+        with pytest.raises(ValueError, match=r"warp needs integer timesteps in \[0, 1000\]"):
+            flow.warp_denoising_step(bad, 5.0)
+
+
+def test_grid_snapping_by_hand():
+    """grid=shift: sigma is the nearest point of 1000 * shift(u), u = 1, 0.999, ..., 0.001 (float32), in add_noise,
+    flow_to_x0 and x0_to_flow (which also clamps sigma at min_sigma)."""
+    u = np.linspace(1.0, 0.0, 1001, dtype=np.float32)[:-1]
+    grid = (8 * u / (1 + 7 * u)).astype(np.float32).astype(np.float64)
+    t = torch.tensor([[757.0, 0.0], [20.0, 999.9]])
+    sigma = torch.tensor(grid[np.abs(1000 * grid[None, :] - t.double().numpy().reshape(-1, 1)).argmin(1)])
+    sigma = sigma.reshape(2, 2, 1, 1, 1)
+    assert float(sigma[0, 1]) == pytest.approx(0.007944, abs=1e-6)  # t = 0 reads as the grid's last point
+    g = torch.Generator().manual_seed(1)
+    x0, noise, x_t = (torch.randn(2, 2, 3, 2, 2, generator=g) for _ in range(3))
+    torch.testing.assert_close(flow.add_noise(x0, noise, t, grid=8.0).double(),
+                               (1 - sigma) * x0.double() + sigma * noise.double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(flow.flow_to_x0(noise, x_t, t, grid=8.0).double(), x_t.double() - sigma * noise.double(),
+                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(flow.x0_to_flow(x0, x_t, t, grid=8.0).double(),
+                               (x_t.double() - x0.double()) / sigma, rtol=1e-5, atol=1e-5)
+    clamped = flow.x0_to_flow(x0, x_t, t, min_sigma=0.5, grid=8.0).double()
+    torch.testing.assert_close(clamped, (x_t.double() - x0.double()) / sigma.clamp(min=0.5), rtol=1e-5, atol=1e-5)
+    assert flow.grid_sigma(torch.tensor(757.0), 8.0).dtype == torch.float32
+
+
+def test_add_noise_in_bfloat16_mixes_in_float32():
+    """bf16 latents are mixed in float32 and rounded once: the bf16 sigma (0.7578 for 0.757) would be off."""
+    g = torch.Generator().manual_seed(2)
+    x0, noise = (torch.randn(1, 2, 3, 4, 4, generator=g).bfloat16() for _ in range(2))
+    expected = ((1 - 0.757) * x0.float() + 0.757 * noise.float()).bfloat16()
+    assert torch.equal(flow.add_noise(x0, noise, torch.tensor([[757.0, 757.0]])), expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,7 +158,7 @@ def test_add_noise_endpoints_and_dtype():
     assert torch.equal(flow.add_noise(x0, noise, torch.full((2, 3), 1000.0)), noise)
     out = flow.add_noise(x0.bfloat16(), noise.bfloat16(), torch.tensor([757, 522]))
     assert out.dtype == torch.bfloat16
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"timestep of shape \(2, 3, 4\) does not fit a tensor of shape \(8, 8\)"):
         flow.add_noise(x0[0, 0, 0], noise[0, 0, 0], torch.zeros(2, 3, 4))
 
 

@@ -12,7 +12,7 @@ from causvid.tiny_wan.dit import random_dit
 from causvid.training import distributed as D
 from causvid.training.stages import DMDStage, Models
 from causvid.training.trainer import Trainer
-from tests.test_training import overrides
+from test_training import overrides
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 
@@ -124,7 +124,12 @@ def test_rope_positions_reach_the_training_rollout():
     def sample(*extra):
         with torch.no_grad():
             return stage_of("long_rollout_window=last", *extra).generate(Models(model), batch, step=1)
+    made, new_cache = [], model.new_cache
+    model.new_cache = lambda *a, **kw: made.append(kw) or new_cache(*a, **kw)
     for frames, changes in ((6, False), (24, True)):
         absolute, window = (sample(f"long_rollout_frames={frames}", f"model_kwargs.rope_positions={mode}")
                             for mode in ("absolute", "window"))
         assert ((absolute - window).abs().max() > 1e-5) == changes, frames
+    # the stage hands the setting and its window (the training length, a one-block sink) to the cache it rolls
+    assert [(kw["rope_positions"], kw["max_frames"], kw["local_attn_size"], kw["sink_size"]) for kw in made] == [
+        ("absolute", 6, -1, 0), ("window", 6, -1, 0), ("absolute", 24, 6, 3), ("window", 24, 6, 3)]

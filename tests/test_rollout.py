@@ -65,14 +65,19 @@ def test_first_block_step_list():
 
 
 def test_bidirectional_few_step_uses_full_attention():
+    """The whole video at once, by hand: x0 = x - s v at t = 1000 with full attention, re-noised to 500 with the
+    sampler's next draw, x0 again; and the first frame depends on the last frame's noise."""
     model = random_dit("tiny", seed=4)
     noise, context = torch.randn(1, 3, 16, 8, 8), torch.randn(1, 16, 32)
     with torch.no_grad():
         sampler = lambda: few_step_sampler([1000, 500], generator=torch.Generator().manual_seed(0))  # noqa: E731
         video = bidirectional_sample(model, noise, context, sampler=sampler())
-        assert torch.equal(video, bidirectional_sample(model, noise, context, sampler=sampler()))
-        # the first frame depends on later frames' noise (it would not under causal attention)
+        gen = torch.Generator().manual_seed(0)
+        x0 = noise - 1.0 * model(noise, torch.full((1, 3), 1000.0), context)  # no causal mask: full attention
+        x = 0.5 * x0 + 0.5 * torch.randn(x0.shape, generator=gen)
+        expected = x - 0.5 * model(x, torch.full((1, 3), 500.0), context)
         noise2 = noise.clone()
         noise2[:, -1] += 1
         video2 = bidirectional_sample(model, noise2, context, sampler=sampler())
+    torch.testing.assert_close(video, expected, rtol=1e-5, atol=1e-5)
     assert video.shape == noise.shape and (video[:, 0] - video2[:, 0]).abs().max() > 1e-4

@@ -84,13 +84,21 @@ def test_prompt_switch_equals_the_hand_reference(toy, recache):
 
 
 def test_endless_session_keeps_a_bounded_window(toy):
+    """No num_frames: a rolling window of 6 frames with a 3-frame sink. Its first two blocks equal a finite
+    session's (the window is not full yet), and over 8 blocks, a re-cache included, the cache keeps one shape."""
     comp, cfg = toy
-    session = StreamSession(comp, cfg, A, seed=1)  # no num_frames: rolling window of 6 frames, sink 3
-    stream = session.rollout.streams[0]
+    session = StreamSession(comp, cfg, A, seed=1)
+    finite = StreamSession(comp, cfg, A, num_frames=6, seed=1)
+    cache, shapes = session.rollout.streams[0].cache, None
     for i in range(8):
         block = session.next_block()
         assert block.start == 3 * i and block.pixels.shape[1] == (9 if i == 0 else 12)
-        assert len(stream.done) <= 2 and stream.cache.capacity == 6
+        if i < 2:
+            torch.testing.assert_close(block.latents, finite.next_block().latents, rtol=0, atol=1e-6)
+        now = {tuple(kv.shape) for kvs in (cache.k, cache.v) for kv in kvs}
+        assert now == (shapes or now)
+        shapes = now
+        assert len(shapes) == 1 and next(iter(shapes))[1] == 6 * cache.frame_tokens  # 6 frames' tokens
         if i == 4:
             session.set_prompt(B)  # a re-cache in the rolling window: the sink and the last block again
     assert session.frame == 24 and not session.finished
@@ -136,19 +144,46 @@ def test_v2v_at_strength_1000_is_text_to_video(toy):
     assert (torch.cat(t2v, 1) - torch.cat(v2v, 1)).abs().max() <= 1e-6
 
 
-def test_v2v_at_low_strength_stays_close_to_the_input(toy):
-    from causvid.toy import world
+def sdedit_by_hand(comp, source, noise, strength, prompt, seed):
+    """CausVid's V2V (SDEdit per block) from WanDiT calls: each block of the input noised to T on the shift-5
+    grid, x = (1 - s_T) src + s_T n, then the student's steps from T down (T itself, then the warped list's
+    entries below T, each x0 = x - s v re-noised to the next), then the refresh pass at t = 0."""
+    import numpy as np
 
+    u = np.linspace(1.0, 0.0, 1001, dtype=np.float32)[:-1]
+    grid = (5 * u / (1 + 4 * u)).astype(np.float32)  # float32, as the originals' scheduler
+    sigma = lambda t: float(grid[np.abs(1000 * grid.astype(np.float64) - t).argmin()])  # noqa: E731  (nearest)
+    warped = [float(np.float32(1000) * grid[k]) for k in (0, 250, 500, 750)]  # [1000, 937.5, 833.3, 625]
+    steps = [float(strength)] + [t for t in warped if t < strength - 1e-3]
+    dit, ctx, gen = comp.dit, comp.text_encoder.encode([prompt]), torch.Generator().manual_seed(seed)
+    cache, out = dit.new_cache(1, max_frames=source.shape[1]), []
+    with torch.no_grad():
+        for start in range(0, source.shape[1], 3):
+            s_t = sigma(strength)
+            x = (1 - s_t) * source[:, start:start + 3] + s_t * noise[:, start:start + 3]
+            for i, step in enumerate(steps):
+                flow = dit(x, torch.full((1, 3), step), ctx, cache=cache, start_frame=start)
+                x0 = (x.double() - sigma(step) * flow.double()).float()
+                if i + 1 < len(steps):
+                    s = sigma(steps[i + 1])
+                    x = (1 - s) * x0 + s * torch.randn(x0.shape, generator=gen)
+            dit(x0, torch.zeros(1, 3), ctx, cache=cache, start_frame=start)
+            out.append(x0)
+    return torch.cat(out, dim=1), steps
+
+
+@pytest.mark.parametrize("strength, steps", [(500, 1), (900, 3)])
+def test_v2v_equals_a_hand_sdedit_reference(toy, strength, steps):
+    """At T = 500 only T itself is run (every listed step is above it); at T = 900 T, 833.3 and 625."""
     comp, cfg = toy
-    video = world.render(world.VideoSpec("square", "red", "left", 16.0, 16.0), num_frames=21)
-    source = comp.vae.encode(video[None])
-    out = {}
-    for strength in (200, 1000):
-        session = StreamSession(comp, cfg, B, input_latents=source, strength=strength, seed=0)
-        out[strength] = torch.cat([b.latents for b in session], dim=1)
-    assert out[200].shape == source.shape
-    near, far = (out[200] - source).abs().mean(), (out[1000] - source).abs().mean()
-    assert near < 0.5 * far  # the bound: at T = 200 the output keeps more than half of the input
+    noise, source = noise_of(6), noise_of(6, seed=11)
+    session = StreamSession(comp, cfg, B, noise=noise, generator=torch.Generator().manual_seed(7),
+                            input_latents=source, strength=strength)
+    got = torch.cat([b.latents for b in session], dim=1)
+    expected, hand_steps = sdedit_by_hand(comp, source, noise, strength, B, seed=7)
+    assert len(hand_steps) == steps
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # float32 rounding of two evaluation orders
+    assert (got - source).abs().mean() < (got - noise).abs().mean() or strength > 500  # T = 500 keeps the input
 
 
 @pytest.mark.parametrize("strength, frames, message", [

@@ -45,9 +45,23 @@ def test_a_schedule_writes_one_video_per_line(tmp_path, capsys):
 
 
 def test_a_switch_changes_what_follows_and_nothing_before():
-    generator = VideoGenerator(load_components(TOY), load_config(CONFIG))
+    """A schedule [(A, 0), (B, 3)] is a session on A with set_prompt(B) before frame 3, from the same noise: equal
+    to it, equal to the unswitched video before the switch, different after."""
+    from causvid import rng
+    from causvid.pipelines.stream import StreamSession
+
+    components, cfg = load_components(TOY), load_config(CONFIG)
+    generator = VideoGenerator(components, cfg)
     plain = torch.cat([x for x, _ in generator.stream(A, num_frames=9, seed=1)], 1)
     switched = torch.cat([x for x, _ in generator.stream([(A, 0), (B, 3)], num_frames=9, seed=1)], 1)
+    gen = rng.generator(1, 0, 0)  # the noise of (seed 1, prompt 0, rollout 0)
+    noise = torch.randn(1, 9, *cfg.image_or_video_shape[2:], generator=gen)
+    session = StreamSession(components, cfg, A, noise=noise, generator=gen)
+    blocks = [session.next_block()]
+    session.set_prompt(B)
+    blocks += list(session)
+    assert [b.prompt for b in blocks] == [A, B, B]
+    assert torch.equal(switched, torch.cat([b.latents for b in blocks], 1))
     assert torch.equal(plain[:, :3], switched[:, :3])
     assert (plain[:, 3:] - switched[:, 3:]).abs().max() > 1e-2
 
@@ -102,14 +116,24 @@ def test_v2v_at_strength_1_equals_text_to_video(tmp_path, source_video, capsys):
 
 
 def test_v2v_keeps_the_input_at_low_strength(tmp_path, source_video):
+    """The CLI's V2V video is the session's (tests/test_stream.py pins that against a hand SDEdit reference) on the
+    encoded input at --strength, from the noise of (seed 0, prompt 0), written as the CLI writes videos; at
+    T = 150 it keeps the input."""
+    from argparse import Namespace
+    from causvid.pipelines.cli import FPS, input_latents
+
     prompts = tmp_path / "p.txt"
     prompts.write_text(B + "\n")
     assert autoregressive(base(tmp_path) + ["--prompt_file_path", str(prompts), "--input_video", str(source_video),
                                             "--strength_timestep", "150"]) == 0  # CausVid's recipe: T itself
-    out = read_video(tmp_path / "out" / "output_000.mp4").astype(float)
-    src = read_video(source_video).astype(float)
-    assert out.shape == src.shape  # 21 frames in, 6 latent frames = 2 whole blocks, 21 frames out
-    assert abs(out - src).mean() < 10  # within 10 of 255 per pixel on average: the input kept
+    out = read_video(tmp_path / "out" / "output_000.mp4")
+    generator = VideoGenerator(load_components(TOY), load_config(CONFIG))
+    source = input_latents(Namespace(input_video=source_video), generator)
+    pixels = torch.cat([p for _, p in generator.stream(B, seed=0, index=0, input_latents=source, strength=150)], 1)
+    expected = read_video(write_video(tmp_path / "expected.mp4", pixels[0], fps=FPS))
+    assert out.shape == read_video(source_video).shape  # 21 frames in, 6 latent frames = 2 whole blocks, 21 out
+    assert (out == expected).all()
+    assert abs(out.astype(float) - read_video(source_video).astype(float)).mean() < 10  # of 255: the input kept
 
 
 @pytest.mark.parametrize("kind, flags, message", [

@@ -197,10 +197,16 @@ def test_critic_flow_target_is_scaled_by_the_two_grids_sigmas():
     stage.dmd_timesteps = lambda x_, batch_, step, tag: torch.full(x_.shape[:2], 20.0)
     loss = stage.critic_loss(Models(None, fake_score=lambda x_t, t, ctx: f), batch, step=0)
     noise = stage.noise(x, batch, 0, "critic_noise")
-    scale = 0.023506 / 0.019685
+
+    def nearest_sigma(t, shift):  # the grid point nearest to t of 1000 * shift(u), u = 1, 0.999, ..., 0.001
+        u = np.linspace(1.0, 0.0, 1001)[:-1]
+        grid = shift * u / (1 + (shift - 1) * u)
+        return grid[np.abs(1000 * grid - t).argmin()]
+
+    scale = nearest_sigma(20.0, 8.0) / nearest_sigma(20.0, 5.0)
     expected = ((f * scale - (noise - x)) ** 2).mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-4)
-    assert scale == pytest.approx(1.194, abs=1e-3)
+    assert scale == pytest.approx(1.194, abs=1e-3)  # the figure of the docstring
 
 
 # -- point 5: the teacher-forcing weight table -------------------------------------------------------------------
@@ -222,14 +228,23 @@ def test_bump_weight_is_normalised_over_the_shifted_grid():
 
 def test_diffusion_stage_draws_on_the_grid_and_keeps_a_sample_for_the_videos(tiny_run_data):
     from causvid.training.trainer import Trainer
-    from tests.test_training import overrides
+    from test_training import overrides
 
     cfg = load_config(TINY / "ar_diffusion_tf_chunkwise.yaml", overrides=overrides(tiny_run_data, "latents"))
     t = Trainer(cfg, tiny_run_data / "unused", no_visualize=True, no_save=True)
     assert isinstance(t.stage, DiffusionStage) and t.stage.last_output is None
+    seen = []
+    t.models.generator.register_forward_hook(lambda m, args, out: seen.append((args[0], args[1], out)))
     with torch.no_grad():
         t.stage.generator_loss(t.models, t.batch(0, 0), 0)
-    assert t.stage.last_output is not None and t.stage.last_output.shape == t.batch(0, 0)["clean"].shape
+    (x_t, steps, flow), = seen
+    u = np.linspace(1.0, 0.0, 1001)[:-1]
+    grid = 1000 * 5 * u / (1 + 4 * u)  # training_timesteps(5) written out
+    off = np.abs(steps.double().numpy().reshape(-1, 1) - grid[None, :])
+    assert off.min(axis=1).max() < 1e-3  # every t the generator receives is a grid point
+    sigma = torch.tensor(grid[off.argmin(axis=1)] / 1000).reshape(*steps.shape, 1, 1, 1)
+    torch.testing.assert_close(t.stage.last_output.double(), x_t.double() - sigma * flow.double(),
+                               rtol=1e-5, atol=1e-5)  # the kept sample: x0 = x_t - sigma * v
 
 
 # -- point 6: random draws ---------------------------------------------------------------------------------------
@@ -263,7 +278,7 @@ def test_causvid_input_levels_are_the_list_as_written(tiny_run_data):
 
 def test_critic_reads_its_own_batch(tiny_run_data, tmp_path):
     from causvid.training.trainer import Trainer
-    from tests.test_training import overrides
+    from test_training import overrides
 
     cfg = load_config(TINY / "causal_forcing_dmd_chunkwise.yaml",
                       overrides=overrides(tiny_run_data, "prompts.txt", batch_size=2))
@@ -350,12 +365,36 @@ def test_independent_first_frame_rollout_equals_the_block_causal_full_forward():
 
 
 def test_independent_first_frame_trains(tiny_run_data, tmp_path):
+    """A training step with Self-Forcing's [1, 3, 3] layout: the generator is called on blocks (start, frames) =
+    (0, 1), (1, 3), (4, 3) in that order, and the logged generator loss is the DMD loss of the recorded score
+    calls, by hand: 0.5 mean(g^2), g = (fake - real) / mean|x - real|, real = cond + 3 (cond - uncond), each
+    x0 = x_t - sigma_8(t) v on the scores' shift-8 grid."""
     from causvid.training.trainer import Trainer
-    from tests.test_training import overrides
+    from test_training import overrides
 
     cfg = load_config(TINY / "self_forcing_dmd.yaml", overrides=overrides(
         tiny_run_data, "prompts.txt", independent_first_frame="true", num_frame_per_block=3,
         image_or_video_shape="[1,7,16,4,4]", dfake_gen_update_ratio=1, max_iters=1))
     t = Trainer(cfg, tmp_path, no_visualize=True, no_save=True)
+    blocks, scores = [], []
+    t.models.generator.register_forward_hook(
+        lambda m, args, kwargs, out: blocks.append((kwargs["start_frame"], args[0].shape[1])), with_kwargs=True)
+    for role in ("real_score", "fake_score"):
+        getattr(t.models, role).register_forward_hook(
+            lambda m, args, out, role=role: scores.append((role, torch.is_grad_enabled(), *args[:3], out.detach())))
     logs = t.train()[0][1]
     assert set(logs) == {"generator_loss", "critic_loss"}
+    order = [b for i, b in enumerate(blocks) if i == 0 or blocks[i - 1] != b]
+    assert set(order) == {(0, 1), (1, 3), (4, 3)} and order[:3] == [(0, 1), (1, 3), (4, 3)]
+
+    assert t.stage.score_grid == 8.0 and t.stage.scale == 3.0
+    (_, _, x_t, steps, _, f_fake), = [c for c in scores if c[0] == "fake_score" and not c[1]]  # the generator's
+    (_, _, _, _, ctx_c, f_cond), (_, _, _, _, ctx_u, f_uncond) = [c for c in scores if c[0] == "real_score"]
+    u = np.linspace(1.0, 0.0, 1001)[:-1]
+    grid = 8 * u / (1 + 7 * u)
+    sigma = torch.tensor(grid[np.abs(1000 * grid - float(steps[0, 0])).argmin()], dtype=torch.float64)
+    x_t, x = x_t.double(), t.stage.last_output.double()
+    fake, cond, uncond = (x_t - sigma * f.double() for f in (f_fake, f_cond, f_uncond))
+    real = cond + 3.0 * (cond - uncond)
+    g = (fake - real) / (x - real).abs().mean()
+    assert logs["generator_loss"] == pytest.approx(0.5 * float((g ** 2).mean()), rel=1e-4)
