@@ -4,11 +4,15 @@ part; the budget stops the run cleanly. No timing is asserted."""
 import importlib.util
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import scripts.device_check as dc
+
+REPO = Path(__file__).resolve().parents[1]
 
 GPU_ONLY = {"inference.flash_attn", "inference.cuda_graphs"}
 NEEDS_GPU_ONLY = {"numerics.flash_attn_vs_eager", "numerics.cuda_graphs_vs_eager"}
@@ -39,6 +43,9 @@ def test_smoke_writes_every_part(tmp_path, capsys):
             assert part["status"] == "ok", (name, part.get("error"), part.get("traceback"))
             assert part["seconds"] >= 0
     p = {name: part.get("result") for name, part in data["parts"].items()}
+    for size in ("1.3b", "14b"):  # a checkpointed cached rollout holds more than the critic's full sequence
+        roles = p[f"memory.dmd_{size}"]["roles"]
+        assert roles["generator"]["held_bytes"] > roles["critic"]["held_bytes"] > 0
     assert p["environment"]["torch"] == torch.__version__ and "flex_attention" in p["environment"]["optional_kernels"]
     for name in ("eager_sdpa", "compile", "overlap_decode", "framewise"):
         r = p[f"inference.{name}"]

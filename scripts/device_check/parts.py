@@ -3,6 +3,7 @@ from functools import partial
 
 from scripts.device_check.environment import part_environment
 from scripts.device_check.inference import need_cuda, need_flash, part_inference, part_prompt_switch
+from scripts.device_check.memory import part_memory
 from scripts.device_check.numerics import part_bf16_vs_fp32, part_flex_vs_sdpa, part_latent_diff
 from scripts.device_check.runner import Part
 from scripts.device_check.training import TRAINING, part_training
@@ -26,4 +27,5 @@ def default_parts() -> list:
     parts += [Part(name, partial(part_training, config=config, dataset=dataset))
               for name, (config, dataset) in TRAINING.items()]
     parts.append(Part("wan14b.block_forward", part_wan14b))
+    parts += [Part(f"memory.dmd_{size}", partial(part_memory, size=size)) for size in ("1.3b", "14b")]
     return parts
