@@ -3,8 +3,10 @@
 
     python scripts/benchmark_load.py                 # a mid-size DiT (dim 1024, 16 blocks: 1.1 GB fp32), worlds 1 2 4
 
-CPU and gloo under torchrun; peak RSS growth of each rank during the load (Linux VmHWM, reset before the load),
-beside full / world, the least a rank can hold.
+CPU and gloo under torchrun; per rank, the peak RSS growth during the load (Linux VmHWM, reset before the load:
+it counts the checkpoint's pages a rank maps and reads, which are the kernel's page cache, shared and
+reclaimable) and the anonymous memory it holds after (RssAnon: its shards), beside full / world, the least a
+rank can hold.
 """
 import argparse
 import json
@@ -33,14 +35,14 @@ def worker(folder: str, mode: str, out: str):
     dist = D.init_distributed()
     torch.distributed.barrier()
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
-    before = rss_kib("VmRSS")
+    before, anon = rss_kib("VmRSS"), rss_kib("RssAnon")
     if mode == "materialize":
         model = D.materialize(*open_dit(folder), dist.device, mixed_precision=False)
     else:
         model = D.shard(load_dit(folder), mixed_precision=False)
-    peak = rss_kib("VmHWM") - before
+    peak, held = rss_kib("VmHWM") - before, rss_kib("RssAnon") - anon
     local = sum(D.local(p).numel() * p.element_size() for p in model.parameters())
-    Path(f"{out}.{dist.rank}").write_text(json.dumps(dict(peak=peak * 1024, local=local)))
+    Path(f"{out}.{dist.rank}").write_text(json.dumps(dict(peak=peak * 1024, held=held * 1024, local=local)))
 
 
 def main():
@@ -67,7 +69,8 @@ def main():
         del model
         print(f"DiT dim {MID['dim']}, {MID['num_layers']} blocks: {full / 2**30:.2f} GiB fp32; peak RSS growth per "
               "rank during the load (GiB)")
-        print(f"{'world':>5} {'full / world':>12} {'meta + fill (max rank)':>23} {'full load, then shard':>22}")
+        print(f"{'world':>5} {'full / world':>12} {'meta + fill: peak, held after':>30} "
+              f"{'full load, then shard: peak, held after':>40}")
         for world in args.worlds:
             row = []
             for mode in ("materialize", "full"):
@@ -76,8 +79,9 @@ def main():
                                 f"--nproc_per_node={world}", __file__, "--worker", str(folder), mode, str(out)],
                                check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
                 ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
-                row.append(max(r["peak"] for r in ranks) / 2**30)
-            print(f"{world:5d} {full / world / 2**30:12.2f} {row[0]:23.2f} {row[1]:22.2f}", flush=True)
+                row.append((max(r["peak"] for r in ranks) / 2**30, max(r["held"] for r in ranks) / 2**30))
+            print(f"{world:5d} {full / world / 2**30:12.2f} {row[0][0]:21.2f} {row[0][1]:8.2f} "
+                  f"{row[1][0]:31.2f} {row[1][1]:8.2f}", flush=True)
         del torch
     print("done; figures above (nothing written)")
 

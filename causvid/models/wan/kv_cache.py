@@ -21,7 +21,8 @@ attends to its own block's K/V with their gradient.
 
 Activation checkpointing. A layer's use of the cache in one call is a `CacheCall`, made before the layer runs
 and handed to it: its first run writes the store and freezes what it read (views of the store, which later
-calls of a global cache never overwrite at those slots; a copy in a rolling window, whose slots are reused), so
+calls of a global cache never overwrite at those slots; in a rolling window, whose slots later frames reuse, an
+undo log keeps the values each new block overwrites once a with-grad call has read them), so
 a recomputation in backward reads what the forward read and writes nothing. Held for backward per layer: the
 store, once (the original's cache), and no copy per call.
 
@@ -78,6 +79,7 @@ class KVCache:
         self.k = [None if t is None else t.detach() for t in self.k]
         self.v = [None if t is None else t.detach() for t in self.v]
         self._current = None  # the CacheCall whose first run is writing
+        self._undo = [None] * self.num_layers  # per layer, once read with grad: [(slots, old K, old V)] (rolling)
         self._write_index = None
         self._valid_tokens = 0
         self._read_index = None  # token index of the valid slots when they are not a prefix (see seek)
@@ -185,11 +187,16 @@ class KVCache:
         if with_grad:
             if self._read_index is not None:
                 raise RuntimeError("a KV cache with unwritten slots (mid re-cache) cannot be read with gradient")
-            # what this call reads besides its own block, frozen before the write: the store itself (a view),
-            # or a copy where a rolling window will reuse the slots before backward
-            past = tuple(s[:, :n].clone() if self.rolling else s[:, :n] for s in (self.k[layer], self.v[layer]))
+            # what this call reads besides its own block: the store itself (views), and in a rolling window the
+            # undo log from here on, which gives back the values later frames overwrite (see `past_values`)
+            past = (self.k[layer][:, :n], self.v[layer][:, :n])
+            self._undo[layer] = self._undo[layer] if self._undo[layer] is not None else []
             if call is not None:
-                call.past = past + (idx,)
+                call.past = past + (idx, self._undo[layer], len(self._undo[layer]))
+        if self._new_frames and self.rolling and self._undo[layer] is not None:
+            # new frames take slots a with-grad call read: keep the values they held, for its recomputation
+            self._undo[layer].append((idx,) + tuple(s.detach().index_select(1, idx) for s in (self.k[layer],
+                                                                                                self.v[layer])))
         for store, new in ((self.k[layer], k), (self.v[layer], v)):
             self._write(store, new, with_grad and self.gradient == "straight_through")
         if with_grad:
@@ -212,6 +219,21 @@ def _keep(t):
     return t
 
 
+def past_values(past_k, past_v, positions, undo, read_at) -> tuple:
+    """(K, V, positions) a with-grad call read, for its recomputation: the store's views, with the slots that
+    frames written since (a rolling window's) have taken given back their values, newest entry first."""
+    later = undo[read_at:]
+    if not later:
+        return past_k, past_v, positions
+    with torch.no_grad():  # values only: the backward's graph is the first run's
+        past_k, past_v = past_k.clone(), past_v.clone()
+        for index, old_k, old_v in reversed(later):
+            keep = index < past_k.shape[1]
+            past_k.index_copy_(1, index[keep], old_k[:, keep])
+            past_v.index_copy_(1, index[keep], old_v[:, keep])
+    return past_k, past_v, positions
+
+
 def attend_past(past_k, past_v, positions, k, v) -> tuple:
     """The K/V a with-grad call attends to: what it read from the cache, its own block's K/V (with their
     gradient) at `positions`."""
@@ -226,14 +248,14 @@ class CacheCall:
     def __init__(self, cache: KVCache, layer: int):
         self.cache, self.layer = cache, layer
         self.cross = cache.cross[layer]
-        self.past = None     # (k, v, positions) read by a with-grad first run
+        self.past = None     # (k, v, positions, undo log, its length) read by a with-grad first run
         self.written = False
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple:
         if self.written:
             if self.past is None:
                 raise RuntimeError("a cached call without gradient ran twice")
-            return attend_past(*self.past, k, v)
+            return attend_past(*past_values(*self.past), k, v)
         self.written = True
         self.cache._current = self
         return self.cache.update(self.layer, k, v)
