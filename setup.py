@@ -45,10 +45,10 @@ setup(
         # LoRA training (causvid/training/lora.py); diffusers' load_lora_weights needs it too
         "peft>=0.17",
     ],
-    entry_points={"console_scripts": ["causvid-export=causvid.export:cli"]},
     package_data={"causvid.serve": ["static/*.html"]},
     cmdclass={"build_py": BuildWithToy},
-    entry_points={"console_scripts": ["causvid-serve = causvid.serve.__main__:cli"]},
+    entry_points={"console_scripts": ["causvid-serve = causvid.serve.__main__:cli",
+                                      "causvid-export = causvid.export:cli"]},
     extras_require={
         # flash-attn needs a CUDA toolchain to build; the model falls back to PyTorch attention without it.
         "flash": ["flash-attn>=2.5"],
