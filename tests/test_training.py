@@ -80,6 +80,18 @@ def run_worker(args, nproc=None, env=None):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def in_process_worker(args):
+    """tests/train_worker.py's run in this process (a group of one, one thread): no interpreter to start."""
+    import train_worker
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_worker.main(*map(str, args))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def assert_close_states(a, b, tol=1e-5):
     assert a.keys() == b.keys()
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -322,7 +334,8 @@ def test_sharded_checkpoint_saved_by_two_processes_resumes_on_one_and_on_four(ti
     config = TINY / "causal_ode_chunkwise.yaml"
     common = overrides(tiny_run_data, "ode6", ema_weight=0.5, ema_start_step=0, log_iters=2, lr=1e-3,
                        checkpoint_format="sharded")
-    run_worker([config, tmp_path / "reference", tmp_path / "reference.pt", *common, "max_iters=4", "batch_size=4"])
+    in_process_worker([config, tmp_path / "reference", tmp_path / "reference.pt", *common, "max_iters=4",
+                       "batch_size=4"])
     run_worker([config, tmp_path / "two", tmp_path / "two.pt", *common, "max_iters=2", "batch_size=2"], nproc=2)
     saved = tmp_path / "two" / "checkpoint_model_000002"
     assert (saved / "sharded" / ".metadata").exists() and not (saved / "model.pt").exists()
@@ -330,8 +343,8 @@ def test_sharded_checkpoint_saved_by_two_processes_resumes_on_one_and_on_four(ti
     for world, size in ((1, 4), (4, 1)):
         run = tmp_path / f"resumed{world}"
         shutil.copytree(tmp_path / "two", run)
-        run_worker([config, run, tmp_path / f"resumed{world}.pt", *common, "max_iters=4", f"batch_size={size}"],
-                   nproc=None if world == 1 else world)
+        args = [config, run, tmp_path / f"resumed{world}.pt", *common, "max_iters=4", f"batch_size={size}"]
+        in_process_worker(args) if world == 1 else run_worker(args, nproc=world)
         resumed = torch.load(tmp_path / f"resumed{world}.pt")
         assert [s for s, _ in resumed["history"]] == [3, 4]
         for (_, expected), (_, got) in zip(reference["history"][2:], resumed["history"]):
