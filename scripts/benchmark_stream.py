@@ -26,10 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
-from causvid.config import load_config
 from causvid.errors import ArgumentParser
-from causvid.pipelines.stream import StreamSession
-from causvid.pipelines.text_to_video import load_components
 from causvid.threads import add_threads_flag, dit_width, use_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +57,8 @@ class DiTTimer:
 def run_session(components, config, blocks, switch_at, recache, seed):
     """One timed endless session; returns its figures."""
     started = time.perf_counter()
+    from causvid.pipelines.stream import StreamSession
+
     session = StreamSession(components, config, A, seed=seed)
     ends, frames, latent, decode = [], [], 0.0, 0.0
     for i in range(blocks):
@@ -95,6 +94,8 @@ def breakdown(components, config, blocks, switch_at):
 
 def profile(components, config, blocks=5):
     from torch.profiler import ProfilerActivity, profile as torch_profile
+    from causvid.pipelines.stream import StreamSession
+
     session = StreamSession(components, config, A, seed=7)
     session.next_block()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -118,6 +119,9 @@ def main(argv=None):
     if not 0 < args.switch_at < args.blocks:
         p.error(f"--switch_at {args.switch_at} must be in [1, --blocks {args.blocks})")
     threads = use_threads(args.threads, "cpu", dit_width(args.checkpoint))
+    from causvid.config import load_config  # the models load only once the flags are checked
+    from causvid.pipelines.text_to_video import load_components
+
     components = load_components(args.checkpoint)
     config = load_config(args.config)
     run_session(components, config, 3, 1, True, seed=0)  # warm-up
