@@ -73,7 +73,8 @@ def main():
     p.add_argument("--budget_gb", type=float, default=80.0)
     p.add_argument("--json", help="also write the figures here (rewritten after every row)")
     p.add_argument("--plan", action="store_true", help="print per-GPU memory plans from --plan_from")
-    p.add_argument("--plan_from", nargs="+", default=sorted(map(str, (ROOT / "docs" / "benchmarks").glob("memory_cpu_*.json"))),
+    committed = sorted(map(str, (ROOT / "docs" / "benchmarks").glob("memory_cpu_*.json")))
+    p.add_argument("--plan_from", nargs="+", default=committed,
                    help="--json files of this script (default: the committed ones, docs/benchmarks/memory_cpu_*.json)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
