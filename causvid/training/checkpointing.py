@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from causvid.models.wan.checkpoints import torch_load
+from causvid.models.wan.checkpoints import SHARDED, is_sharded_checkpoint, torch_load  # noqa: F401
 from causvid.runtime import write_text_atomic
 
 PREFIX = "model."
@@ -33,9 +33,6 @@ def published(state: dict) -> dict:
 
 def unpublished(state: dict) -> dict:
     return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
-
-
-SHARDED = "sharded"
 
 
 def begin_checkpoint(logdir, step: int) -> Path:
@@ -64,17 +61,13 @@ def save_checkpoint(logdir, step: int, models: dict, training_state: dict, extra
     return finish_checkpoint(tmp, training_state)
 
 
-def is_sharded(folder) -> bool:
-    return (Path(folder) / SHARDED / ".metadata").exists()
-
-
 def _complete_checkpoints(logdir) -> list:
     """[(step, folder)] of the complete checkpoints in logdir, oldest first."""
     logdir = Path(logdir)
     if not logdir.is_dir():
         return []
     return sorted((int(m.group(1)), p) for p in logdir.iterdir() if (m := _NAME.match(p.name))
-                  and ((p / "model.pt").exists() or is_sharded(p)) and (p / "training_state.pt").exists())
+                  and ((p / "model.pt").exists() or is_sharded_checkpoint(p)) and (p / "training_state.pt").exists())
 
 
 def latest_checkpoint(logdir) -> Path:
@@ -112,7 +105,7 @@ def truncate_log(path, step: int) -> None:
 def load_checkpoint(folder) -> tuple:
     """(models dict with unprefixed state dicts, or None for a sharded checkpoint; training state)."""
     folder = Path(folder)
-    sharded = is_sharded(folder)
+    sharded = is_sharded_checkpoint(folder)
     for name in ("training_state.pt",) + (() if sharded else ("model.pt",)):
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder}: not a training checkpoint (no {name})")

@@ -214,7 +214,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         done = self.step - start_step
         self._print(f"done: {done} step{'s' * (done != 1)} in {seconds:.1f} s "
-                    f"({(self.step - start_step) / max(seconds, 1e-9):.2f} steps/s), peak memory {_peak_memory()}")
+                    f"({done / max(seconds, 1e-9):.2f} steps/s), peak memory {_peak_memory()}")
         return self.history
 
     def _on_signal(self, signum, _frame):
@@ -263,7 +263,7 @@ class Trainer:
         self._print(f"saved {path}")
 
     def _model_of(self, name):
-        return self.models.generator if name == "generator" else self.models.fake_score
+        return self._trained()[name]
 
     def _resume(self, resume):
         folder = latest_checkpoint(self.logdir) if resume == "latest" else Path(resume)

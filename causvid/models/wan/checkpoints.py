@@ -92,7 +92,7 @@ def torch_load(path, weights_only: bool = True, mmap: bool = False):
 
 
 class LazyTensor:
-    """A tensor of a safetensors file, not read yet: its shape and dtype, and any rows of it read on demand
+    """A tensor of a safetensors file, not read yet: its shape, and any rows of it read on demand
     (`t[start:end]`), so a rank of a sharded model reads only its own rows."""
 
     def __init__(self, handle, name: str):
@@ -101,9 +101,6 @@ class LazyTensor:
 
     def __getitem__(self, index) -> torch.Tensor:
         return self._slice[index]
-
-    def __len__(self):
-        return self.shape[0]
 
 
 def _load_safetensors(path: Path, lazy: bool = False) -> dict:
@@ -151,6 +148,13 @@ def _load_torch(path: Path, use_ema: bool) -> dict:
     return obj
 
 
+SHARDED = "sharded"  # a training checkpoint's torch.distributed.checkpoint folder (causvid.training.checkpointing)
+
+
+def is_sharded_checkpoint(folder) -> bool:
+    return (Path(folder) / SHARDED / ".metadata").exists()
+
+
 def _load_dcp(folder: Path, use_ema: bool) -> dict:
     """The generator (or its EMA) of a sharded training checkpoint, assembled whole in this process."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
@@ -189,8 +193,8 @@ def read_checkpoint(path, use_ema: bool = False, lazy: bool = False) -> tuple:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     config = None
-    if (path / "sharded" / ".metadata").exists():  # a training checkpoint in torch.distributed.checkpoint's layout
-        return normalize_keys(_load_dcp(path / "sharded", use_ema)), None, path
+    if is_sharded_checkpoint(path):  # a training checkpoint in torch.distributed.checkpoint's layout
+        return normalize_keys(_load_dcp(path / SHARDED, use_ema)), None, path
     if path.is_dir():
         path, config = dit_folder(path), read_folder_config(path)
         weights = next((path / name for name in WEIGHT_FILES if (path / name).exists()), None)
