@@ -41,34 +41,34 @@ The FLOP model is causvid/pipelines/flops.py; the timing and memory helpers are 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import itertools
 import json
-import os
-import platform
-import statistics
-import time
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from causvid.errors import ArgumentParser
 from causvid.config import denoising_steps, first_block_steps, load_config
-from causvid.models.wan import WanDiT, get_preset
-from causvid.models.wan.attention import set_attention_backend
-from causvid.pipelines.flops import CACHED_MODES, flop_figures, forward_flops, rollout_calls
-from causvid.pipelines.measure import PeakMemory, _sync, stats, timed_latents, timed_pixels
-from causvid.pipelines.rollout import causal_rollout, few_step_sampler
-from causvid.pipelines.speed import SpeedOptions, apply_speed_options, compile_blocks, sdpa_kernel
-from causvid.threads import add_threads_flag, use_threads
+from causvid.errors import ArgumentParser, run_cli
+from causvid.pipelines.flops import forward_flops, rollout_calls
+from causvid.runtime import check_device_name, pick_device
+from causvid.threads import add_threads_flag
 
-# the names tests/test_benchmark_smoke.py and scripts/device_check.py use from this script
-__all__ = [
-    "DEFAULT_CONFIG", "DEFAULT_TINY_CONFIG", "parse_args", "resolve_settings", "mode_block", "build_dit",
-    "random_inputs", "build_vae", "ours", "bench_mode", "environment", "main", "forward_flops", "rollout_calls",
-    "flop_figures", "PeakMemory", "_sync", "stats", "timed_latents",
-]
+# The flags are parsed and checked before torch loads (an answer in under 2 s); the models, rollouts and timing
+# are scripts/inference_driver.py, imported by main once the settings hold. Its names stay reachable from here
+# (`bench.ours`, `bench.build_dit`, ...) for scripts/device_check and the tests.
+_DRIVER_NAMES = ("build_dit", "random_inputs", "build_skyreels", "build_vae", "ours", "theirs", "skyreels_rollout",
+                 "pixel_frames", "bench_mode", "vae_only", "environment", "flop_figures", "PeakMemory", "_sync",
+                 "stats", "timed_latents", "run")
+
+
+def __getattr__(name):
+    if name in _DRIVER_NAMES:
+        from scripts import inference_driver
+        return getattr(inference_driver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_TINY_CONFIG", "Settings", "parse_args", "resolve_settings", "mode_block", "main",
+           "forward_flops", "rollout_calls", *_DRIVER_NAMES]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/causal_forcing_dmd_chunkwise.yaml"  # Wan2.1-T2V-1.3B shapes: 21 x 60 x 104 latents
@@ -90,7 +90,7 @@ def parse_args(argv=None):
                    help="DiT size (wan2.1-t2v-1.3b, wan2.1-t2v-14b, tiny, tiny-4layer); default: tiny for a config "
                         "under configs/tiny/, else wan2.1-t2v-1.3b")
     p.add_argument("--num_layers", type=int, help="override the preset's layer count")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda where this torch has CUDA)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--frames", type=int, help="latent frames (default: the config's)")
@@ -168,7 +168,6 @@ def resolve_settings(args) -> Settings:
     cfg_path = _resolve_config_path(args.config or (DEFAULT_TINY_CONFIG if tiny_preset else DEFAULT_CONFIG))
     cfg = load_config(cfg_path)
     preset = args.preset or ("tiny" if cfg_path.parent.name == "tiny" else "wan2.1-t2v-1.3b")
-    get_preset(preset)  # fail early on a typo
     block = args.num_frame_per_block or int(cfg.num_frame_per_block)
     shape = list(cfg.image_or_video_shape)  # [B, F, C, h, w]
     if args.blocks and args.frames:
@@ -178,14 +177,18 @@ def resolve_settings(args) -> Settings:
     if not steps:
         raise SystemExit(f"{cfg_path} has no denoising_step_list (a many-step model): pass --steps")
     first = None if args.steps else first_block_steps(cfg)
-    device = args.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but CUDA is not available")
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    check_device_name(args.device)  # its form, and CUDA in this torch build, read without importing torch
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise SystemExit(f"unknown mode(s) {unknown}; choose from {MODES}")
+    # the checks that need torch come last: the preset's name (its table lives beside the model) and, without
+    # --device, whether a GPU is there
+    from causvid.models.wan import PRESETS
+    if preset.lower() not in PRESETS:
+        raise SystemExit(f"--preset {preset!r}: no such preset; choose from {', '.join(PRESETS)}")
+    device = args.device or pick_device(None)
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     vae = args.vae if args.vae != "auto" else ("tiny" if preset.startswith("tiny") else "real")
     window = cfg.model_kwargs.local_attn_size if args.local_attn_size is None else args.local_attn_size
     sink = cfg.model_kwargs.sink_size if args.sink_size is None else args.sink_size
@@ -202,278 +205,18 @@ def mode_block(mode: str, s: Settings) -> int:
     return {"framewise": 1, "chunkwise": 3}.get(mode, s.num_frame_per_block)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Models
-
-
-def build_dit(s: Settings) -> WanDiT:
-    """Random weights at the preset's sizes: Wan's init, with the (zero-initialised) output head drawn too, so
-    the rollout's latents are not trivially the noise. Made in s.dtype on s.device from the start (the 14B
-    model in fp32 would take 56 GB before a cast to bf16)."""
-    overrides = {"num_layers": s.num_layers} if s.num_layers else {}
-    torch.manual_seed(s.seed)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(getattr(torch, s.dtype))
-    try:
-        with torch.device(s.device):
-            model = WanDiT.from_preset(s.preset, **overrides)
-    finally:
-        torch.set_default_dtype(default)
-    torch.nn.init.xavier_uniform_(model.head.head.weight)
-    return model.eval().requires_grad_(False)
-
-
-def random_inputs(model_cfg, s: Settings, device, dtype) -> tuple:
-    """The rollout's noise [1, frames, C, h, w] and a random prompt embedding [1, text_len, text_dim]."""
-    gen = torch.Generator().manual_seed(s.seed)
-    noise = torch.randn(1, s.frames, model_cfg.in_dim, s.height, s.width, generator=gen).to(device, dtype)
-    context = torch.randn(1, model_cfg.text_len, model_cfg.text_dim, generator=gen).to(device, dtype)
-    return noise, context
-
-
-def build_skyreels(model: WanDiT, block: int):
-    """diffusers' SkyReelsV2Transformer3DModel at the DiT's sizes with `num_frame_per_block=block`, holding the
-    DiT's weights (through diffusers' own Wan converter), so its rollout can be checked against ours."""
-    from diffusers import SkyReelsV2Transformer3DModel
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-
-    c = model.config
-    with torch.device(model.device):
-        sky = SkyReelsV2Transformer3DModel(
-            patch_size=c.patch_size, num_attention_heads=c.num_heads, attention_head_dim=c.head_dim,
-            in_channels=c.in_dim, out_channels=c.out_dim, text_dim=c.text_dim, freq_dim=c.freq_dim, ffn_dim=c.ffn_dim,
-            num_layers=c.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=c.eps)
-    sky._set_ar_attention(block)  # diffusers' way of setting the causal block size (num_frame_per_block)
-    state = convert_wan_transformer_to_diffusers({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
-    sky.load_state_dict(state, strict=True)
-    if model.dtype != torch.float32:  # (diffusers warns that its fp32 modules are cast too; ours cast likewise)
-        sky = sky.to(model.dtype)
-    return sky.eval().requires_grad_(False)
-
-
-def build_vae(kind: str, device: str, dtype: torch.dtype):
-    if kind == "none":
-        return None
-    from causvid.models.vae import WanVAE
-
-    if kind == "tiny":
-        from causvid.tiny_wan.vae import tiny_vae_model
-        net = tiny_vae_model()
-    else:
-        from diffusers import AutoencoderKLWan
-        torch.manual_seed(0)
-        net = AutoencoderKLWan()
-    return WanVAE(net).eval().requires_grad_(False).to(device=device, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Rollouts
-
-
-def ours(model, noise, context, s: Settings, block: int, use_cache: bool):
-    sampler = few_step_sampler(s.steps, s.first_block_steps, generator=torch.Generator().manual_seed(s.seed))
-    blocks = causal_rollout(model, noise, context, num_frame_per_block=block, sampler=sampler,
-                            context_noise=s.context_noise, local_attn_size=s.local_attn_size, sink_size=s.sink_size,
-                            use_cache=use_cache, generator=torch.Generator().manual_seed(s.seed + 1))
-    return itertools.islice(blocks, s.max_blocks) if s.max_blocks else blocks
-
-
-def skyreels_rollout(sky, noise, context, *, num_frame_per_block: int, sampler, context_noise: float = 0.0):
-    """Yield (start_frame, clean latents) block by block, recomputing the prefix the diffusers way: for each
-    block and denoising step one SkyReels-V2 forward over [earlier clean blocks labelled t = context_noise ‖
-    the noisy block at t] with `enable_diffusion_forcing=True`, keeping the block's output (the originals'
-    inference refresh: the clean block, not noised). Same sampler and noise draws as `causal_rollout`, so with
-    the same weights the latents agree with ours up to float error."""
-    done, done_t = [], []
-    for index, start in enumerate(range(0, noise.shape[1], num_frame_per_block)):
-        def flow_fn(x, t, start=start):
-            xs = torch.cat(done + [x], dim=1).transpose(1, 2)  # diffusers: [B, C, F, H, W]
-            ts = torch.cat(done_t + [t], dim=1)
-            out = sky(xs, ts, context, enable_diffusion_forcing=True, return_dict=False)[0]
-            return out.transpose(1, 2)[:, start:]
-        x0 = sampler(flow_fn, noise[:, start:start + num_frame_per_block], index)
-        t_ctx = torch.full(x0.shape[:2], float(context_noise), device=x0.device)
-        done.append(x0)
-        done_t.append(t_ctx)
-        yield start, x0
-
-
-def theirs(sky, noise, context, s: Settings, block: int):
-    sampler = few_step_sampler(s.steps, s.first_block_steps, generator=torch.Generator().manual_seed(s.seed))
-    blocks = skyreels_rollout(sky, noise, context, num_frame_per_block=block, sampler=sampler,
-                              context_noise=s.context_noise)
-    return itertools.islice(blocks, s.max_blocks) if s.max_blocks else blocks
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Main
-
-
-def pixel_frames(latent_frames: int) -> int:
-    return 1 + 4 * (latent_frames - 1) if latent_frames > 0 else 0
-
-
-def bench_mode(mode, make_blocks, s: Settings, device, vae, overlap: bool, frames_done: int, log) -> dict:
-    # Peak memory is measured on the last warm-up run (on the first timed run without warm-up).
-    memory = PeakMemory(device)
-    for i in range(s.warmup):
-        with memory if i == s.warmup - 1 else contextlib.nullcontext():
-            timed_latents(make_blocks, device)
-    runs = []
-    for r in range(s.repeats):
-        with memory if (s.warmup == 0 and r == 0) else contextlib.nullcontext():
-            runs.append(timed_latents(make_blocks, device))
-        log(f"  {mode}: run {r + 1}/{s.repeats} {runs[-1]['total_s']:.3f} s")
-    n_blocks = len(runs[0]["block_s"])
-    total = stats(r["total_s"] for r in runs)
-    out = dict(
-        blocks=n_blocks, latent_frames=frames_done, pixel_frames=pixel_frames(frames_done),
-        total_s=total, first_block_s=stats(r["first_s"] for r in runs),
-        per_block_s=[statistics.median(r["block_s"][b] for r in runs) for b in range(n_blocks)],
-        per_block_min_s=[min(r["block_s"][b] for r in runs) for b in range(n_blocks)],
-        per_block_max_s=[max(r["block_s"][b] for r in runs) for b in range(n_blocks)],
-        fps=pixel_frames(frames_done) / total["median"], latent_fps=frames_done / total["median"],
-        peak_memory=memory.result(),
-    )
-    out["last_block_s"] = out["per_block_s"][-1]
-    if vae is not None and mode in CACHED_MODES:
-        timed_pixels(make_blocks, vae, overlap, device)  # warm-up of the decoder
-        vruns = []
-        for r in range(s.repeats):
-            vruns.append(timed_pixels(make_blocks, vae, overlap, device))
-            log(f"  {mode} + VAE decode: run {r + 1}/{s.repeats} {vruns[-1]['total_s']:.3f} s")
-        vtotal = stats(r["total_s"] for r in vruns)
-        out["with_vae"] = dict(overlap_decode=overlap, total_s=vtotal,
-                               first_block_pixels_s=stats(r["first_pixels_s"] for r in vruns),
-                               fps=vruns[0]["pixel_frames"] / vtotal["median"], pixel_frames=vruns[0]["pixel_frames"])
-    return out, runs[-1]["latents"]
-
-
-def vae_only(vae, latents, block, s: Settings, device) -> dict:
-    """Streaming decode of the finished latents alone, block by block (the VAE's share of the with-VAE time)."""
-    def once():
-        decoder = vae.stream_decoder()
-        _sync(device)
-        t0 = time.perf_counter()
-        for start in range(0, latents.shape[1], block):
-            decoder.decode(latents[:, start:start + block])
-        _sync(device)
-        return time.perf_counter() - t0
-    once()
-    return stats(once() for _ in range(s.repeats))
-
-
-def environment(device) -> dict:
-    env = dict(torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
-               cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
-    try:
-        env["loadavg_start"] = os.getloadavg()
-    except OSError:
-        pass
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
-    return env
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     s = resolve_settings(args)
-    use_threads(args.threads, s.device, get_preset(s.preset).dim)
-    opts = SpeedOptions(compile=args.compile, compile_backend=args.compile_backend, cuda_graphs=args.cuda_graphs,
-                        cross_cache=not args.no_cross_cache, overlap_decode=args.overlap_decode,
-                        attention_backend=args.attention_backend, sdpa_kernel=args.sdpa_kernel)
-    device = torch.device(s.device)
-    dtype = getattr(torch, s.dtype)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    from scripts.inference_driver import run  # torch and the model code load here, once the flags hold
 
-    model = build_dit(s)
-    cfg = model.config
-    apply_speed_options(model, opts)
-    frame_tokens = (s.height // cfg.patch_size[1]) * (s.width // cfg.patch_size[2])
-    noise, context = random_inputs(cfg, s, device, dtype)
-    vae = build_vae(s.vae, s.device, dtype)
-    params = sum(p.numel() for p in model.parameters())
-    env = environment(device)
-
-    log(f"preset {s.preset} ({params / 1e6:.1f}M params, {cfg.num_layers} layers), latents {s.frames} x "
-        f"{cfg.in_dim} x {s.height} x {s.width} ({frame_tokens} tokens/frame), {len(s.steps)} steps + 1 refresh "
-        f"per block, window {s.local_attn_size}, sink {s.sink_size}, {s.device} {s.dtype}, vae {s.vae}; "
-        f"{s.warmup} warm-up + {s.repeats} timed runs per mode; {opts.describe()}")
-    log(f"config {s.config}; steps {[round(x, 1) for x in s.steps]}"
-        + (f", first block {s.first_block_steps}" if s.first_block_steps else "")
-        + (f"; load average {env['loadavg_start'][0]:.2f}" if "loadavg_start" in env else ""))
-
-    results = dict(settings=asdict(s), options=asdict(opts), environment=env, params=params,
-                   frame_tokens=frame_tokens, modes={}, skipped={}, checks={})
-    latents = {}
-    sky = None
-    with torch.no_grad(), sdpa_kernel(opts.sdpa_kernel):
-        for mode in s.modes:
-            block = mode_block(mode, s)
-            if s.frames % block:
-                results["skipped"][mode] = f"{s.frames} frames do not split into blocks of {block}"
-                log(f"skip {mode}: {results['skipped'][mode]}")
-                continue
-            n_blocks = s.frames // block if not s.max_blocks else min(s.frames // block, s.max_blocks)
-            frames_done = n_blocks * block
-            if mode == "skyreels":
-                if block == 1:
-                    results["skipped"][mode] = ("num_frame_per_block is 1: SkyReelsV2Transformer3DModel builds no "
-                                                "mask then (bidirectional), so it is no causal reference")
-                    log(f"skip {mode}: {results['skipped'][mode]}")
-                    continue
-                if s.local_attn_size != -1:
-                    log("note: skyreels has no local window: it attends to the whole prefix")
-                set_attention_backend("auto")
-                sky = build_skyreels(model, block)
-                if opts.compile or opts.cuda_graphs:
-                    compile_blocks(sky, backend=opts.compile_backend,
-                                   mode="reduce-overhead" if opts.cuda_graphs else None)
-
-                def make(sky=sky, block=block):
-                    return theirs(sky, noise, context, s, block)
-            else:
-                use_cache = mode != "nocache"
-                # flash-attn takes no mask: the masked (no-cache) calls fall back to the automatic choice
-                set_attention_backend("auto" if not use_cache and opts.attention_backend == "flash"
-                                      else opts.attention_backend)
-
-                def make(block=block, use_cache=use_cache):
-                    return ours(model, noise, context, s, block, use_cache)
-            log(f"{mode}: {n_blocks} blocks of {block} frame(s)")
-            out, latents[mode] = bench_mode(mode, make, s, device, vae if mode in CACHED_MODES else None,
-                                            opts.overlap_decode, frames_done, log)
-            out["flops"] = flop_figures(cfg, mode, s, block, opts.cross_cache or mode not in CACHED_MODES,
-                                        out["total_s"]["median"])
-            out["num_frame_per_block"] = block
-            results["modes"][mode] = out
-            if sky is not None and mode == "skyreels":
-                del sky
-                sky = None
-        set_attention_backend(opts.attention_backend)
-        if vae is not None and latents:
-            name = next(iter(latents))
-            results["vae_decode_s"] = vae_only(vae, latents[name], mode_block(name, s), s, device)
-
-    # checks: the three rollouts compute the same video (same noise and weights), up to float error
-    ref = latents.get("cached")
-    for other in ("nocache", "skyreels"):
-        if ref is not None and other in latents and (other != "skyreels" or s.local_attn_size == -1):
-            diff = (latents[other].float() - ref.float()).abs().max().item()
-            results["checks"][f"{other}_vs_cached_max_abs_diff"] = diff
-    results["ratios"] = ratios(results["modes"])
-    try:
-        results["environment"]["loadavg_end"] = os.getloadavg()
-    except OSError:
-        pass
-    report(results, s, log)
+    results = run(s, args)
+    report(results, s, lambda msg: print(msg, flush=True))
     if args.json_out:
         path = Path(args.json_out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
-        log(f"wrote {path}")
+        print(f"wrote {path}", flush=True)
     return results
 
 
@@ -538,5 +281,10 @@ def report(results: dict, s: Settings, log) -> None:
         log(f"skipped {key}: {value}")
 
 
+def _cli(argv) -> int:
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(_cli))  # a bad input is one line (its exit code), not a traceback

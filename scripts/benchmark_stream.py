@@ -24,9 +24,12 @@ import json
 import os
 import statistics
 import time
+import sys
 from pathlib import Path
 
-from causvid.errors import ArgumentParser
+from causvid.config import load_config
+from causvid.errors import ArgumentParser, run_cli
+from causvid.runtime import check_wan_folder
 from causvid.threads import add_threads_flag, dit_width, use_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,12 +121,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 0 < args.switch_at < args.blocks:
         p.error(f"--switch_at {args.switch_at} must be in [1, --blocks {args.blocks})")
+    check_wan_folder(args.checkpoint, "--checkpoint", "give a student folder such as checkpoints/toy")
+    config = load_config(args.config)
     threads = use_threads(args.threads, "cpu", dit_width(args.checkpoint))
-    from causvid.config import load_config  # the models load only once the flags are checked
-    from causvid.pipelines.text_to_video import load_components
+    from causvid.pipelines.text_to_video import load_components  # the models load only once the flags hold
 
     components = load_components(args.checkpoint)
-    config = load_config(args.config)
     run_session(components, config, 3, 1, True, seed=0)  # warm-up
     print(f"{args.checkpoint}: {args.blocks} blocks of {config.num_frame_per_block} latent frames, "
           f"{threads} thread{'s' * (threads != 1)}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -153,5 +156,10 @@ def main(argv=None):
     return results
 
 
+def _cli(argv) -> int:
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(_cli))  # a bad input is one line (its exit code), not a traceback

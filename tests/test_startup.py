@@ -36,7 +36,7 @@ for name, cli in clis.items():
 
 
 def test_every_cli_answers_before_torch_loads(tmp_path):
-    clis = {name: cli for name, cli in CLIS.items() if not cli["heavy"]}
+    clis = CLIS
     proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(clis)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -65,3 +65,13 @@ def test_default_threads_follow_the_work_and_the_machine(monkeypatch):
         assert threads.default_threads("cpu", None)[0] == 2  # unknown width: taken as large
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert threads.default_threads("cpu", 1536) == (1, "OMP_NUM_THREADS")
+
+
+def test_the_toy_student_loads_without_transformers_or_diffusers():
+    """The main job's components come from the toy folder's own classes: umT5 (transformers) and the Wan VAE
+    (diffusers), seconds of imports, load only for a folder that names them."""
+    code = ("import sys; from causvid.pipelines.text_to_video import load_components; load_components('checkpoints/toy'); "
+            "print(sorted(m for m in ('transformers', 'diffusers', 'ftfy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
