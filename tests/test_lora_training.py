@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from causvid.config import ConfigError, load_config
+from causvid.errors import UsageError
 from causvid.models.wan import WanDiT
 from causvid.pipelines.text_to_video import load_dit
 from causvid.tiny_wan.dit import random_dit
@@ -119,6 +120,11 @@ def test_killed_run_resumes_exactly_and_its_checkpoint_is_the_adapter(tiny_run_d
     with torch.no_grad():
         assert (student(x, t, ctx) - wrapped(x, t, ctx)).abs().max() <= 1e-5
         assert (student(x, t, ctx) - WanDiT.from_pretrained(tiny_run_data / "wan")(x, t, ctx)).abs().max() > 1e-3
+    # a LoRA trained on a generator_ckpt that has since gone: one line naming it, not the adapter on the wrong base
+    saved["lora"]["generator"]["base_checkpoint"] = str(tmp_path / "gone.pt")
+    torch.save(saved, tmp_path / "orphan.pt")
+    with pytest.raises(UsageError, match=r"gone\.pt, which is not there"):
+        load_dit(tiny_run_data / "wan", tmp_path / "orphan.pt")
 
 
 def test_meta_device_path_fills_the_same_wrapped_model():

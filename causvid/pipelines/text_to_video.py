@@ -12,6 +12,8 @@ first frames can be written (or shown) before the video is complete.
 """
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,19 +22,24 @@ from causvid.errors import UsageError
 from causvid.models.lora import merge_lora_tensors, training_adapter
 from causvid.runtime import check_wan_folder  # noqa: F401  (torch-free, so the CLIs check it first)
 from causvid.models.model_index import component_class
-from causvid.models.text_encoder import WanTextEncoder
-from causvid.models.vae import WanVAE
 from causvid.models.wan import WanDiT
 from causvid.models.wan.checkpoints import config_from_json, read_folder_config
 from causvid.pipelines.rollout import bidirectional_sample
 from causvid.pipelines.stream import StreamBlock, StreamSession, make_sampler
 
+if TYPE_CHECKING:
+    from causvid.models.text_encoder import WanTextEncoder
+    from causvid.models.vae import WanVAE
+
 
 @dataclass
 class Components:
     dit: WanDiT
-    text_encoder: WanTextEncoder  # or the class the folder's model_index.json names (same interface)
-    vae: WanVAE  # idem (the toy world's ToyVAE)
+    # the classes the folder's model_index.json names (causvid.models.model_index): umT5 (`WanTextEncoder`) and
+    # the Wan VAE (`WanVAE`) for a Wan folder, imported only when a folder needs them (transformers and diffusers
+    # take seconds to import, the toy world's own classes none)
+    text_encoder: "WanTextEncoder"
+    vae: "WanVAE"
 
 
 def _dit_source(wan_folder, checkpoint):
