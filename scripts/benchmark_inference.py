@@ -46,7 +46,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from causvid.config import denoising_steps, first_block_steps, load_config
+from causvid.config import denoising_steps, leading_block_steps, load_config
 from causvid.errors import ArgumentParser, run_cli
 from causvid.pipelines.flops import forward_flops, rollout_calls
 from causvid.runtime import check_device_name, pick_device
@@ -143,7 +143,7 @@ class Settings:
     width: int
     num_frame_per_block: int
     steps: list
-    first_block_steps: list
+    leading_steps: list  # the first blocks' own step lists (a per-block schedule)
     local_attn_size: int
     sink_size: int
     context_noise: float
@@ -176,7 +176,7 @@ def resolve_settings(args) -> Settings:
     steps = [float(s) for s in args.steps] if args.steps else denoising_steps(cfg)
     if not steps:
         raise SystemExit(f"{cfg_path} has no denoising_step_list (a many-step model): pass --steps")
-    first = None if args.steps else first_block_steps(cfg)
+    leading = [] if args.steps else leading_block_steps(cfg)
     check_device_name(args.device)  # its form, and CUDA in this torch build, read without importing torch
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - set(MODES))
@@ -194,7 +194,7 @@ def resolve_settings(args) -> Settings:
     sink = cfg.model_kwargs.sink_size if args.sink_size is None else args.sink_size
     return Settings(config=str(cfg_path), preset=preset, num_layers=args.num_layers, device=device, dtype=dtype,
                     frames=frames, height=args.height or int(shape[3]), width=args.width or int(shape[4]),
-                    num_frame_per_block=block, steps=list(steps), first_block_steps=list(first) if first else None,
+                    num_frame_per_block=block, steps=list(steps), leading_steps=[list(x) for x in leading],
                     local_attn_size=int(window), sink_size=int(sink),
                     context_noise=float(cfg.context_noise if args.context_noise is None else args.context_noise),
                     max_blocks=args.max_blocks, vae=vae, modes=modes, repeats=max(1, args.repeats),

@@ -97,7 +97,7 @@ def build_vae(kind: str, device: str, dtype: torch.dtype):
 
 
 def ours(model, noise, context, s: Settings, block: int, use_cache: bool):
-    sampler = few_step_sampler(s.steps, s.first_block_steps, generator=torch.Generator().manual_seed(s.seed))
+    sampler = few_step_sampler(s.steps, s.leading_steps, generator=torch.Generator().manual_seed(s.seed))
     blocks = causal_rollout(model, noise, context, num_frame_per_block=block, sampler=sampler,
                             context_noise=s.context_noise, local_attn_size=s.local_attn_size, sink_size=s.sink_size,
                             use_cache=use_cache, generator=torch.Generator().manual_seed(s.seed + 1))
@@ -125,7 +125,7 @@ def skyreels_rollout(sky, noise, context, *, num_frame_per_block: int, sampler, 
 
 
 def theirs(sky, noise, context, s: Settings, block: int):
-    sampler = few_step_sampler(s.steps, s.first_block_steps, generator=torch.Generator().manual_seed(s.seed))
+    sampler = few_step_sampler(s.steps, s.leading_steps, generator=torch.Generator().manual_seed(s.seed))
     blocks = skyreels_rollout(sky, noise, context, num_frame_per_block=block, sampler=sampler,
                               context_noise=s.context_noise)
     return itertools.islice(blocks, s.max_blocks) if s.max_blocks else blocks
@@ -228,7 +228,7 @@ def run(s: Settings, args) -> dict:
         f"per block, window {s.local_attn_size}, sink {s.sink_size}, {s.device} {s.dtype}, vae {s.vae}; "
         f"{s.warmup} warm-up + {s.repeats} timed runs per mode; {opts.describe()}")
     log(f"config {s.config}; steps {[round(x, 1) for x in s.steps]}"
-        + (f", first block {s.first_block_steps}" if s.first_block_steps else "")
+        + "".join(f", block {b} {[round(x, 1) for x in steps]}" for b, steps in enumerate(s.leading_steps))
         + (f"; load average {env['loadavg_start'][0]:.2f}" if "loadavg_start" in env else ""))
 
     results = dict(settings=asdict(s), options=asdict(opts), environment=env, params=params,

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from causvid.config import (
-    Config, ConfigError, denoising_steps, first_block_steps, generator_is_causal, guidance_scale, ignored_values,
+    Config, ConfigError, denoising_steps, generator_is_causal, leading_block_steps, guidance_scale, ignored_values,
     load_config, real_score_path, save_config, trainer_name, warp_shift,
 )
 from causvid.flow import WAN_NEGATIVE_PROMPT
@@ -71,8 +71,8 @@ def test_shipped_config_loads(path):
     # in wan_models/<real_name> as Self-Forcing / Causal Forcing load it (the 1.3B base when none is named)
     raw = _raw(path)
     shift = (raw.get("model_kwargs") or {}).get("timestep_shift", raw.get("timestep_shift"))
-    for key, derived in (("denoising_step_list", denoising_steps), ("denoising_step_list_first_chunk",
-                                                                     first_block_steps)):
+    first = lambda cfg: (leading_block_steps(cfg) or [None])[0]  # noqa: E731  (block 0's own list)
+    for key, derived in (("denoising_step_list", denoising_steps), ("denoising_step_list_first_chunk", first)):
         steps = raw.get(key)
         if steps is None:
             assert derived(cfg) is None, key
@@ -274,7 +274,7 @@ def test_denoising_steps_causvid():
 def test_denoising_steps_self_forcing():
     cfg = load_config(CONFIGS / "self_forcing_dmd.yaml")
     assert denoising_steps(cfg) == pytest.approx([1000, 937.5, 833.3, 625], abs=0.1)
-    assert first_block_steps(cfg) is None
+    assert leading_block_steps(cfg) == []
     # model_kwargs.timestep_shift wins over timestep_shift for the warp
     cfg = load_config(CONFIGS / "self_forcing_dmd.yaml", ["timestep_shift=8.0"])
     assert denoising_steps(cfg) == pytest.approx([1000, 937.5, 833.3, 625], abs=0.1)
@@ -282,10 +282,22 @@ def test_denoising_steps_self_forcing():
     assert denoising_steps(cfg) == pytest.approx([1000, 960, 888.9, 727.3], abs=0.1)
 
 
-def test_first_block_steps():
+def test_leading_block_steps(tmp_path):
     cfg = load_config(CONFIGS / "causal_forcing_dmd_framewise_2step.yaml")
     assert denoising_steps(cfg) == pytest.approx([1000, 833.3], abs=0.1)
-    assert first_block_steps(cfg) == pytest.approx([1000, 937.5, 833.3, 625], abs=0.1)
+    (first,) = leading_block_steps(cfg)
+    assert first == pytest.approx([1000, 937.5, 833.3, 625], abs=0.1)
+    # a per-block schedule: each leading list warped like the main one (shift 5, by hand as above)
+    cfg = load_config(CONFIGS / "self_forcing_dmd.yaml", ["denoising_step_list_per_block=[[1000,750,500,250],[1000,500]]",
+                                                          "denoising_step_list=[1000,250]"])
+    assert denoising_steps(cfg) == pytest.approx([1000, 625], abs=0.1)
+    assert leading_block_steps(cfg) == [pytest.approx([1000, 937.5, 833.3, 625], abs=0.1),
+                                        pytest.approx([1000, 833.3], abs=0.1)]
+    for bad in ("[1000,750]", "[[1000,750],[500,750]]", "[]"):
+        with pytest.raises(ConfigError, match=r"denoising_step_list_per_block"):
+            load_config(CONFIGS / "self_forcing_dmd.yaml", [f"denoising_step_list_per_block={bad}"])
+    with pytest.raises(ConfigError, match="no denoising_step_list_first_chunk"):
+        load_config(CONFIGS / "causal_forcing_dmd_framewise_2step.yaml", ["denoising_step_list_per_block=[[1000]]"])
     assert denoising_steps(load_config(CONFIGS / "causal_forcing_dmd_framewise_1step.yaml")) == [1000]
 
 

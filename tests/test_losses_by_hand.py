@@ -253,10 +253,11 @@ def keyed_noise(like, tag):
 @pytest.mark.parametrize("grid", [None, 5.0])
 def test_few_step_sampler_by_hand(grid):
     """x0_i = x_i - s(t_i) v(x_i, t_i); x_{i+1} = (1 - s(t_{i+1})) x0_i + s(t_{i+1}) n_i; the last x0 is the
-    output. Block 0 runs its own list; with an exit step the run stops there and only that step has a graph."""
+    output. Blocks 0 and 1 run their own lists (a per-block schedule), block 2 the main one; with an exit step the
+    run stops there and only that step has a graph."""
     from causvid.pipelines.rollout import few_step_sampler
 
-    steps, first = [1000.0, 750.0, 400.0], [1000.0, 900.0, 600.0, 300.0]
+    steps, leading = [1000.0, 750.0, 400.0], [[1000.0, 900.0, 600.0, 300.0], [1000.0, 500.0]]
     noise = latents(2, 3, 4, 2, 2, seed=13)
 
     def by_hand(block_steps, block, last):
@@ -269,11 +270,11 @@ def test_few_step_sampler_by_hand(grid):
                 x = (1 - s) * x0 + s * keyed_noise(x0, (block, i)).double()
         return x0, seen
 
-    for block, exit_ in ((0, None), (1, None), (1, 1), (2, 0)):
+    for block, exit_ in ((0, None), (1, None), (1, 1), (2, None), (2, 0)):
         trajectory = []
-        sampler = few_step_sampler(steps, first, noise_fn=keyed_noise, grid=grid, trajectory=trajectory,
+        sampler = few_step_sampler(steps, leading, noise_fn=keyed_noise, grid=grid, trajectory=trajectory,
                                    exit_step=None if exit_ is None else (lambda b, e=exit_: e))
-        block_steps = first if block == 0 else steps
+        block_steps = leading[block] if block < 2 else steps
         last = len(block_steps) - 1 if exit_ is None else exit_
         w = torch.zeros((), requires_grad=True)
         out = sampler(lambda x, t: pattern(x, t) * (1 + w), noise, block)

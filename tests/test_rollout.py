@@ -55,7 +55,7 @@ def test_first_block_step_list():
         return original(x, t, *a, **k)
 
     model.forward = counting
-    sampler = few_step_sampler([1000], first_block_steps=[1000, 750, 500, 250])
+    sampler = few_step_sampler([1000], [[1000, 750, 500, 250]])
     with torch.no_grad():
         list(causal_rollout(model, torch.randn(1, 3, 16, 8, 8), torch.randn(1, 16, 32), num_frame_per_block=1,
                             sampler=sampler))

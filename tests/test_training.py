@@ -177,6 +177,33 @@ def test_self_forcing_gradient_comes_from_the_exit_step_alone(tiny_run_data):
         assert a is None or torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4)
 
 
+
+def test_self_forcing_rollout_runs_each_blocks_own_steps():
+    """A per-block schedule in DMD training: block 0 runs the leading list (4 steps), block 1 the main list (2),
+    each followed by the refresh; with last_step_only every step runs, so the calls are the lists themselves."""
+    from causvid.config import leading_block_steps
+
+    cfg = load_config(TINY / "causal_forcing_dmd_chunkwise.yaml",
+                      overrides=["denoising_step_list_per_block=[[1000,750,500,250]]", "denoising_step_list=[1000,500]",
+                                 "last_step_only=true", "kv_cache_gradient=detached"])
+    stage = DMDStage(cfg)
+    model = random_dit("tiny", seed=11, text_len=16)
+    calls = []
+    forward = model.forward
+
+    def recording(x, t, ctx, **kw):
+        calls.append((kw.get("start_frame"), round(float(t.flatten()[0]), 3)))
+        return forward(x, t, ctx, **kw)
+
+    model.forward = recording
+    with torch.no_grad():
+        stage.generate(Models(model), {"samples": [3], "context": torch.randn(1, 16, 32)}, 5)
+    (lead,) = leading_block_steps(cfg)
+    refresh = round(float(cfg.context_noise), 3)
+    assert calls == [(0, round(s, 3)) for s in lead] + [(0, refresh)] + \
+        [(3, round(s, 3)) for s in stage.steps] + [(3, refresh)]
+    assert len(lead) == 4 and len(stage.steps) == 2
+
 def read_losses(logdir):
     out = {}
     for line in (Path(logdir) / "log.txt").read_text().splitlines():

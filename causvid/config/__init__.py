@@ -22,14 +22,14 @@ Files: `schema.py` (the dataclasses: every key, its default and which codebase r
 check, merge, save), `derived.py` (the values several keys decide together).
 """
 from causvid.config.derived import (  # noqa: F401
-    denoising_steps, dmd_input, first_block_steps, generator_grid, generator_is_causal, guidance_scale,
+    denoising_steps, dmd_input, leading_block_steps, generator_grid, generator_is_causal, guidance_scale,
     ode_layout, real_score_path, score_grid, trainer_name, warp_shift,
 )
 from causvid.config.loading import ignored_values, load_config, save_config  # noqa: F401
 from causvid.config.schema import BASE_MODEL_NAME, IGNORED_KEYS, Config, ConfigError, ModelKwargs  # noqa: F401
 
 __all__ = [
-    "Config", "ModelKwargs", "ConfigError", "load_config", "save_config", "denoising_steps", "first_block_steps",
+    "Config", "ModelKwargs", "ConfigError", "load_config", "save_config", "denoising_steps", "leading_block_steps",
     "warp_shift", "generator_grid", "score_grid", "dmd_input", "ode_layout", "guidance_scale",
     "generator_is_causal", "trainer_name", "real_score_path", "BASE_MODEL_NAME", "IGNORED_KEYS",
     "ignored_values",

@@ -18,13 +18,14 @@ def warp_shift(cfg) -> float:
     return float(cfg.timestep_shift if shift is None else shift)
 
 
-def _steps(cfg, key: str) -> Optional[list]:
-    steps = cfg[key]
-    if steps is None:
-        return None
+def _normalized(cfg, steps) -> list:
     from causvid.flow import normalize_step_list  # torch: only where the steps are used
 
-    return normalize_step_list(list(steps), warp=bool(cfg.warp_denoising_step), shift=warp_shift(cfg))
+    return normalize_step_list([float(t) for t in steps], warp=bool(cfg.warp_denoising_step), shift=warp_shift(cfg))
+
+
+def _steps(cfg, key: str) -> Optional[list]:
+    return None if cfg[key] is None else _normalized(cfg, cfg[key])
 
 
 def denoising_steps(cfg) -> Optional[list]:
@@ -37,10 +38,15 @@ def denoising_steps(cfg) -> Optional[list]:
     return _steps(cfg, "denoising_step_list")
 
 
-def first_block_steps(cfg) -> Optional[list]:
-    """Block 0's timesteps (Causal-Forcing's 1/2-step configs give it 4 steps), warped like the main list;
-    None when the config has no denoising_step_list_first_chunk (block 0 uses denoising_steps)."""
-    return _steps(cfg, "denoising_step_list_first_chunk")
+def leading_block_steps(cfg) -> list:
+    """The timesteps of the first blocks, one list per block position, warped like the main list; blocks past
+    them run `denoising_steps`. Causal Forcing's 1/2-step configs give block 0 four steps
+    (denoising_step_list_first_chunk); denoising_step_list_per_block gives any number of blocks their own. []
+    when every block runs the main list."""
+    if cfg.denoising_step_list_per_block is not None:
+        return [_normalized(cfg, steps) for steps in cfg.denoising_step_list_per_block]
+    first = _steps(cfg, "denoising_step_list_first_chunk")
+    return [first] if first else []
 
 
 def generator_grid(cfg) -> Optional[float]:

@@ -181,10 +181,19 @@ def _validate(cfg: DictConfig, source: str) -> None:
                               "at least one target module")
     if cfg.keep_last_n is not None and cfg.keep_last_n < 1:
         raise ConfigError(f"{source}: keep_last_n={cfg.keep_last_n}: keep at least 1 checkpoint, or null to keep all")
-    for key in ("denoising_step_list", "denoising_step_list_first_chunk"):
-        if cfg[key] is not None:
+    lists = [(key, cfg[key]) for key in ("denoising_step_list", "denoising_step_list_first_chunk")]
+    per_block = cfg.denoising_step_list_per_block
+    if per_block is not None:
+        if cfg.denoising_step_list_first_chunk is not None or cfg.denoising_step_list is None or not len(per_block) \
+                or not all(isinstance(steps, (list, ListConfig)) for steps in per_block):
+            raise ConfigError(f"{source}: denoising_step_list_per_block={per_block}: expected a list of step lists "
+                              "(one per leading block) beside denoising_step_list (the later blocks'), and no "
+                              "denoising_step_list_first_chunk")
+        lists += [(f"denoising_step_list_per_block[{i}]", steps) for i, steps in enumerate(per_block)]
+    for key, steps in lists:
+        if steps is not None:
             try:
-                check_step_list(list(cfg[key]), warp=bool(cfg.warp_denoising_step))
+                check_step_list(list(steps), warp=bool(cfg.warp_denoising_step))
             except ValueError as err:
                 raise ConfigError(f"{source}: {key}: {err}") from err
 

@@ -118,6 +118,11 @@ class Config:
     denoising_step_list: Optional[list[float]] = None
     # CF 1/2-step configs: block 0's own (longer) step list.
     denoising_step_list_first_chunk: Optional[list] = None
+    # ours: the step lists of the first blocks, one per block position (read like denoising_step_list); later
+    # blocks run denoising_step_list. [[1000, 750, 500, 250]] with denoising_step_list [1000, 500]: 4 steps for
+    # block 0, 2 for the rest (more steps until the context is established). Inference and DMD training alike;
+    # generalises denoising_step_list_first_chunk (give one or the other).
+    denoising_step_list_per_block: Optional[list] = None
     # CV/SF/CF: read the step list as unshifted timesteps and map it through the shifted training grid.
     warp_denoising_step: bool = False
     # CV/SF/CF: size of the training timestep grid.

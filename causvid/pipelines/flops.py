@@ -11,7 +11,7 @@ values); norms, RoPE, softmax and other elementwise work are not counted. A roll
 * the prompt's text MLP and cross-attention K/V count on the first call with the cross-attention cache, on
   every call without.
 
-`s` is the benchmark's settings: steps, first_block_steps, local_attn_size, max_blocks, frames, height, width
+`s` is the benchmark's settings: steps, leading_steps, local_attn_size, max_blocks, frames, height, width
 and peak_tflops are read from it.
 """
 
@@ -45,7 +45,7 @@ def rollout_calls(mode: str, s, block: int, frames: int, cross_cache: bool) -> l
         n_blocks = min(n_blocks, s.max_blocks)
     for b in range(n_blocks):
         end = (b + 1) * block
-        steps = len(s.first_block_steps) if (b == 0 and s.first_block_steps) else len(s.steps)
+        steps = len(s.leading_steps[b]) if b < len(s.leading_steps or ()) else len(s.steps)
         if mode in CACHED_MODES:
             for _ in range(steps + 1):  # denoising steps + the cache refresh pass
                 calls.append((block, min(end, capacity), not cross_cache or not calls))

@@ -31,13 +31,19 @@ def generator_noise(generator: torch.Generator = None) -> NoiseFn:
     return noise
 
 
-def few_step_sampler(steps: Sequence[float], first_block_steps: Sequence[float] = None,
+def block_steps(steps: Sequence[float], leading_steps: Sequence[Sequence[float]], block_index: int):
+    """The timesteps block `block_index` runs: its own list among the leading blocks', else the main list."""
+    return leading_steps[block_index] if block_index < len(leading_steps or ()) else steps
+
+
+def few_step_sampler(steps: Sequence[float], leading_steps: Sequence[Sequence[float]] = (),
                      generator: torch.Generator = None, noise_fn: NoiseFn = None,
                      exit_step: Callable[[int], int] = None, grid: float = None,
                      trajectory: list = None) -> Sampler:
     """The distilled students' sampler (CausVid / Self-Forcing inference): predict x0 at each listed
-    timestep, re-noise it with fresh noise to the next one. `first_block_steps` replaces the list for block 0
-    (Causal-Forcing's 1/2-step models give the first block 4 steps).
+    timestep, re-noise it with fresh noise to the next one. `leading_steps[i]` replaces the list for block i
+    (Causal-Forcing's 1/2-step models give the first block 4 steps; a per-block schedule gives any number of
+    first blocks more steps than the rest).
 
     exit_step(block_index) -> i: Self-Forcing training. Stop at step i and return its x0; the steps before it
     run without gradient, so the generator's gradient comes from the exit step alone.
@@ -47,16 +53,16 @@ def few_step_sampler(steps: Sequence[float], first_block_steps: Sequence[float] 
     noise_fn = noise_fn or generator_noise(generator)
 
     def sample(flow_fn, x, block_index):
-        block_steps = first_block_steps if (block_index == 0 and first_block_steps) else steps
-        last = len(block_steps) - 1 if exit_step is None else exit_step(block_index)
-        for i, step in enumerate(block_steps[:last + 1]):
+        times = block_steps(steps, leading_steps, block_index)
+        last = len(times) - 1 if exit_step is None else exit_step(block_index)
+        for i, step in enumerate(times[:last + 1]):
             t = torch.full(x.shape[:2], float(step), device=x.device)
             if trajectory is not None:
                 trajectory.append(x)
             with torch.set_grad_enabled(torch.is_grad_enabled() and (exit_step is None or i == last)):
                 x0 = flow_to_x0(flow_fn(x, t), x, t, grid)
             if i < last:
-                x = add_noise(x0, noise_fn(x0, (block_index, i)), torch.full_like(t, float(block_steps[i + 1])), grid)
+                x = add_noise(x0, noise_fn(x0, (block_index, i)), torch.full_like(t, float(times[i + 1])), grid)
         return x0
     return sample
 

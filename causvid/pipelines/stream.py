@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from causvid.config import denoising_steps, first_block_steps, generator_grid, warp_shift
+from causvid.config import denoising_steps, generator_grid, leading_block_steps, warp_shift
 from causvid.flow import NUM_TRAIN_TIMESTEPS, add_noise
 from causvid.pipelines.rollout import Rollout, few_step_sampler, ode_sampler
 
@@ -35,10 +35,10 @@ def make_sampler(config, generator: torch.Generator, below: float = None):
         if below is not None:
             raise ValueError("video-to-video needs a few-step student (a config with denoising_step_list)")
         return ode_sampler(config.num_inference_steps, warp_shift(config)), float(config.guidance_scale)
-    first = first_block_steps(config)
+    leading = leading_block_steps(config)
     if below is not None:
-        steps, first = _from(steps, below), first and _from(first, below)
-    return few_step_sampler(steps, first, generator=generator, grid=grid), 1.0
+        steps, leading = _from(steps, below), [_from(s, below) for s in leading]
+    return few_step_sampler(steps, leading, generator=generator, grid=grid), 1.0
 
 
 def strength_timestep(config, strength: float) -> tuple:

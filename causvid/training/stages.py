@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
-from causvid.config import (ConfigError, denoising_steps, dmd_input, first_block_steps, generator_grid,
-                            generator_is_causal, guidance_scale, ode_layout, score_grid, trainer_name, warp_shift)
+from causvid.config import (ConfigError, denoising_steps, dmd_input, generator_grid, generator_is_causal,
+                            guidance_scale, leading_block_steps, ode_layout, score_grid, trainer_name, warp_shift)
 from causvid.flow import (add_noise, cfg as guided, euler_sigmas, flow_to_x0, normalize_step_list, training_timesteps,
                           x0_to_flow)
 from causvid.models.wan.attention import block_layout
-from causvid.pipelines.rollout import Rollout, few_step_sampler
+from causvid.pipelines.rollout import Rollout, block_steps, few_step_sampler
 from causvid import rng
 from causvid.training.losses import (blockwise, consistency_distillation_loss, critic_flow_loss, dmd_loss,
                                      euler_step, flow_matching_loss, ode_regression_loss, shifted_timesteps,
@@ -159,7 +159,7 @@ class DMDStage(Stage):
         if cfg.denoising_step_list is None:
             raise ConfigError("DMD needs denoising_step_list (the generator's few steps)")
         self.steps = denoising_steps(cfg)
-        self.first_steps = first_block_steps(cfg)
+        self.leading = leading_block_steps(cfg)  # the first blocks' own step lists
         # CausVid draws the generator's input level from the list as written (a trailing 0 is a level)
         listed = [float(s) for s in cfg.denoising_step_list]
         self.times = normalize_step_list(listed, bool(cfg.warp_denoising_step), warp_shift(cfg)) + \
@@ -217,7 +217,7 @@ class DMDStage(Stage):
         end = first + frames
         noise = self.noise(torch.empty(len(batch["samples"]), end, *self.shape[1:], device=ctx.device), batch,
                            step, role, "noise")
-        sampler = few_step_sampler(self.steps, self.first_steps, grid=self.grid,
+        sampler = few_step_sampler(self.steps, self.leading, grid=self.grid,
                                    exit_step=lambda block: self.exit_step(step, role, block),
                                    noise_fn=lambda like, tag: self.noise(like, batch, step, role, "renoise", *tag))
         rollout = Rollout(models.generator, ctx, batch=len(batch["samples"]), num_frame_per_block=self.block,
@@ -236,13 +236,16 @@ class DMDStage(Stage):
 
     def exit_step(self, step, role, block):
         """The step whose x0 leaves `block` (with gradient) in a Self-Forcing rollout: drawn per rollout
-        (same_step_across_blocks) or per block, shared by the batch and every rank; block 0's own schedule
-        (denoising_step_list_first_chunk) draws independently of the other blocks, as the original does."""
-        first = block == 0 and bool(self.first_steps)
-        steps = self.first_steps if first else self.steps
+        (same_step_across_blocks) or per block, shared by the batch and every rank; a block with its own list
+        (denoising_step_list_first_chunk / _per_block) draws independently of the other blocks, as the original
+        does for block 0."""
+        steps = block_steps(self.steps, self.leading, block)
         if self.cfg.last_step_only:
             return len(steps) - 1
-        key = ("exit_first",) if first else ("exit",) if self.cfg.same_step_across_blocks else ("exit", block)
+        if block < len(self.leading):
+            key = ("exit_first",) if block == 0 else ("exit_lead", block)
+        else:
+            key = ("exit",) if self.cfg.same_step_across_blocks else ("exit", block)
         return int(rng.randint(len(steps), (), self.seed, step, role, *key))
 
     def _causvid_input(self, models, batch, step, role):

@@ -70,7 +70,7 @@ def part_prompt_switch(c: Check) -> dict:
         all_noise = torch.cat([window, next_noise], dim=1)  # the window part is not read (initial_latent is)
 
         def make():
-            sampler = few_step_sampler(s.steps, s.first_block_steps, generator=torch.Generator().manual_seed(s.seed))
+            sampler = few_step_sampler(s.steps, s.leading_steps, generator=torch.Generator().manual_seed(s.seed))
             return causal_rollout(model, all_noise, new_context, num_frame_per_block=block, sampler=sampler,
                                   context_noise=s.context_noise, local_attn_size=s.local_attn_size,
                                   sink_size=s.sink_size, initial_latent=window,
