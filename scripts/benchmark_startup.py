@@ -90,6 +90,8 @@ CLIS = {
                          ["--out", "/tmp/x.json", "--repeats", "0"]),
     "benchmark_inference": _cli("-m scripts.benchmark_inference", ["--config", NOPE], ["--frames", "x"]),
     "benchmark_stream": _cli("-m scripts.benchmark_stream", ["--checkpoint", NOPE], ["--switch_at", "0"]),
+    "benchmark_step_schedules": _cli("-m scripts.benchmark_step_schedules", ["--checkpoint", NOPE],
+                                     ["--schedules", "4>3"]),
 }
 
 

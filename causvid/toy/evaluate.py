@@ -45,15 +45,17 @@ SINK_CHOICES = {
 }
 
 
-def _config(config_name, budget, overrides=()):
+def stage_config(config_name, budget, overrides=()):
     """A toy stage's config, its many-step models sampled in the budget's teacher_sampling_steps."""
     return load_config(CONFIGS / f"{config_name}.yaml",
                        overrides=[f"num_inference_steps={budget.teacher_sampling_steps}", *overrides])
 
 
 def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choices: bool = False,
-                   streams: bool = False):
-    cfg = _config(config_name, budget)
+                   streams: bool = False, overrides=()):
+    """(scores, the first videos, their captions) of one model; `overrides` change its config (e.g. a step
+    schedule) for every measurement."""
+    cfg = stage_config(config_name, budget, overrides)
     components = load_components(wan_folder, checkpoint, use_ema=has_ema(checkpoint))
     causal = config_name != "teacher"
     generator = VideoGenerator(components, cfg, causal=causal)
@@ -70,15 +72,15 @@ def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choic
     long_captions = [world.caption(s) for s in world.sample_specs(drift_videos, seed=20_000 + seed)]
     choices = list(SINK_CHOICES.items())[:None if sink_choices else 1] if causal else []
     result["drift"], result["drift_videos"] = {}, len(long_captions) if causal else 0
-    for name, (kv, overrides) in choices:
+    for name, (kv, choice) in choices:
         window = dict(local_attn_size=frames, sink_size=kv.get("sink_size", cfg.num_frame_per_block))
-        gen = VideoGenerator(components, _config(config_name, budget, overrides), causal=causal) if overrides \
-            else generator
+        gen = VideoGenerator(components, stage_config(config_name, budget, [*overrides, *choice]), causal=causal) \
+            if choice else generator
         longs = [generate(gen, caption, 1000 + i, seed, num_frames=budget.drift_factor * frames, **window)
                  for i, caption in enumerate(long_captions)]
         result["drift"][name] = _drift(longs, long_captions)
     result.update({f"drift_{k}": v for k, v in next(iter(result["drift"].values()), {}).items()})
-    if config_name.endswith(("dmd_framewise", "dmd_chunkwise")):
+    if config_name.endswith(("dmd_framewise", "dmd_chunkwise")) and budget.long_video_prompts:
         result["long_video"] = compare_long_video(generator, captions[:budget.long_video_prompts], budget, seed)
     if streams:  # switching after the training window, V2V (causvid.toy.streaming)
         result["streaming"] = streaming.measure(components, cfg, budget.stream_pairs, budget.long_video_factor,
