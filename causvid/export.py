@@ -129,7 +129,9 @@ def export_lora(args, student, checkpoint, ranks, out: Path, device) -> list:
                 p.copy_((base_state[name] + applied[name] if name in applied else base_state[name]).to(p.device))
         out_err = relative(output(base, inputs), target)
         path = out if len(ranks) == 1 else out.with_name(f"{out.stem}_rank{rank or 'full'}{out.suffix}")
-        extra = {"causvid.rank": str(rank or "full")}
+        # each file says what it loses: its relative weight error and output error (a fixed input), as printed
+        extra = {"causvid.rank": str(rank or "full"), "causvid.weight_error": f"{float(err / delta_norm):.6e}",
+                 "causvid.output_error": f"{out_err:.6e}"}
         save_lora(path, tensors, metadata(args, checkpoint, extra))
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         print(f"{rank or 'full':>6}  {float(err / delta_norm):>12.3e}  {out_err:>12.3e}  {size / 2**20:>8.1f}MB")

@@ -233,6 +233,9 @@ def test_a_lora_runs_adapter_exports_at_its_rank_exactly(folders, tmp_path, caps
     assert rows["4"][0] <= 1e-5 and rows["4"][1] <= 1e-5 and rows["0"][1] > 1e-2
     with safe_open(str(out), "pt") as f:
         assert "lora:" in f.metadata()["causvid.run_config"] and f.metadata()["causvid.rank"] == "4"
+        # the file carries the errors the table printed
+        assert [float(f.metadata()[f"causvid.{k}_error"]) for k in ("weight", "output")] == pytest.approx(rows["4"],
+                                                                                                         abs=1e-8)
     merged = WanDiT.from_pretrained(folders / "wan")
     merge_lora(merged, out)
     x, t, ctx = inputs()

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from causvid.toy.evaluate import SINK_CHOICES
@@ -22,17 +23,20 @@ def _tensors(folder):
 def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "toy"
     release = tmp_path / "release"
-    # two worker processes (the default on 2 cores), and the optional detached-gradient students too
-    assert main(["--out", str(out), "--quick", "--release", str(release), "--workers", "2",
-                 "--cache_gradient_comparison", "1"]) == 0
+    # two worker processes (the default on 2 cores), and the optional students too: detached gradient, LoRAs (with
+    # the shipped student's LoRA extracted and judged), other step schedules
+    optional = ["--cache_gradient_comparison", "1", "--lora_comparison", "1", "--step_schedules", "1"]
+    assert main(["--out", str(out), "--quick", "--release", str(release), "--workers", "2", *optional]) == 0
     stages = ["base", "data", "teacher", "ode_pairs", "evaluate", "evaluate/teacher"] + [
         f"{s}_{layout}" for layout in LAYOUTS for s in
         ("ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd", "cf_cd", "cfpp_dmd")]
     stages += ["causvid_ode_chunkwise", "causvid_dmd_chunkwise"]  # CausVid's published layout only
     stages += [f"cf_dmd_{layout}_{kind}" for layout in LAYOUTS for kind in ("detached", "long")]
     stages += ["cfpp_dmd_framewise_1step", "cfpp_dmd_framewise_2step"]
+    stages += ["cf_dmd_chunkwise_lora8", "cf_dmd_chunkwise_lora16", "cf_dmd_chunkwise_2step", "cf_dmd_chunkwise_4to2"]
     stages += [f"evaluate/{s}" for s in stages if s.startswith(("causvid_", "cf_", "cfpp_", "ar_"))
                and not s.startswith("causal_ode_data")]
+    stages += ["lora_extraction"]
     for stage in stages:
         assert (out / stage / "DONE").exists(), stage
     done = {s: json.loads((out / s / "DONE").read_text()) for s in stages}
@@ -45,8 +49,16 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     results = json.loads((out / "evaluate" / "results.json").read_text())
     # teacher + 7 models x 2 layouts (AR diffusion; CF ODE init and DMD, also with the detached cache gradient
     # and long rollouts; CF++ CD and DMD) + CausVid's ODE init and DMD, chunkwise + the 1- and 2-step framewise
-    # CF++ students
-    assert len(results) == 19
+    # CF++ students + 2 LoRA and 2 step-schedule chunkwise CF DMD students
+    assert len(results) == 23
+    # a LoRA student's checkpoint holds the adapter alone; the 4-then-2 student is judged with its own schedule
+    lora_state = torch.load(next((out / "cf_dmd_chunkwise_lora8" / "run").glob("checkpoint_model_*/model.pt")))
+    assert lora_state["generator"] and all("lora_" in k for k in lora_state["generator"])
+    assert results["Causal Forcing DMD (chunkwise, 4to2)"]["overrides"] == [
+        "denoising_step_list=[1000,500]", "denoising_step_list_per_block=[[1000,750,500,250]]"]
+    extracted = json.loads((out / "lora_extraction" / "result.json").read_text())
+    assert list(extracted) == ["4", "8", "16", "32", "64"]
+    assert all(0 <= r["weight_error"] <= 1 and "all_acc" in r for r in extracted.values())
     long = results["Causal Forcing DMD (chunkwise)"]["long_video"]  # overlap vs rolling, same length
     assert set(long) == {"latent_frames", "overlap", "rolling"} and long["overlap"]["drift_all_acc"]
     # drift by sink choice for the CF DMD students with and without long rollouts, each attribute per window
@@ -67,9 +79,11 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     rows = [line for line in report.splitlines() if line.startswith("| ") and "|---" not in line]
     assert any("Causal Forcing DMD (chunkwise)" in r for r in rows) and any("teacher" in r for r in rows)
     assert re.search(r"\| \*\*total\*\* \| \d+ \|", report) and "| **wall clock** |" in report
+    lora_rows = report.split("## LoRA students and extracted LoRAs")[1].split("## Time per stage")[0]
+    assert "| Causal Forcing DMD (chunkwise, LoRA rank 16) |" in lora_rows and "\n| 64 |" in lora_rows
     assert all((out / "evaluate" / r["strip"]).exists() for r in results.values())
     before = {s: (out / s / "DONE").stat().st_mtime_ns for s in stages}
-    assert main(["--out", str(out), "--quick", "--cache_gradient_comparison", "1"]) == 0  # resumes: nothing redone
+    assert main(["--out", str(out), "--quick", *optional]) == 0  # resumes: nothing redone
     assert before == {s: (out / s / "DONE").stat().st_mtime_ns for s in stages}
 
     # the shipped checkpoint is what this command makes (at full steps): same files, keys, shapes and dtypes

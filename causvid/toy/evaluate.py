@@ -70,7 +70,7 @@ def evaluate_model(config_name, wan_folder, checkpoint, budget, seed, sink_choic
     frames = cfg.image_or_video_shape[1]
     drift_videos = budget.drift_videos if denoising_steps(cfg) else budget.many_step_drift_videos
     long_captions = [world.caption(s) for s in world.sample_specs(drift_videos, seed=20_000 + seed)]
-    choices = list(SINK_CHOICES.items())[:None if sink_choices else 1] if causal else []
+    choices = list(SINK_CHOICES.items())[:None if sink_choices else 1] if causal and long_captions else []
     result["drift"], result["drift_videos"] = {}, len(long_captions) if causal else 0
     for name, (kv, choice) in choices:
         window = dict(local_attn_size=frames, sink_size=kv.get("sink_size", cfg.num_frame_per_block))
@@ -118,19 +118,46 @@ def compare_long_video(generator: VideoGenerator, captions, budget, seed, overla
 
 
 def evaluate_one(folder, name, config_name, wan_folder, checkpoint, budget, seed, sink_choices=False,
-                 streams=False) -> dict:
+                 streams=False, overrides=()) -> dict:
     """One model (display name, config, Wan/toy folder, checkpoint or None) into folder: result.json and
     strip.png. sink_choices: its long rollouts also with every choice of `SINK_CHOICES`; streams: its prompt
     switching and V2V too."""
     folder = Path(folder)
     result, videos, captions = evaluate_model(config_name, wan_folder, checkpoint, budget, seed,
-                                              sink_choices=sink_choices, streams=streams)
+                                              sink_choices=sink_choices, streams=streams, overrides=overrides)
     iio.imwrite(folder / "strip.png", _strip(videos))
-    result = {**result, "config": config_name, "strip": f"{folder.name}/strip.png", "strip_captions": captions}
+    result = {**result, "config": config_name, "overrides": list(overrides), "strip": f"{folder.name}/strip.png",
+              "strip_captions": captions}
     (folder / "result.json").write_text(json.dumps(result, indent=2))
     print(f"[evaluate] {name}: colour {result['colour_acc']:.2f} shape {result['shape_acc']:.2f} "
           f"direction {result['direction_acc']:.2f} all {result['all_acc']:.2f}", flush=True)
     return result
+
+
+def judge_loras(folder, config_name, teacher, loras: dict, budget, seed) -> dict:
+    """Each LoRA file (rank -> path) merged into the teacher and judged at the training length like a model
+    (no long rollouts): folder/result.json, rank -> the analyser's scores."""
+    from dataclasses import replace
+
+    from causvid.models.lora import merge_lora_tensors, read_lora
+    from causvid.pipelines.text_to_video import load_dit
+    from causvid.toy.folder import write_toy_folder
+
+    out = {}
+    for rank, path in loras.items():
+        model = load_dit(teacher)
+        tensors, meta = read_lora(path)
+        merge_lora_tensors(model, tensors, path)
+        merged = write_toy_folder(Path(folder) / f"merged_rank{rank}", model)
+        result, _, _ = evaluate_model(config_name, merged, None, replace(budget, drift_videos=0, long_video_prompts=0),
+                                      seed)
+        out[str(rank)] = {k: result[k] for k in ("colour_acc", "shape_acc", "direction_acc", "all_acc")}
+        out[str(rank)].update(weight_error=float(meta["causvid.weight_error"]),
+                              output_error=float(meta["causvid.output_error"]),
+                              megabytes=path.stat().st_size / 2**20)
+        print(f"[lora] rank {rank}: all three {result['all_acc']:.2f}", flush=True)
+    (Path(folder) / "result.json").write_text(json.dumps(out, indent=2))
+    return out
 
 
 def gather(folder, parts: dict, factor: int) -> None:
@@ -231,6 +258,7 @@ def write_report(out, times: dict, factor: int, smoke: bool = False) -> Path:
     if streams:
         lines += ["", "## Streaming", ""] + [line for name, r in streams.items()
                                             for line in streaming.markdown(r, "###", name) + [""]]
+    lines += _lora_section(out, results, times)
     lines += _time_section(times)
     lines += ["", "## Samples", ""]
     for name, r in results.items():
@@ -238,6 +266,49 @@ def write_report(out, times: dict, factor: int, smoke: bool = False) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _lora_section(out: Path, results: dict, times: dict) -> list:
+    """`--lora_comparison`: the chunkwise CF DMD student trained in full and as LoRAs (trainable parameters,
+    checkpoint size, training steps/s, all three), and its LoRAs extracted at several ranks, applied to the
+    teacher (errors as the export measures them, all three)."""
+    full = "Causal Forcing DMD (chunkwise)"
+    students = [name for name in results if name == full or name.startswith(full[:-1] + ", LoRA rank")]
+    extraction = out / "lora_extraction" / "result.json"
+    if len(students) < 2 and not extraction.is_file():
+        return []
+    lines = ["", "## LoRA students and extracted LoRAs", "",
+             "The chunkwise CF DMD student trained in full and as LoRAs of its ODE init (same steps; LoRA at 10x the "
+             "learning rate). Trainable parameters and size: the checkpoint's generator entries (a LoRA run's hold "
+             "the adapter alone) and its model.pt (EMA included); steps/s: the stage's training steps over its "
+             "seconds (stages run side by side, one thread each).", "",
+             "| student | trainable parameters | checkpoint | steps/s | colour | shape | direction | all |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in students:
+        r = results[name]
+        stage = r["strip"].split("/")[0]
+        checkpoint = sorted((out / stage / "run").glob("checkpoint_model_*/model.pt"))[-1]
+        params = sum(t.numel() for t in torch.load(checkpoint, map_location="cpu", mmap=True)["generator"].values())
+        steps = int(checkpoint.parent.name.rsplit("_", 1)[-1])
+        lines.append(f"| {name} | {params:,} | {checkpoint.stat().st_size / 2**20:.1f} MB | "
+                     f"{steps / times[stage]['seconds']:.2f} | {r['colour_acc']:.2f} | {r['shape_acc']:.2f} | "
+                     f"{r['direction_acc']:.2f} | {r['all_acc']:.2f} |")
+    if extraction.is_file():
+        rows = json.loads(extraction.read_text())
+        lines += ["", "The full student's difference from the teacher (its base, as Wan2.1 is the published "
+                  "students') as LoRAs (`python -m causvid.export --to lora --rank R`), each merged into the teacher "
+                  "and judged like a model; weight error ||LoRA - difference|| / ||difference||, output error "
+                  "against the student on the export's fixed input.", "",
+                  "| rank | weight error | output error | file | colour | shape | direction | all |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {rank} | {r['weight_error']:.3f} | {r['output_error']:.3f} | {r['megabytes']:.2f} MB | "
+                  f"{r['colour_acc']:.2f} | {r['shape_acc']:.2f} | {r['direction_acc']:.2f} | {r['all_acc']:.2f} |"
+                  for rank, r in rows.items()]
+        if full in results:
+            r = results[full]
+            lines.append(f"| the student | 0 | 0 | — | {r['colour_acc']:.2f} | {r['shape_acc']:.2f} | "
+                         f"{r['direction_acc']:.2f} | {r['all_acc']:.2f} |")
+    return lines
 
 
 def _time_section(times: dict) -> list:

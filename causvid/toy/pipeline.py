@@ -67,6 +67,9 @@ class Budget:
     drift_factor: int = 8       # drift is measured on rollouts this many times the training length
     batch_size: int = 0         # 0: each config's own
     cache_gradient_comparison: int = 0  # 1: also CF DMD with a detached KV-cache gradient (a comparison)
+    lora_comparison: int = 0    # 1: also chunkwise CF DMD as LoRAs (ranks LORA_RANKS) and the shipped student's
+    #                             LoRA extracted at ranks LORA_EXTRACT_RANKS, applied to the teacher
+    step_schedules: int = 0     # 1: also chunkwise CF DMD students of other step schedules (STEP_SCHEDULES)
 
     @classmethod
     def quick(cls):
@@ -95,6 +98,16 @@ def _resolve(kwargs: dict, out: Path) -> dict:
     return {k: v.resolve(out) if isinstance(v, Ref) else _resolve(v, out) if isinstance(v, dict) else v
             for k, v in kwargs.items()}
 
+
+#: --lora_comparison: the LoRA DMD students' ranks and learning rate (LoRA's usual 10x the full model's, whose
+#: 2e-5 barely moves a zero-initialised adapter in 100 steps), and the ranks of the extracted student LoRAs
+LORA_RANKS, LORA_LR, LORA_EXTRACT_RANKS = (8, 16), 2.0e-4, (4, 8, 16, 32, 64)
+#: --step_schedules: chunkwise CF DMD students trained (and judged) with these step lists besides the 4-step one:
+#: stage suffix -> config overrides
+STEP_SCHEDULES = {
+    "2step": {"denoising_step_list": "[1000,500]"},
+    "4to2": {"denoising_step_list": "[1000,500]", "denoising_step_list_per_block": "[[1000,750,500,250]]"},
+}
 
 #: Rough seconds of one thread per kind of stage (a full run's), only for the order stages start in.
 COSTS = {"teacher": 1300, "ode_pairs": 260, "causal_ode_data": 270, "ar_diffusion": 210, "ode": 130, "dmd": 110,
@@ -153,6 +166,21 @@ class ToyPipeline:
             if b.cache_gradient_comparison:  # DMD without the originals' gradient through the KV cache
                 train(f"cf_dmd_{layout}_detached", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
                       generator_ckpt=cf_ode, data_path=prompts, kv_cache_gradient="detached", **common)
+            if b.lora_comparison and layout == "chunkwise":  # the same DMD as LoRAs of the ODE init
+                for rank in LORA_RANKS:
+                    train(f"cf_dmd_{layout}_lora{rank}", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
+                          generator_ckpt=cf_ode, data_path=prompts, lr=LORA_LR, **{"lora.generator.rank": rank},
+                          **common)
+                    models[f"Causal Forcing DMD ({layout}, LoRA rank {rank})"] = (f"cf_dmd_{layout}",
+                                                                                 f"cf_dmd_{layout}_lora{rank}")
+                add("lora_extraction", "extract_loras", COSTS["evaluate"] * len(LORA_EXTRACT_RANKS),
+                    teacher=teacher, student=Ref(f"cf_dmd_{layout}", last=True), config=f"cf_dmd_{layout}")
+            if b.step_schedules and layout == "chunkwise":  # students trained for other step schedules
+                for suffix, schedule in STEP_SCHEDULES.items():
+                    train(f"cf_dmd_{layout}_{suffix}", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd"],
+                          generator_ckpt=cf_ode, data_path=prompts, **schedule, **common)
+                    models[f"Causal Forcing DMD ({layout}, {suffix})"] = (f"cf_dmd_{layout}",
+                                                                         f"cf_dmd_{layout}_{suffix}", schedule)
             # the same DMD on windows of a rollout long_rollout times the training length (Self-Forcing++)
             frames = load_config(CONFIGS / f"cf_dmd_{layout}.yaml").image_or_video_shape[1]
             train(f"cf_dmd_{layout}_long", f"cf_dmd_{layout}", b.dmd_steps, COSTS["dmd_long"], generator_ckpt=cf_ode,
@@ -183,17 +211,18 @@ class ToyPipeline:
         # the DMD students with and without long-rollout training, also with every KV-window sink choice
         sinks = [f"Causal Forcing DMD ({layout}{long})" for layout in LAYOUTS
                  for long in ("", f", long rollout x{b.long_rollout}")]
+        sinks += [f"Causal Forcing DMD (chunkwise, {suffix})" for suffix in STEP_SCHEDULES if b.step_schedules]
         # streaming (switching, V2V): the shipped student and its long-rollout twin
         streams = [f"Causal Forcing DMD (chunkwise{long})" for long in ("", f", long rollout x{b.long_rollout}")]
         parts = {}
-        for name, (config, stage) in models.items():
+        for name, (config, stage, *schedule) in models.items():
             parts[name] = f"evaluate/{stage}"
             more = name in sinks or name in streams
             cost = COSTS["evaluate_many_step" if stage == "teacher" or stage.startswith("ar_") else
                          "evaluate_more" if more else "evaluate"]
             add(parts[name], "evaluate", cost, model=name, config=config, wan_folder=teacher,
                 checkpoint=None if stage == "teacher" else Ref(stage, last=True), sink_choices=name in sinks,
-                streams=name in streams)
+                streams=name in streams, overrides=[f"{k}={v}" for k, v in (schedule or [{}])[0].items()])
         add("evaluate", "gather", 1, parts={name: Ref(part) for name, part in parts.items()})
         return stages
 
@@ -293,10 +322,24 @@ class ToyPipeline:
 
         write_toy_folder(folder, WanDiT.from_preset("toy"))
 
-    def evaluate(self, folder, model, config, wan_folder, checkpoint, sink_choices, streams):
+    def evaluate(self, folder, model, config, wan_folder, checkpoint, sink_choices, streams, overrides=()):
         from causvid.toy.evaluate import evaluate_one
         evaluate_one(folder, model, config, wan_folder, checkpoint, self.budget, self.seed,
-                     sink_choices=sink_choices, streams=streams)
+                     sink_choices=sink_choices, streams=streams, overrides=overrides)
+
+    def extract_loras(self, folder, teacher, student, config):
+        """The student's difference from the teacher (its base, as Wan2.1 is the published students' base) as
+        LoRAs of each rank in LORA_EXTRACT_RANKS (`python -m causvid.export --to lora`, whose table of weight
+        and output errors goes to this stage's log), each applied to the teacher and judged like a model."""
+        from causvid import export
+        from causvid.toy.evaluate import has_ema, judge_loras
+
+        out = folder / "lora.safetensors"
+        assert export.main(["--wan_model_path", str(teacher), "--checkpoint_path", str(student), "--to", "lora",
+                            "--rank", ",".join(map(str, LORA_EXTRACT_RANKS)), "--out", str(out),
+                            *(["--use_ema"] if has_ema(student) else [])]) == 0
+        judge_loras(folder, config, teacher, {rank: out.with_name(f"lora_rank{rank}.safetensors")
+                                              for rank in LORA_EXTRACT_RANKS}, self.budget, self.seed)
 
     def gather(self, folder, parts):
         from causvid.toy.evaluate import gather
