@@ -67,6 +67,17 @@ def test_checkpointed_rollout_holds_the_layer_input_and_the_cache_per_token_and_
     assert fitted(["gradient_checkpointing=false"]).d > 5 * fit.d  # 9.7x: every activation of the exit calls
 
 
+def test_long_rollout_holds_the_layer_input_and_each_read_value_once():
+    """Long-rollout DMD (12 frames rolled out through a rolling window of 6 with a 3-frame sink, the loss on the
+    last 6): per window token and layer, the layer input plus the K and V of every frame a with-grad call reads,
+    each once: the window's 6 frames and the sink's 3 (block 2 writes over block 1 before its first read, so
+    block 1 is not kept; block 3 writes over block 2 after block 2's reads, so block 2's values are). By hand:
+    (1 + 2 x 9 / 6) x 64 x 4 bytes; the floor of a checkpointed rollout, since a recomputation needs what the
+    forward read."""
+    fit = fitted(["long_rollout_frames=12", "long_rollout_window=last"])
+    assert fit.d == (1 + 2 * 9 / 6) * 64 * 4 and fit.c == 0
+
+
 def test_checkpointed_full_sequence_holds_the_layer_input():
     """The critic's flow matching (full sequence, no cache): the layer input alone, per token and layer."""
     assert fitted([], role="critic").d == 64 * 4
