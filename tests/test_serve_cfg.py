@@ -47,4 +47,4 @@ def test_a_guided_switch_with_resink_moves_both_sinks():
 
         rollout.step(noise[:, 15:18])  # the block under B is the sink of both caches; the A block left both
     for stream in rollout.streams:
-        assert stream.cache.sink_start == 12 and sorted(stream.cache._slot_frame.tolist()) == list(range(12, 18))
+        assert stream.cache.sink_start == 12 and sorted(stream.cache.held_frames()) == list(range(12, 18))

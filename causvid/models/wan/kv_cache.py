@@ -88,6 +88,10 @@ class KVCache:
         self._rope_frames = None
         self.sink_start = 0  # first frame of the sink (moved by a re-sink)
 
+    def held_frames(self) -> list:
+        """The frame each slot holds, in slot order (-1: a slot nothing has been written to since `reset`)."""
+        return self._slot_frame.tolist()
+
     def seek(self, frame: int) -> None:
         """Make `frame` the next frame to write, leaving the frames before it unwritten (a prompt switch's
         re-cache writes the sink and the window's last frames again, skipping those evicted)."""
