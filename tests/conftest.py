@@ -1,4 +1,6 @@
 import os
+import shutil
+from pathlib import Path
 
 # Under pytest-xdist (the README's `-n 2`) two workers share the machine's cores: one thread each, and the same
 # for the processes the tests start, instead of every process running as many threads as there are cores.
@@ -34,3 +36,82 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "torchrun(*jobs): the test reads these jobs' outputs (tests/torchrun_jobs.py)")
+
+
+def _once(base, name, make):
+    """make()'s (JSON) result, made once per pytest run: under pytest-xdist the first worker to ask makes it under a
+    file lock in `base`, the run's folder above the workers' own, and the others wait and read it (pytest-xdist's
+    recipe for a session fixture shared by the workers)."""
+    import fcntl
+    import json
+
+    result = base / f"{name}.json"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            result.write_text(json.dumps(make()))
+        return json.loads(result.read_text())
+
+
+class Torchrun:
+    """The torchrun jobs' folders (tests/torchrun_jobs.py), their worlds launched on first use, once per run."""
+
+    def __init__(self, tmp_path_factory, worker_id, selected):
+        from causvid.tiny_wan import write_tiny_training_data
+
+        self.base = tmp_path_factory.getbasetemp()
+        self.base = self.base if worker_id == "master" else self.base.parent  # one folder for every worker
+        self.root, self.selected = self.base / "torchrun", selected
+        self.data = Path(_once(self.base, "torchrun_data", lambda: str(write_tiny_training_data(
+            _fresh(self.root / "data")))))
+        self.worlds = {}  # world size -> {job: None, or why it failed}
+
+    def launch(self, name):
+        """Run the world of job `name` unless this run did, smaller worlds first: a job may read their outputs."""
+        import torchrun_jobs
+
+        world = torchrun_jobs.JOBS[name][0]
+        for w in sorted({torchrun_jobs.JOBS[n][0] for n in self.selected}):
+            if w <= world and w not in self.worlds:
+                names = [n for n in torchrun_jobs.JOBS if n in self.selected and torchrun_jobs.JOBS[n][0] == w]
+                self.worlds[w] = _once(self.base, f"torchrun_world{w}",
+                                       lambda: torchrun_jobs.launch(w, names, self.data, self.root))
+        return world
+
+    def __call__(self, name):
+        """The folder of job `name`; fails the calling test with the job's traceback if it failed."""
+        world = self.launch(name)
+        if self.worlds[world][name]:
+            pytest.fail(f"torchrun job {name} (world {world}) failed:\n{self.worlds[world][name]}", pytrace=False)
+        return self.root / name
+
+
+def _fresh(folder):
+    shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed half-way left
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def _torchrun(request, tmp_path_factory, worker_id):
+    selected = {name for item in request.session.items for mark in item.iter_markers("torchrun") for name in mark.args}
+    return Torchrun(tmp_path_factory, worker_id, selected)
+
+
+@pytest.fixture
+def torchrun(request, _torchrun):
+    """`torchrun.data` (the jobs' tiny Wan folder and datasets) and `torchrun(name)`: the folder of a job the test
+    names in its @pytest.mark.torchrun."""
+    names = {name for mark in request.node.iter_markers("torchrun") for name in mark.args}
+    for name in names:
+        _torchrun.launch(name)  # in the setup, so that --durations shows the test's own work apart
+
+    def folder(name):
+        assert name in names, f"{name}: not in the test's @pytest.mark.torchrun{tuple(sorted(names))}"
+        return _torchrun(name)
+    folder.data = _torchrun.data
+    return folder
