@@ -40,6 +40,33 @@ def one_thread():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "torchrun(*jobs): the test reads these jobs' outputs (tests/torchrun_jobs.py)")
+    config.addinivalue_line("markers", "long(seconds): takes about this long on 2 cores (10 s or more, pytest "
+                                       "--durations): the longest tests start first")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """How pytest-xdist shares the tests between its workers (pytest.ini: --dist loadgroup, in this order):
+    - the tests that read a module- or class-scoped fixture of their module run on one worker (an xdist_group),
+      which builds it once instead of once per worker; the torchrun tests on one worker too, which launches the
+      worlds (tests/torchrun_jobs.py) while the other runs the rest;
+    - the longest first: @pytest.mark.long(seconds) and the torchrun tests (their worlds' launches, a minute),
+      then the groups, then single tests, so that the run does not end on a long test with a worker idle."""
+    def module_fixture(item):
+        info = getattr(item, "_fixtureinfo", None)
+        return info is not None and any(d.scope in ("module", "class") and d.func.__module__ == item.module.__name__
+                                        for defs in info.name2fixturedefs.values() for d in defs)
+
+    rank = {}
+    for item in items:
+        if item.get_closest_marker("torchrun"):
+            item.add_marker(pytest.mark.xdist_group("torchrun"))
+        elif module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        long = item.get_closest_marker("long")
+        rank[item] = (0, -60) if item.get_closest_marker("torchrun") else (0, -(long.args or [10])[0]) if long else \
+            (1, 0) if item.get_closest_marker("xdist_group") else (2, 0)
+    items.sort(key=rank.__getitem__)
 
 
 def _once(base, name, make):

@@ -103,6 +103,7 @@ def train_argv(data, logdir):
                                                 ema_start_step=0) + LORA
 
 
+@pytest.mark.long(15)
 def test_killed_run_resumes_exactly_and_its_checkpoint_is_the_adapter(tiny_run_data, tmp_path):
     reference = tmp_path / "reference"
     assert one_thread_cli(train_argv(tiny_run_data, reference)) == 0

@@ -211,6 +211,7 @@ def reference_losses(tiny_run_data, tmp_path_factory):
     return losses
 
 
+@pytest.mark.long(12)
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGKILL"])
 def test_stopped_run_resumes_exactly_and_its_log_reads_as_one_run(tiny_run_data, reference_losses, tmp_path, sig,
                                                                   capsys):
