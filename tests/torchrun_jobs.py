@@ -67,7 +67,17 @@ def run(spec):
     dist.barrier()  # the next job's collectives start on every rank together
 
 
+def die_with_torchrun():
+    """torchrun starts each rank in a session of its own, which a signal to torchrun's process group misses: on
+    Linux the rank asks to be killed when its parent (torchrun) dies, as the launcher kills it on a timeout."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def main(jobs_file):
+    die_with_torchrun()
     rank = int(os.environ["RANK"])
     for spec in json.loads(Path(jobs_file).read_text()):
         folder = Path(spec["dir"])
@@ -102,11 +112,16 @@ def launch(world, names, data, root, timeout=TIMEOUT):
                str(Path(__file__)), str(jobs_file)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+        timed_out = False
         try:
-            output, timed_out = proc.communicate(timeout=timeout)[0], False
+            output = proc.communicate(timeout=timeout)[0]
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every rank
-            output, timed_out = proc.communicate()[0], True
+            timed_out = True
+        finally:  # a timeout, or Ctrl-C: torchrun and (die_with_torchrun) its ranks go
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if timed_out:
+            output = proc.communicate()[0]
         with (root / f"world{world}.log").open("a") as log:
             log.write(output)
         if proc.returncode == 0 and not timed_out:
