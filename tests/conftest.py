@@ -2,20 +2,22 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 # Under pytest-xdist (the README's `-n 2`) two workers share the machine's cores: one thread each, and the same
 # for the processes the tests start, instead of every process running as many threads as there are cores.
+# torch is imported in the processes that run tests, not in xdist's controller (2 s before the workers start).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
+    import torch
+
     torch.manual_seed(0)
     yield
 
@@ -32,6 +34,8 @@ def tiny_run_data(tmp_path_factory):
 def one_thread():
     """Modules of many small tensor ops (the analyser, the toy student): on a busy machine intra-op threads only
     wait for each other, so they run on one (use with pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
