@@ -1,6 +1,6 @@
 """The tests' multi-process runs, one torchrun per world size instead of one per test (not a test module).
 
-Every torchrun rank imports torch, the trainer and, for a tiny Wan folder, transformers and diffusers: seconds of
+Every torchrun rank imports torch, the trainer and, for a tiny Wan folder, transformers' text encoder: about 5 s of
 CPU per process before a step, which the many small runs paid again and again. Here a test module registers each
 run it needs as a job (`@job(world)` on a function of the shared data folder and the jobs' folder, returning what
 to run and its arguments), a test names its jobs with `@pytest.mark.torchrun("name", ...)`, and the `torchrun`
