@@ -53,6 +53,6 @@ setup(
         # flash-attn needs a CUDA toolchain to build; the model falls back to PyTorch attention without it.
         "flash": ["flash-attn>=2.5"],
         "wandb": ["wandb"],
-        "test": ["pytest>=7.0", "pytest-xdist>=3.0", "playwright>=1.40"],
+        "test": ["pytest>=7.0", "pytest-xdist>=3.8", "playwright>=1.40"],
     },
 )

@@ -1,5 +1,5 @@
-"""Under torchrun: build a DiT on the meta device, shard it, fill it from a Wan folder (training's load), and
-dump each rank's local shards and the rows it read. Not a test module."""
+"""Under torchrun (the job sharded_load of tests/torchrun_jobs.py): build a DiT on the meta device, shard it, fill
+it from a Wan folder (training's load), and dump each rank's local shards and the rows it read. Not a test module."""
 import sys
 
 import torch
@@ -20,7 +20,10 @@ def main(folder, out):
         return part
 
     checkpoints.LazyTensor.__getitem__ = recording
-    model = D.materialize(*open_dit(folder), dist.device, mixed_precision=False)
+    try:
+        model = D.materialize(*open_dit(folder), dist.device, mixed_precision=False)
+    finally:  # tests/torchrun_jobs.py runs other jobs in this process after this one
+        checkpoints.LazyTensor.__getitem__ = read
     local = {name: D.local(p).detach().clone() for name, p in model.named_parameters()}
     torch.save({"local": local, "read": sum(reads), "rank": dist.rank}, f"{out}.{dist.rank}")
 

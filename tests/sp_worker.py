@@ -1,6 +1,7 @@
 """One tiny WanDiT's forward and backward in every attention mode, for tests/test_sequence_parallel.py: imported
-for the one-process reference, and run under torchrun (`sp_worker.py OUT_DIR SP [SP ...]`) with sequence
-parallelism over groups of SP ranks (the other ranks' factor is FSDP's "dp_shard"), one pass per SP given.
+for the one-process reference, and run under torchrun (the job sp_split_dit of tests/torchrun_jobs.py, or alone as
+`sp_worker.py OUT_DIR SP [SP ...]`) with sequence parallelism over groups of SP ranks (the other ranks' factor is
+FSDP's "dp_shard"), one pass per SP given.
 Each rank writes OUT_DIR/sp{SP}_rank{RANK}.pt: its samples' outputs and input gradients, the losses, and the
 full parameter gradients (summed over the sequence-parallel group, averaged over dp_shard as training does)."""
 import sys
@@ -74,7 +75,6 @@ def run(model, mode, inputs, samples, reduce_grads=lambda model: None):
 
 
 def main(out_dir, *sizes):
-    import torch.distributed as dist
     from causvid.training import distributed as D
 
     d = D.init_distributed()
@@ -92,8 +92,10 @@ def main(out_dir, *sizes):
             r["inputs"] = {k: v / dp_size for k, v in r["inputs"].items()}
             results[mode] = r
         torch.save({"samples": samples, "results": results}, Path(out_dir) / f"sp{sp}_rank{d.rank}.pt")
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
+    import torch.distributed as dist
+
     main(*sys.argv[1:])
+    dist.destroy_process_group()

@@ -4,9 +4,12 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.long(10)
 def test_one_stage_reports_steps_per_second_and_peak_memory(capsys):
     spec = importlib.util.spec_from_file_location("benchmark_training", REPO / "scripts/benchmark_training.py")
     module = importlib.util.module_from_spec(spec)

@@ -25,6 +25,7 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.long(20)
 def test_smoke_writes_every_part(tmp_path, capsys):
     out = tmp_path / "check.json"
     # (compile backend "eager": dynamo's tracing of the blocks, the part that breaks, without the slow code-gen)

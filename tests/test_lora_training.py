@@ -20,7 +20,8 @@ from causvid.training import lora
 from causvid.training.checkpointing import latest_checkpoint
 from causvid.training.trainer import Trainer
 
-from test_training import ROOT, TINY, assert_close_states, one_thread_cli, overrides, read_losses, run_worker
+from test_training import ROOT, TINY, assert_close_states, one_thread_cli, overrides, read_losses
+from torchrun_jobs import job
 
 LORA = ["lora.generator.rank=4", "lora.generator.alpha=8", "lora.critic.rank=2"]
 
@@ -68,17 +69,27 @@ def test_gradient_reaches_only_the_adapters_and_the_base_stays(tiny_run_data, tm
         sum(p.numel() for k, p in t.models.generator.named_parameters() if lora.is_adapter(k))
 
 
-def test_two_processes_equal_one(tiny_run_data, tmp_path):
+def two_processes_common(data):
+    return overrides(data, "latents", max_iters=2, ema_weight=0.5, ema_start_step=0, lr=1e-2) + LORA
+
+
+@job(world=2)
+def lora_two_processes(data, root):
+    here = root / "lora_two_processes"
+    return "train_worker", [TINY / "ar_diffusion_tf_chunkwise.yaml", here / "run", here / "two.pt",
+                            *two_processes_common(data), "batch_size=1"]
+
+
+@pytest.mark.torchrun("lora_two_processes")
+def test_two_processes_equal_one(torchrun, tmp_path):
     """Teacher forcing on latents (one model: the DMD stages' adapters are covered above); a high lr, so that the
     keyed init of A (the same in every process) and the adapter's gradient reduction both show."""
-    common = overrides(tiny_run_data, "latents", max_iters=2, ema_weight=0.5, ema_start_step=0, lr=1e-2) + LORA
-    config = TINY / "ar_diffusion_tf_chunkwise.yaml"
-    run_worker([config, tmp_path / "two", tmp_path / "two.pt", *common, "batch_size=1"], nproc=2)
-    t = Trainer(load_config(config, overrides=common + ["batch_size=2"]), tmp_path / "one", no_visualize=True,
-                no_save=True)  # one process: this one (tests/train_worker.py's dump, without a second start)
+    common = two_processes_common(torchrun.data)
+    t = Trainer(load_config(TINY / "ar_diffusion_tf_chunkwise.yaml", overrides=common + ["batch_size=2"]),
+                tmp_path / "one", no_visualize=True, no_save=True)  # one process: this one
     one = {"history": t.train(), "generator": D.full_model_state(t.models.generator),
            "ema": t.ema.full_state_dict(t.models.generator)}
-    two = torch.load(tmp_path / "two.pt")
+    two = torch.load(torchrun("lora_two_processes") / "two.pt")
     for (s1, l1), (s2, l2) in zip(one["history"], two["history"]):
         assert s1 == s2 and all(abs(l1[k] - l2[k]) <= 1e-5 * max(1.0, abs(l1[k])) for k in l1)
     assert_close_states(one["generator"], two["generator"])
@@ -92,6 +103,7 @@ def train_argv(data, logdir):
                                                 ema_start_step=0) + LORA
 
 
+@pytest.mark.long(15)
 def test_killed_run_resumes_exactly_and_its_checkpoint_is_the_adapter(tiny_run_data, tmp_path):
     reference = tmp_path / "reference"
     assert one_thread_cli(train_argv(tiny_run_data, reference)) == 0

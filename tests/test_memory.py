@@ -9,6 +9,7 @@ from causvid.config import load_config
 from causvid.tiny_wan.dit import random_dit
 from causvid.training.memory import HeldForBackward, LinearFit, held_bytes, stage_batch, stage_models
 from causvid.training.stages import Models, make_stage
+from torchrun_jobs import job
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 
@@ -93,24 +94,22 @@ def test_held_bytes_count_each_storage_once_and_leave_out_the_weights():
     del z
 
 
-def test_sharded_load_reads_only_each_ranks_rows(tmp_path):
+@job(world=2)
+def sharded_load(data, root):
+    return "load_worker", [data / "wan", root / "sharded_load" / "out"]
+
+
+@pytest.mark.torchrun("sharded_load")
+def test_sharded_load_reads_only_each_ranks_rows(torchrun):
     """Two processes (torchrun, gloo) build the DiT on the meta device, shard it and fill it: each rank holds the
-    rows torch.chunk gives it of every parameter of the full model, and reads exactly those values, no more."""
-    import subprocess
-    import sys
-
+    rows torch.chunk gives it of every parameter of the full model, and reads exactly those values, no more
+    (tests/load_worker.py, run in tests/torchrun_jobs.py's world of 2)."""
     from causvid.pipelines.text_to_video import load_dit
-    from causvid.tiny_wan import write_tiny_wan
 
-    folder = write_tiny_wan(tmp_path / "wan")
-    root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(root / "tests" / "load_worker.py"), str(folder), str(tmp_path / "out")], check=True,
-                   capture_output=True, timeout=300)
-    full = dict(load_dit(folder).named_parameters())
+    full = dict(load_dit(torchrun.data / "wan").named_parameters())
     total = 0
     for rank in (0, 1):
-        dumped = torch.load(tmp_path / f"out.{rank}")
+        dumped = torch.load(torchrun("sharded_load") / f"out.{rank}")
         assert dumped["local"].keys() == full.keys()
         for name, shard in dumped["local"].items():
             pieces = torch.chunk(full[name].detach(), 2)  # FSDP2's split: a 1-row tensor leaves rank 1 none

@@ -1,10 +1,7 @@
 """Sequence parallelism (causvid/models/wan/sequence_parallel.py) on CPU with gloo: a tiny DiT split over 2 and 4
 ranks (and over 2 x 2 with FSDP on the other mesh dim) gives the one-process outputs, losses and gradients in
 every attention mode, and `train.py` under torchrun with sequence_parallel_size=2 logs the one-process losses."""
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +9,10 @@ import torch
 
 import sp_worker
 from causvid.training.cli import main as train_py
+from torchrun_jobs import job
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5  # relative to the largest magnitude of each compared tensor
-
-
-def torchrun(nproc, *args):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def worst(a, b):
@@ -35,13 +26,19 @@ def reference():
     return {mode: sp_worker.run(model, mode, inputs, list(range(sp_worker.BATCH))) for mode in sp_worker.MODES}
 
 
-def test_split_dit_equals_one_process(reference, tmp_path):
-    """One torchrun of 4 ranks: sp 4 (6 tokens per frame padded to 4 pieces of 2), then two groups of sp 2 (each
-    a world-2 split, 3 tokens per rank and frame) with FSDP2 over the other mesh dim, one sample per group."""
-    world, sizes = 4, [4, 2]
-    torchrun(world, ROOT / "tests" / "sp_worker.py", tmp_path, *sizes)
+@job(world=4)
+def sp_split_dit(data, root):
+    return "sp_worker", [root / "sp_split_dit", 4, 2]
+
+
+@pytest.mark.torchrun("sp_split_dit")
+def test_split_dit_equals_one_process(reference, torchrun):
+    """One world of 4 ranks (tests/sp_worker.py): sp 4 (6 tokens per frame padded to 4 pieces of 2), then two groups
+    of sp 2 (each a world-2 split, 3 tokens per rank and frame) with FSDP2 over the other mesh dim, one sample per
+    group."""
+    world, sizes, out = 4, [4, 2], torchrun("sp_split_dit")
     for sp in sizes:
-        ranks = [torch.load(tmp_path / f"sp{sp}_rank{r}.pt") for r in range(world)]
+        ranks = [torch.load(out / f"sp{sp}_rank{r}.pt") for r in range(world)]
         for mode, ref in reference.items():
             for rank in ranks:
                 got, samples = rank["results"][mode], rank["samples"]
@@ -55,22 +52,29 @@ def test_split_dit_equals_one_process(reference, tmp_path):
                     assert worst(got["params"][name], grad) <= TOL, (sp, mode, name)
 
 
-def test_train_py_with_sequence_parallel_logs_the_one_process_losses(tiny_run_data, tmp_path):
+def sp_train_args(data):
     """Self-Forcing DMD (KV-cached rollout with activation checkpointing, critic, real score); a learning rate
     large enough that a wrong gradient shows in the later steps' losses."""
-    data = tiny_run_data
-    args = ["--config_path", ROOT / "configs" / "tiny" / "self_forcing_dmd.yaml", "--no_save", "--no_visualize",
+    return ["--config_path", ROOT / "configs" / "tiny" / "self_forcing_dmd.yaml", "--no_save", "--no_visualize",
             "--disable-wandb", f"wan_model_path={data / 'wan'}", f"real_model_path={data / 'wan'}",
             f"data_path={data / 'prompts.txt'}", "generator_ckpt=null", "max_iters=3", "dfake_gen_update_ratio=1",
             "lr=1e-3", "lr_critic=1e-3", "log_iters=1000"]
-    assert train_py([str(a) for a in ["--logdir", tmp_path / "one", *args]]) == 0
-    torchrun(2, ROOT / "train.py", "--logdir", tmp_path / "sp2", *args, "sequence_parallel_size=2")
+
+
+@job(world=2)
+def sp_train_py(data, root):
+    return "train_py", ["--logdir", root / "sp_train_py" / "sp2", *sp_train_args(data), "sequence_parallel_size=2"]
+
+
+@pytest.mark.torchrun("sp_train_py")
+def test_train_py_with_sequence_parallel_logs_the_one_process_losses(torchrun, tmp_path):
+    """train.py's losses with sequence_parallel_size=2 on 2 processes (sp_train_args) and on one."""
+    assert train_py([str(a) for a in ["--logdir", tmp_path / "one", *sp_train_args(torchrun.data)]]) == 0
 
     def losses(run):
-        text = (tmp_path / run / "log.txt").read_text()
-        return [float(v) for v in re.findall(r"_loss (\S+)", text)]
+        return [float(v) for v in re.findall(r"_loss (\S+)", (run / "log.txt").read_text())]
 
-    one, sp2 = losses("one"), losses("sp2")
+    one, sp2 = losses(tmp_path / "one"), losses(torchrun("sp_train_py") / "sp2")
     assert len(one) == 6 and one[0] != one[-2]
     assert sp2 == pytest.approx(one, rel=TOL, abs=1e-6)
 

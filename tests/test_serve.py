@@ -376,6 +376,7 @@ def test_a_send_that_blocks_drops_the_oldest_frames_and_stats_say_so(toy, refere
     assert final["dropped"] >= seen["dropped"] and final["frames"] == len(frames_sent)
 
 
+@pytest.mark.long(10)
 def test_a_slow_client_over_a_real_socket_loses_the_oldest_frames_and_is_told(toy, reference, monkeypatch):
     """Through uvicorn on a real TCP port: a client reads one frame, then nothing until the server has dropped
     frames for it; its queue never held more than its bound, a stats event counts the dropped frames, and the

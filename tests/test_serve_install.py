@@ -11,11 +11,14 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["setup.py", "causvid", "configs/toy", "checkpoints/toy"]  # what the build reads
 LIMIT_S = 120  # a hang fails the test instead of blocking the suite
 
 
+@pytest.mark.long(12)
 def test_the_installed_package_serves_the_shipped_toy_student(tmp_path):
     src = tmp_path / "src"
     for part in SOURCES:  # a copy, so the build leaves nothing in the checkout

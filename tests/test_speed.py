@@ -94,6 +94,7 @@ def test_compiled_cached_rollout_bounded_recompiles(fresh_dynamo):
     assert counts[1] == counts[0]
 
 
+@pytest.mark.long(10)
 def test_compiled_blocks_inductor(fresh_dynamo):
     # inductor generates and builds C++ for the CPU: about 10-30 s for this model on a 2-core machine
     pytest.importorskip("torch._inductor")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from scripts.benchmark_startup import CLIS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,7 @@ def test_default_threads_follow_the_work_and_the_machine(monkeypatch):
     assert threads.default_threads("cpu", 1536) == (1, "OMP_NUM_THREADS")
 
 
+@pytest.mark.long(10)
 def test_the_toy_student_loads_without_transformers_or_diffusers():
     """The main job's components come from the toy folder's own classes: umT5 (transformers) and the Wan VAE
     (diffusers), seconds of imports, load only for a folder that names them."""

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -20,6 +21,7 @@ def _tensors(folder):
         return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
 
 
+@pytest.mark.long(60)
 def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "toy"
     release = tmp_path / "release"

@@ -19,6 +19,7 @@ from causvid.training.checkpointing import latest_checkpoint
 from causvid.training.stages import DMDStage, Models
 from causvid.training.trainer import Trainer, TrainingDiverged
 from causvid.tiny_wan.dit import random_dit
+from torchrun_jobs import job
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny"
@@ -71,15 +72,6 @@ def test_loss_falls_on_a_fixed_batch(tiny_run_data, tmp_path, name, dataset):
     assert curve[-1] < 0.5 * curve[0], curve
 
 
-def run_worker(args, nproc=None, env=None):
-    cmd = [sys.executable, str(ROOT / "tests" / "train_worker.py")] if nproc is None else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         str(ROOT / "tests" / "train_worker.py")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 def in_process_worker(args):
     """tests/train_worker.py's run in this process (a group of one, one thread): no interpreter to start."""
     import train_worker
@@ -98,14 +90,23 @@ def assert_close_states(a, b, tol=1e-5):
     assert worst <= tol, worst
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(tiny_run_data, tmp_path):
+def two_processes_common(data):
+    return overrides(data, "prompts.txt", max_iters=2, dfake_gen_update_ratio=1, ema_weight=0.5, ema_start_step=0)
+
+
+@job(world=2)
+def two_processes_dmd(data, root):
+    here = root / "two_processes_dmd"
+    return "train_worker", [TINY / "causal_forcing_dmd_chunkwise.yaml", here / "run", here / "two.pt",
+                            *two_processes_common(data), "batch_size=1"]
+
+
+@pytest.mark.torchrun("two_processes_dmd")
+def test_two_processes_equal_one_with_the_same_global_batch(torchrun, tmp_path):
     """FSDP2 over gloo: losses, final generator and the exported EMA match one process (DMD with a critic)."""
-    common = overrides(tiny_run_data, "prompts.txt", max_iters=2, dfake_gen_update_ratio=1, ema_weight=0.5,
-                       ema_start_step=0)
-    config = TINY / "causal_forcing_dmd_chunkwise.yaml"
-    run_worker([config, tmp_path / "one", tmp_path / "one.pt", *common, "batch_size=2"])
-    run_worker([config, tmp_path / "two", tmp_path / "two.pt", *common, "batch_size=1"], nproc=2)
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    in_process_worker([TINY / "causal_forcing_dmd_chunkwise.yaml", tmp_path / "one", tmp_path / "one.pt",
+                       *two_processes_common(torchrun.data), "batch_size=2"])
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(torchrun("two_processes_dmd") / "two.pt")
     for (s1, l1), (s2, l2) in zip(one["history"], two["history"]):
         assert s1 == s2 and all(abs(l1[k] - l2[k]) <= 1e-5 * max(1.0, abs(l1[k])) for k in l1)
     assert_close_states(one["generator"], two["generator"])
@@ -237,6 +238,7 @@ def reference_losses(tiny_run_data, tmp_path_factory):
     return losses
 
 
+@pytest.mark.long(12)
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGKILL"])
 def test_stopped_run_resumes_exactly_and_its_log_reads_as_one_run(tiny_run_data, reference_losses, tmp_path, sig,
                                                                   capsys):
@@ -350,37 +352,55 @@ def test_diffusion_loss_weighting_bump_or_uniform(tiny_run_data, tmp_path):
     assert loss["bump"] == pytest.approx(w999 * loss["uniform"], rel=1e-4)
 
 
-def test_sharded_checkpoint_saved_by_two_processes_resumes_on_one_and_on_four(tiny_run_data, tmp_path):
+SHARDED = TINY / "causal_ode_chunkwise.yaml"
+
+
+def sharded_common(data):
+    return overrides(data, "ode6", ema_weight=0.5, ema_start_step=0, log_iters=2, lr=1e-3, checkpoint_format="sharded")
+
+
+@job(world=2)
+def sharded_saved_by_two(data, root):
+    here = root / "sharded_saved_by_two"
+    return "train_worker", [SHARDED, here / "run", here / "two.pt", *sharded_common(data), "max_iters=2",
+                            "batch_size=2"]
+
+
+@job(world=4)
+def sharded_resumed_on_four(data, root):
+    here = root / "sharded_resumed_on_four"
+    return "train_worker", [SHARDED, here / "run", here / "resumed.pt", *sharded_common(data), "max_iters=4",
+                            "batch_size=1"], {"copy": (root / "sharded_saved_by_two" / "run", here / "run")}
+
+
+@pytest.mark.torchrun("sharded_saved_by_two", "sharded_resumed_on_four")
+def test_sharded_checkpoint_saved_by_two_processes_resumes_on_one_and_on_four(torchrun, tmp_path):
     """checkpoint_format=sharded (torch.distributed.checkpoint): a run saved at step 2 by 2 processes resumes on
     1 and on 4 (same global batch) with the uninterrupted run's losses, weights and EMA; its generator loads
-    as a checkpoint (what the export reads)."""
+    as a checkpoint (what the export reads). The 2- and 4-process runs are tests/torchrun_jobs.py jobs above."""
     import shutil
 
     from causvid.pipelines.text_to_video import load_dit
 
-    config = TINY / "causal_ode_chunkwise.yaml"
-    common = overrides(tiny_run_data, "ode6", ema_weight=0.5, ema_start_step=0, log_iters=2, lr=1e-3,
-                       checkpoint_format="sharded")
-    in_process_worker([config, tmp_path / "reference", tmp_path / "reference.pt", *common, "max_iters=4",
+    common = sharded_common(torchrun.data)
+    in_process_worker([SHARDED, tmp_path / "reference", tmp_path / "reference.pt", *common, "max_iters=4",
                        "batch_size=4"])
-    run_worker([config, tmp_path / "two", tmp_path / "two.pt", *common, "max_iters=2", "batch_size=2"], nproc=2)
-    saved = tmp_path / "two" / "checkpoint_model_000002"
+    two = torchrun("sharded_saved_by_two")
+    saved = two / "run" / "checkpoint_model_000002"
     assert (saved / "sharded" / ".metadata").exists() and not (saved / "model.pt").exists()
     reference = torch.load(tmp_path / "reference.pt")
-    for world, size in ((1, 4), (4, 1)):
-        run = tmp_path / f"resumed{world}"
-        shutil.copytree(tmp_path / "two", run)
-        args = [config, run, tmp_path / f"resumed{world}.pt", *common, "max_iters=4", f"batch_size={size}"]
-        in_process_worker(args) if world == 1 else run_worker(args, nproc=world)
-        resumed = torch.load(tmp_path / f"resumed{world}.pt")
+    shutil.copytree(two / "run", tmp_path / "resumed1")  # one process: this one
+    in_process_worker([SHARDED, tmp_path / "resumed1", tmp_path / "resumed1.pt", *common, "max_iters=4",
+                       "batch_size=4"])
+    for dump in (tmp_path / "resumed1.pt", torchrun("sharded_resumed_on_four") / "resumed.pt"):
+        resumed = torch.load(dump)
         assert [s for s, _ in resumed["history"]] == [3, 4]
         for (_, expected), (_, got) in zip(reference["history"][2:], resumed["history"]):
             assert got["generator_loss"] == pytest.approx(expected["generator_loss"], rel=1e-5)
         assert_close_states(reference["generator"], resumed["generator"])
         assert_close_states(reference["ema"], resumed["ema"])
-    dit = load_dit(tiny_run_data / "wan", saved)
-    two = torch.load(tmp_path / "two.pt")["generator"]
-    assert_close_states({k: v for k, v in dit.state_dict().items()}, two, tol=0)
+    dit = load_dit(torchrun.data / "wan", saved)
+    assert_close_states({k: v for k, v in dit.state_dict().items()}, torch.load(two / "two.pt")["generator"], tol=0)
 
 
 def test_the_readmes_toy_training_commands_run_as_pasted(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,5 @@
-"""Run a few training steps and dump losses and final weights: used by the tests under torchrun and as a
-plain process (not a test module)."""
+"""Run a few training steps and dump losses and final weights: the tests' torchrun jobs (tests/torchrun_jobs.py)
+and one-process references (test_training.in_process_worker) run it (not a test module)."""
 import sys
 
 import torch
