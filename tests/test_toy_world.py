@@ -97,6 +97,17 @@ def test_wraps_around_for_long_videos():
     assert all(r["all_ok"] and r["frames_with_object"] == 200 and r["area_cv"] < 1e-3 for r in res)
 
 
+def test_a_later_start_is_the_same_video_cut_later():
+    """`later(spec, k)`: frame t of its video is frame t + k of the original (the start moved along the line of
+    motion, wrapped), for every direction, by hand against rendering with start_frame."""
+    from causvid.toy.world import later
+
+    for d in ("left", "right", "up", "down"):
+        spec = VideoSpec("triangle", "blue", d, 16, 16)
+        for k in (0, 5, 21, 40):
+            assert torch.equal(render(later(spec, k), 21), render(spec, 21, start_frame=k)), (d, k)
+
+
 def test_caption_round_trip_and_parsing():
     for spec in sample_specs(100, seed=4):
         text = caption(spec)

@@ -19,7 +19,7 @@ Videos are float tensors ``[T, 3, H, W]`` in ``[-1, 1]`` (:func:`render`), batch
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch
 
 __all__ = [
     "SHAPES", "COLOURS", "DIRECTIONS", "DIRECTION_VECTORS", "BACKGROUND", "CANVAS", "SHAPE_SIZE",
-    "DEFAULT_NUM_FRAMES", "VideoSpec", "sample_spec", "sample_specs", "caption", "parse_caption",
+    "DEFAULT_NUM_FRAMES", "VideoSpec", "sample_spec", "sample_specs", "later", "caption", "parse_caption",
     "render", "render_batch", "dataset", "iter_dataset", "to_uint8",
 ]
 
@@ -107,6 +107,13 @@ def sample_spec(seed, *, canvas: int = CANVAS, size=SHAPE_SIZE, speed=1.0,
 def sample_specs(num_videos: int, seed: int = 0, **kwargs) -> list[VideoSpec]:
     """``num_videos`` specs; spec ``i`` is ``sample_spec((seed, i))``, so a prefix does not depend on the count."""
     return [sample_spec((int(seed), i), **kwargs) for i in range(num_videos)]
+
+
+def later(spec: VideoSpec, frames: float) -> VideoSpec:
+    """The same video cut ``frames`` frames later: the start moved along the line of motion (wrapped)."""
+    dx, dy = DIRECTION_VECTORS[spec.direction]
+    step = spec.speed * frames
+    return replace(spec, x0=(spec.x0 + dx * step) % spec.canvas, y0=(spec.y0 + dy * step) % spec.canvas)
 
 
 def caption(spec: VideoSpec) -> str:
