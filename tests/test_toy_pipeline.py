@@ -59,7 +59,7 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert results["Causal Forcing DMD (chunkwise, 4to2)"]["overrides"] == [
         "denoising_step_list=[1000,500]", "denoising_step_list_per_block=[[1000,750,500,250]]"]
     extracted = json.loads((out / "lora_extraction" / "result.json").read_text())
-    assert list(extracted) == ["4", "8", "16", "32", "64"]
+    assert list(extracted) == ["4", "64"]  # the smallest and largest rank in a smoke run
     assert all(0 <= r["weight_error"] <= 1 and "all_acc" in r for r in extracted.values())
     long = results["Causal Forcing DMD (chunkwise)"]["long_video"]  # overlap vs rolling, same length
     assert set(long) == {"latent_frames", "overlap", "rolling"} and long["overlap"]["drift_all_acc"]

@@ -280,7 +280,8 @@ def _lora_section(out: Path, results: dict, times: dict) -> list:
     lines = ["", "## LoRA students and extracted LoRAs", "",
              "The chunkwise CF DMD student trained in full and as LoRAs of its ODE init (same steps; LoRA at 10x the "
              "learning rate). Trainable parameters and size: the checkpoint's generator entries (a LoRA run's hold "
-             "the adapter alone) and its model.pt (EMA included); steps/s: the stage's training steps over its "
+             "the adapter alone) and its model.pt (the EMA and the critic, trained in full, included); steps/s: the stage's "
+             "training steps over its "
              "seconds (stages run side by side, one thread each).", "",
              "| student | trainable parameters | checkpoint | steps/s | colour | shape | direction | all |",
              "|---|---|---|---|---|---|---|---|"]

@@ -339,15 +339,16 @@ class ToyPipeline:
         from causvid.toy.evaluate import has_ema, judge_loras
 
         out = folder / "lora.safetensors"
+        ranks = LORA_EXTRACT_RANKS[::len(LORA_EXTRACT_RANKS) - 1] if self.smoke else LORA_EXTRACT_RANKS  # --quick
         command = [sys.executable, "-m", "causvid.export", "--wan_model_path", str(teacher), "--checkpoint_path",
-                   str(student), "--to", "lora", "--rank", ",".join(map(str, LORA_EXTRACT_RANKS)), "--out", str(out),
+                   str(student), "--to", "lora", "--rank", ",".join(map(str, ranks)), "--out", str(out),
                    *(["--use_ema"] if has_ema(student) else [])]
         done = subprocess.run(command, capture_output=True, text=True)
         print(done.stdout + done.stderr, flush=True)
         if done.returncode:
             raise RuntimeError(f"[{folder.name}] {' '.join(command)} failed: {done.stderr.strip()[-500:]}")
-        judge_loras(folder, config, teacher, {rank: out.with_name(f"lora_rank{rank}.safetensors")
-                                              for rank in LORA_EXTRACT_RANKS}, self.budget, self.seed)
+        judge_loras(folder, config, teacher, {rank: out.with_name(f"lora_rank{rank}.safetensors") for rank in ranks},
+                    self.budget, self.seed)
 
     def gather(self, folder, parts):
         from causvid.toy.evaluate import gather
