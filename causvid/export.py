@@ -21,17 +21,12 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from causvid.errors import ArgumentParser, UsageError, run_cli
-from causvid.models.lora import is_linear_weight, lora_deltas, lora_tensors, save_lora, svd, weight_deltas
-from causvid.models.wan.checkpoints import read_folder_config
 from causvid.pipelines.cli import _training_config
-from causvid.pipelines.text_to_video import check_wan_folder, load_dit
-from causvid.runtime import pick_device
-from causvid.tiny_wan.dit import write_diffusers_dit, write_wan_dit
-from causvid.training.checkpointing import latest_checkpoint
+from causvid.runtime import check_device_name, check_wan_folder
+
+# torch and the model code are imported where they are used, once the flags are checked: `--help` and a bad flag,
+# path or rank answer at once (tests/test_startup.py)
 
 DEFAULT_RANK = 32  # the rank the published CausVid / Self-Forcing LoRAs of Wan2.1-14B use
 
@@ -59,6 +54,8 @@ def resolve_checkpoint(path) -> Path:
     if path.is_dir() and (path / "model.pt").is_file():
         return path / "model.pt"
     if path.is_dir() and any(path.glob("checkpoint_model_*")):
+        from causvid.training.checkpointing import latest_checkpoint
+
         latest = latest_checkpoint(path)
         if latest is None:
             raise UsageError(f"--checkpoint_path {path}: a run folder without a complete checkpoint_model_XXXXXX")
@@ -68,6 +65,8 @@ def resolve_checkpoint(path) -> Path:
 
 def metadata(args, checkpoint, extra=None) -> dict:
     """safetensors metadata (strings): what was exported from what, and the run's config when it is known."""
+    from causvid.models.wan.checkpoints import read_folder_config
+
     meta = {"causvid.export": args.to, "causvid.base": str(Path(args.wan_model_path).resolve()),
             "causvid.base_config": json.dumps(read_folder_config(args.wan_model_path) or {}, sort_keys=True),
             "causvid.checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
@@ -80,6 +79,8 @@ def metadata(args, checkpoint, extra=None) -> dict:
 
 def fixed_input(model, seed: int = 0) -> tuple:
     """A small bidirectional forward's input: 2 latent frames of 2x2 patches, t = 500, a short random prompt."""
+    import torch
+
     c = model.config
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 2 * c.patch_size[0], c.in_dim, 2 * c.patch_size[1], 2 * c.patch_size[2], generator=gen)
@@ -87,10 +88,12 @@ def fixed_input(model, seed: int = 0) -> tuple:
     return x, torch.tensor([500.0]), context
 
 
-@torch.no_grad()
 def output(model, inputs):
+    import torch
+
     x, t, context = inputs
-    return model(x.to(model.device, model.dtype), t.to(model.device), context.to(model.device, model.dtype)).float()
+    with torch.no_grad():
+        return model(x.to(model.device, model.dtype), t.to(model.device), context.to(model.device, model.dtype)).float()
 
 
 def relative(a, b) -> float:
@@ -100,6 +103,12 @@ def relative(a, b) -> float:
 
 def export_lora(args, student, checkpoint, ranks, out: Path, device) -> list:
     """Write one LoRA file per rank; print each rank's errors; the files written."""
+    import torch
+    from tqdm import tqdm
+
+    from causvid.models.lora import is_linear_weight, lora_deltas, lora_tensors, save_lora, svd, weight_deltas
+    from causvid.pipelines.text_to_video import load_dit
+
     if checkpoint is None:
         raise UsageError("--to lora needs --checkpoint_path: a LoRA is the student's difference from the Wan "
                          "folder's DiT, and without a checkpoint there is none")
@@ -167,6 +176,13 @@ def main(argv=None) -> int:
         raise UsageError(f"--out {out} exists; remove it or choose another path (nothing is overwritten)")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+    check_device_name(args.device)
+    import torch  # the flags hold: now the model code
+
+    from causvid.pipelines.text_to_video import load_dit
+    from causvid.runtime import pick_device
+    from causvid.tiny_wan.dit import write_diffusers_dit, write_wan_dit
+
     device = pick_device(args.device)
     student = load_dit(wan, checkpoint, use_ema=args.use_ema, dtype=torch.float32, device=device).eval()
     dtype = getattr(torch, args.dtype)

@@ -80,6 +80,8 @@ CLIS = {
     "merge_json": _cli("distillation_data/merge_json.py",
                        ["--input1", NOPE, "--input2", NOPE, "--output", "/tmp/x.json"],
                        ["--input1", NOPE, "--input2", NOPE, "--output", "/tmp/x.json", "--mode", "mix"]),
+    "export": _cli("-m causvid.export", ["--wan_model_path", NOPE, "--to", "wan", "--out", "/tmp/x"],
+                   ["--wan_model_path", "checkpoints/toy", "--to", "lora", "--rank", "0", "--out", "/tmp/x.safetensors"]),
     "toy.pipeline": _cli("-m causvid.toy.pipeline", ["--out", "/etc/hostname"], ["--workers", "0"]),
     "toy.streaming": _cli("-m causvid.toy.streaming", ["--checkpoint", NOPE], ["--strengths", "a,b"]),
     "make_tiny_wan": _cli("-m scripts.make_tiny_wan", ["/etc/hostname/tiny"], ["/tmp/x", "--layout", "onnx"]),

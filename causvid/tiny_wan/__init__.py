@@ -6,13 +6,16 @@ whole inference path can be smoke-tested on any machine without downloads.
 """
 from pathlib import Path
 
-from .dit import random_dit, write_diffusers_dit, write_wan_dit
-from .text_encoder import write_tiny_text_encoder
-from .vae import write_tiny_vae
+# The submodules import on use: `causvid.tiny_wan.dit` (the DiT writers, which the export CLI uses) must not pull
+# in transformers and diffusers, seconds of imports that only the text encoder and VAE writers need.
 
 
 def write_tiny_wan(folder, layout: str = "wan", preset: str = "tiny", seed: int = 0) -> Path:
     """DiT (+ config.json), VAE and umT5 encoder + tokenizer, random weights. Text width matches the DiT's."""
+    from .dit import random_dit, write_diffusers_dit, write_wan_dit
+    from .text_encoder import write_tiny_text_encoder
+    from .vae import write_tiny_vae
+
     if layout not in ("wan", "diffusers"):
         raise ValueError(f"layout must be 'wan' or 'diffusers', got {layout!r}")
     folder = Path(folder)
