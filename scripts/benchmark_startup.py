@@ -87,6 +87,7 @@ CLIS = {
     "make_tiny_wan": _cli("-m scripts.make_tiny_wan", ["/etc/hostname/tiny"], ["/tmp/x", "--layout", "onnx"]),
     "benchmark_threads": _cli("-m scripts.benchmark_threads", ["--prompt_file_path", NOPE], ["--threads", "0"]),
     "benchmark_startup": _cli("-m scripts.benchmark_startup", ["--repo", NOPE], ["--runs", "0"]),
+    "benchmark_memory": _cli("-m scripts.benchmark_memory", ["--plan", "--plan_from", NOPE], ["--budget_gb", "x"]),
     "benchmark_training": _cli("-m scripts.benchmark_training", ["--stages", NOPE], ["--steps", "x"]),
     "device_check": _cli("-m scripts.device_check", ["--smoke", "--out", "/etc/hostname/x.json"],
                          ["--out", "/tmp/x.json", "--repeats", "0"]),
