@@ -3,8 +3,8 @@
 Run by hand (not in CI; it takes about an hour on two cores), from the repo root:
 
     pip install -r requirements-dev.txt           # mutmut
-    python scripts/mutation_score.py              # every file in TARGETS
-    python scripts/mutation_score.py causvid/flow.py --workdir /tmp/mut
+    python -m scripts.mutation_score              # every file in TARGETS
+    python -m scripts.mutation_score causvid/flow.py --workdir /tmp/mut
 
 For each file it copies the repo into `<workdir>/<file>/`, runs `mutmut run` there with only that file mutated
 and only the test files that cover it selected (mutmut narrows further, per mutated function, to the tests that
