@@ -22,11 +22,9 @@ from causvid.pipelines.measure import PeakMemory, _sync, stats, timed_latents, t
 from causvid.pipelines.rollout import causal_rollout, few_step_sampler
 from causvid.pipelines.speed import SpeedOptions, apply_speed_options, compile_blocks, sdpa_kernel
 from causvid.threads import use_threads
-from scripts.benchmark_inference import Settings, mode_block, ratios
+from scripts.benchmark_inference import _DRIVER_NAMES, Settings, mode_block, ratios
 
-__all__ = ["build_dit", "random_inputs", "build_skyreels", "build_vae", "ours", "theirs", "skyreels_rollout",
-           "pixel_frames", "bench_mode", "vae_only", "environment", "run", "flop_figures", "PeakMemory", "_sync",
-           "stats", "timed_latents"]
+__all__ = list(_DRIVER_NAMES)  # the names benchmark_inference hands on to its users
 
 # ----------------------------------------------------------------------------------------------------------------
 # Models
