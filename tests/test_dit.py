@@ -230,6 +230,8 @@ def test_cache_rejects_out_of_order_and_overflow():
         model(x, t, c, cache=cache, start_frame=0)
         with pytest.raises(ValueError, match="neither the next block nor a repeat"):
             model(x, t, c, cache=cache, start_frame=5)
+        with pytest.raises(ValueError, match=r"^KV cache made for batch 1; this call has batch 2$"):
+            model(x.expand(2, -1, -1, -1, -1), t, c.expand(2, -1, -1), cache=cache, start_frame=1)
         model(x, t, c, cache=cache, start_frame=1)
         with pytest.raises(ValueError, match="at most 2 frames"):
             model(x, t, c, cache=cache, start_frame=2)

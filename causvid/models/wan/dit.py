@@ -288,7 +288,7 @@ class WanDiT(nn.Module):
         if cache is not None:
             if clean_x is not None:
                 raise ValueError("teacher forcing (clean_x) and a KV cache cannot be combined")
-            cache.begin(start_frame, grid[0], frame_tokens, x.device)
+            cache.begin(start_frame, grid[0], frame_tokens, x.device, batch=x.shape[0])
             if cache.rope_frames() is not None:  # positions inside the window: queries' and keys' (see KVCache)
                 rope = tuple(r for positions in cache.rope_frames() for r in rope_angles_at(
                     positions.to(x.device), grid[1], grid[2], self.config.head_dim))

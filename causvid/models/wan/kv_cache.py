@@ -123,8 +123,11 @@ class KVCache:
             raise ValueError("only a rolling window (local_attn_size) has a sink to move")
         self.sink_start = frame
 
-    def begin(self, start_frame: int, num_frames: int, frame_tokens: int, device) -> None:
-        """Validate a call for frames [start_frame, start_frame + num_frames) and prepare its slot writes."""
+    def begin(self, start_frame: int, num_frames: int, frame_tokens: int, device, batch: int = None) -> None:
+        """Validate a call for frames [start_frame, start_frame + num_frames) (of `batch` videos, when given) and
+        prepare its slot writes."""
+        if batch is not None and batch != self.batch_size:
+            raise ValueError(f"KV cache made for batch {self.batch_size}; this call has batch {batch}")
         if self.frame_tokens is not None and frame_tokens != self.frame_tokens:
             raise ValueError(f"KV cache holds {self.frame_tokens} tokens per frame; this call has {frame_tokens} "
                              "(a different latent resolution needs a new cache)")
