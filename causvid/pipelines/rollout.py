@@ -227,20 +227,19 @@ class _Stream:
 
     def _forget_evicted(self):
         """Keep the refresh inputs of the blocks whose frames the (rolling) cache still holds."""
-        cache = self.cache
-        if not cache.rolling:
+        if not self.cache.rolling:
             return
-        oldest_kept = cache.frames_end - (cache.capacity - cache.sink_size)
-        sink = range(cache.sink_start, cache.sink_start + cache.sink_size)
-        keep = [i for i, s in enumerate(self.starts) if s in sink or s >= oldest_kept]
-        self._keep(keep)
+        # the cache's slots say it (after a re-sink the newest block is the sink: the oldest frames are not
+        # always the ones a new block overwrites)
+        held = set(self.cache.held_frames())
+        self._keep([i for i, s in enumerate(self.starts) if s in held])
 
     def _keep(self, indices):
         """Keep these blocks' refresh inputs (the others left the window)."""
         self.done, self.done_t, self.starts = ([xs[i] for i in indices] for xs in (self.done, self.done_t,
                                                                                    self.starts))
 
-    def switch(self, context, recache, resink=False):
+    def switch(self, context, recache, resink):
         """A new prompt: only the cross-attention (recache False), or every cached frame written again under it
         (LongLive's re-cache: one refresh pass per block still in the window, at its own positions, the sink
         included, each block seeing the re-cached blocks before it). resink: the old sink's frames are dropped
