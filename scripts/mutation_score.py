@@ -32,6 +32,7 @@ TARGETS = {
                                    CD + "test_cd_loss_equals_a_hand_computation_from_wandit_calls",
                                    CD + "test_cd_loss_boundary_takes_the_euler_result_as_target"],
     "causvid/training/stages.py": ["tests/test_losses_by_hand.py", "tests/test_training_fidelity.py",
+                                   "tests/test_stage_errors.py",
                                    CD + "test_cd_loss_equals_a_hand_computation_from_wandit_calls",
                                    CD + "test_cd_draws_one_grid_level_per_video",
                                    "tests/test_long_rollout.py::test_window_choices_and_bad_lengths",

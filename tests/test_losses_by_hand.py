@@ -134,9 +134,10 @@ def test_ode_regression_causvid_layout_by_hand_with_a_clean_block():
 
     (call,) = gen.calls
     t = call["t"]
-    assert (t == t[:, [0, 0, 0, 3, 3, 3]]).all()  # one level per block
+    assert (t == t[:, [0, 0, 0, 3, 3, 3]]).all() and (t[:, 0] != t[:, 3]).any()  # one level per block
     assert set(t.flatten().tolist()) <= set(slots) and (t == 0).any() and (t != 0).sum() >= 6
-    assert call["clean_x"] is None
+    assert call["clean_x"] is None and call["context"] is batch["context"]
+    assert (call["causal"], call["num_frame_per_block"], call["independent_first_frame"]) == (True, 3, False)
     expected_x = torch.stack([torch.stack([ode[b, slots[float(t[b, f])], f] for f in range(6)]) for b in range(4)])
     assert torch.equal(call["x"], expected_x)
     s = bcast(hand_sigma(t, 8.0))
@@ -146,6 +147,8 @@ def test_ode_regression_causvid_layout_by_hand_with_a_clean_block():
     assert loss.item() == pytest.approx(err[keep].mean().item(), rel=1e-5)
     assert err[~keep].min() > 1e-2  # the masked frames would have counted
     torch.testing.assert_close(stage.last_output.double(), pred, rtol=1e-5, atol=1e-5)
+    stage.generator_loss(Models(gen), batch, step=2)
+    assert not torch.equal(gen.calls[-1]["t"], t)  # drawn afresh every step
 
 
 def test_ode_regression_causal_forcing_layout_by_hand():
@@ -161,6 +164,7 @@ def test_ode_regression_causal_forcing_layout_by_hand():
     (call,) = gen.calls
     t = call["t"]
     assert (t == t[:, :1]).all() and len(set(t[:, 0].tolist())) > 1  # one level per video
+    assert call["context"] is batch["context"] and call["causal"] is True and call["num_frame_per_block"] == 3
     slot = [min(range(4), key=lambda i: abs(levels[i] - float(tb))) for tb in t[:, 0]]
     assert all(abs(levels[i] - float(tb)) < 1e-3 for i, tb in zip(slot, t[:, 0]))
     expected_x = torch.stack([ode[b, slot[b]] for b in range(4)])
