@@ -370,3 +370,38 @@ def test_dmd_timesteps_by_hand():
     expected = (1000 * 5 * k / (1 + 4 * k)).clamp(20, 980).expand(-1, 6)
     torch.testing.assert_close(t.double(), expected, rtol=1e-6, atol=1e-4)
     assert ((t > 20) & (t < 980)).any()  # not all at a clamp
+
+
+# -- the draws' keys ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in TINY.glob("*.yaml") if "14b" not in p.stem))
+def test_every_draw_is_keyed_by_its_step_and_no_two_draws_share_a_key(name, monkeypatch):
+    """The contract of `causvid.rng`: every random draw of a step is keyed by (seed, step, ..., purpose, sample)
+    (the same whatever the batch or process layout, fresh at every step), and no two draws of a step, the
+    generator's and the critic's updates together, share a key (they would be the same noise). The purposes'
+    names are free (any distinct name keys an independent draw)."""
+    from collections import Counter
+
+    from causvid import rng
+    from causvid.tiny_wan.dit import random_dit
+
+    keys, real_generator = [], rng.generator
+    monkeypatch.setattr(rng, "generator", lambda *key: keys.append(key) or real_generator(*key))
+    stage = stage_of(name)
+    cfg = stage.cfg
+    shape = list(cfg.image_or_video_shape)[1:]
+    batch = {"samples": [3, 8], "clean": latents(2, *shape, seed=1), "context": latents(2, 16, 32, seed=2),
+             "negative": latents(2, 16, 32, seed=3)}
+    if stage.data == "ode":
+        slots = len(stage.times) + (2 if stage.layout == "causal_forcing" else 0)
+        batch["ode"] = latents(2, slots, *shape, seed=4)
+    model = random_dit("tiny", seed=0, text_len=16)
+    models = Models(model, fake_score=model, real_score=model, teacher=model, target=model)
+    with torch.no_grad():
+        stage.generator_loss(models, batch, step=7)
+        if stage.has_critic:
+            stage.critic_loss(models, batch, step=7)
+    assert keys and all(key[:2] == (cfg.seed, 7) for key in keys), keys
+    # the one key read more than once: a rollout's exit step (same_step_across_blocks), read again for each block
+    repeated = {k for k, c in Counter(keys).items() if c > 1}
+    assert repeated <= {(cfg.seed, 7, role, "exit") for role in ("generator", "critic")}, repeated
