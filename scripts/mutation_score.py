@@ -41,7 +41,7 @@ TARGETS = {
     "causvid/pipelines/rollout.py": ["tests/test_rollout.py", "tests/test_losses_by_hand.py",
                                      "tests/test_training_fidelity.py", "tests/test_stream.py",
                                      "tests/test_serve_cfg.py", "tests/test_long_rollout.py"],
-    "causvid/pipelines/stream.py": ["tests/test_stream.py"],
+    "causvid/pipelines/stream.py": ["tests/test_stream.py", "tests/test_stream_cli.py"],
     "causvid/models/wan/kv_cache.py": ["tests/test_dit.py", "tests/test_rollout.py", "tests/test_stream.py"],
     "causvid/models/wan/attention.py": ["tests/test_dit.py", "tests/test_rollout.py"],
 }
