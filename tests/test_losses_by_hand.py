@@ -202,6 +202,7 @@ def test_dmd_causvid_data_input_by_hand():
     t = call["t"]
     levels = [1000.0, 757.0, 522.0, 0.0]
     assert (t == t[:, [0, 0, 0, 3, 3, 3]]).all() and set(t.flatten().tolist()) <= set(levels)
+    assert call["context"] is batch["context"] and (call["causal"], call["num_frame_per_block"]) == (True, 3)
     assert len(set(t.flatten().tolist())) >= 3
     x = torch.empty_like(clean, dtype=torch.float64)
     for b in range(3):
@@ -218,30 +219,36 @@ def test_dmd_causvid_data_input_by_hand():
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_dmd_backward_simulation_input_by_hand():
+@pytest.mark.parametrize("clean_level", [False, True])
+def test_dmd_backward_simulation_input_by_hand(clean_level):
     """Bidirectional DMD with backward simulation: the generator's own no-grad run from noise over [1000, 757,
     522] (x0 = x - s v, re-noised to the next level), then one level per video whose state (the input the run
-    saw there) is denoised once more with gradient."""
-    stage = stage_of("wan_bidirectional_dmd")
-    batch = {"samples": [0, 1, 2, 3], "context": latents(4, 16, 32, seed=12)}
+    saw there) is denoised once more with gradient. A trailing 0 in the list (CausVid's) makes the run's clean
+    end a level too, denoised at the grid's smallest sigma."""
+    stage = stage_of("wan_bidirectional_dmd", *(["denoising_step_list=[1000,757,522,0]"] if clean_level else []))
+    batch = {"samples": [0, 1, 2, 3, 4, 5, 6, 7], "context": latents(8, 16, 32, seed=12)}
     gen = Recorder(pattern)
     out = stage.generate(Models(gen), batch, step=4)
+    assert all(c["context"] is batch["context"] and c["causal"] is False for c in gen.calls)
 
     levels = [1000.0, 757.0, 522.0]
     frames = stage.shape[0]
-    x = stage.noise(torch.empty(4, *stage.shape), batch, 4, "generator", "noise").double()
+    x = stage.noise(torch.empty(8, *stage.shape), batch, 4, "generator", "noise").double()
     states = []
     for i, level in enumerate(levels):
         states.append(x)
-        x0 = x - float(hand_sigma(level, 8.0)) * pattern(x.float(), torch.full((4, frames), level)).double()
+        x0 = x - float(hand_sigma(level, 8.0)) * pattern(x.float(), torch.full((8, frames), level)).double()
         if i + 1 < len(levels):
             n = stage.noise(x0, batch, 4, "generator", "sim", 0, i).double()
             s = float(hand_sigma(levels[i + 1], 8.0))
             x = (1 - s) * x0 + s * n
     assert [float(c["t"][0, 0]) for c in gen.calls[:3]] == levels
+    if clean_level:
+        levels, states = levels + [0.0], states + [x0]
     t = gen.calls[-1]["t"]
-    assert (t == t[:, :1]).all() and len(gen.calls) == 4 and not gen.calls[-1]["causal"]
-    pick = torch.stack([states[levels.index(float(t[b, 0]))][b] for b in range(4)])
+    assert (t == t[:, :1]).all() and len(gen.calls) == 4
+    assert set(t[:, 0].tolist()) == set(levels)  # every level drawn in this batch, 0 included
+    pick = torch.stack([states[levels.index(float(t[b, 0]))][b] for b in range(8)])
     torch.testing.assert_close(gen.calls[-1]["x"].double(), pick, rtol=1e-5, atol=1e-5)
     expected = pick - bcast(hand_sigma(t, 8.0)) * pattern(gen.calls[-1]["x"], t).double()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
