@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # file -> the tests that cover it, kept narrow (each mutant then runs only those of them that call the mutated
 # function): the hand-computation and fidelity tests, not the slow end-to-end training runs
 CD = "tests/test_consistency.py::"
+MEMORY = "tests/test_memory.py::"  # not its torchrun test: other processes are not traced
 TARGETS = {
     "causvid/flow.py": ["tests/test_flow.py", "tests/test_losses_by_hand.py"],
     "causvid/training/losses.py": ["tests/test_losses_by_hand.py", "tests/test_training_fidelity.py",
@@ -42,8 +43,14 @@ TARGETS = {
                                      "tests/test_training_fidelity.py", "tests/test_stream.py",
                                      "tests/test_serve_cfg.py", "tests/test_long_rollout.py"],
     "causvid/pipelines/stream.py": ["tests/test_stream.py", "tests/test_stream_cli.py"],
-    "causvid/models/wan/kv_cache.py": ["tests/test_dit.py", "tests/test_rollout.py", "tests/test_stream.py"],
-    "causvid/models/wan/attention.py": ["tests/test_dit.py", "tests/test_rollout.py"],
+    "causvid/models/wan/kv_cache.py": ["tests/test_dit.py", "tests/test_rollout.py", "tests/test_stream.py",
+                                       "tests/test_serve_cfg.py", "tests/test_training_fidelity.py",
+                                       "tests/test_long_rollout.py", *(MEMORY + name for name in (
+                                           "test_checkpointed_cached_rollout_gives_the_same_gradients",
+                                           "test_checkpointed_rollout_holds_the_layer_input_and_the_cache_per_"
+                                           "token_and_layer",
+                                           "test_long_rollout_holds_the_layer_input_and_each_read_value_once"))],
+    "causvid/models/wan/attention.py": ["tests/test_dit.py", "tests/test_rollout.py", "tests/test_stream.py"],
 }
 SKIP = {".git", "docs", "mutants", "README.md", "__pycache__", "runs", "outputs"}  # not needed by the tests
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault")
