@@ -226,3 +226,62 @@ def test_resink_makes_the_first_block_under_the_new_prompt_the_sink(toy):
     session.next_block()
     assert cache.sink_start == 12 and sorted(cache.held_frames()) == list(range(12, 18))
     assert [s for s in session.rollout.streams[0].starts] == [12, 15]
+
+
+def test_the_many_step_teachers_sampler_is_wans_unipc_with_its_guidance():
+    """A config without a step list (the AR-diffusion teacher) samples with Wan's UniPC over its
+    num_inference_steps at its shift (the model fed diffusers' timesteps for that schedule) and CFG at its
+    guidance_scale; it cannot do video-to-video, which needs the student's steps."""
+    import numpy as np
+    from diffusers import UniPCMultistepScheduler
+
+    from causvid.pipelines.stream import make_sampler
+
+    cfg = load_config(ROOT / "configs" / "tiny" / "ar_diffusion_tf_chunkwise.yaml", overrides=["num_inference_steps=7"])
+    sampler, guidance = make_sampler(cfg, torch.Generator())
+    fed = []
+    sampler(lambda x, t: fed.append(float(t[0, 0])) or -x, torch.ones(1, 3, 1, 1, 1), 0)
+    sched = UniPCMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction",
+                                    use_flow_sigmas=True, flow_shift=5.0)
+    sched.set_timesteps(sigmas=np.linspace(0.999, 0, 8)[:-1])
+    assert fed == [float(t) for t in sched.timesteps] and guidance == 3.0
+    with pytest.raises(ValueError, match=r"^video-to-video needs a few-step student \(a config with "
+                                         r"denoising_step_list\)$"):
+        make_sampler(cfg, torch.Generator(), below=500.0)
+
+
+@pytest.mark.parametrize("config, strength, message", [
+    ("ar_diffusion_tf_chunkwise", 0.5,
+     "--strength: video-to-video needs a few-step student (a config with denoising_step_list)"),
+    ("causal_forcing_dmd_chunkwise", 0.0, "--strength 0.0: give a fraction of the noise schedule in (0, 1]"),
+    ("causal_forcing_dmd_chunkwise", 1.5, "--strength 1.5: give a fraction of the noise schedule in (0, 1]"),
+    ("causal_forcing_dmd_chunkwise", 0.2, "--strength 0.2: the student has 4 steps, so the smallest strength that "
+                                          "runs one is 0.25; give a strength in [0.25, 1]"),
+])
+def test_a_strength_the_student_cannot_run_is_one_line(config, strength, message):
+    from causvid.errors import UsageError
+    from causvid.pipelines.stream import strength_timestep
+
+    with pytest.raises(UsageError) as error:
+        strength_timestep(load_config(ROOT / "configs" / "tiny" / f"{config}.yaml"), strength)
+    assert str(error.value) == message
+
+
+def test_set_prompt_takes_the_sessions_defaults_unless_told(toy):
+    """recache / resink given to set_prompt override the session's; left out, the session's apply."""
+    comp, cfg = toy
+    noise = noise_of(12)
+    session = StreamSession(comp, cfg, A, noise=noise, generator=torch.Generator().manual_seed(7), recache=False)
+    blocks = [session.next_block(), session.next_block()]
+    session.set_prompt(B, recache=True)
+    got = torch.cat([b.latents for b in blocks + list(session)], dim=1)
+    assert (got - by_hand(comp, cfg, noise, switch_block=2, recache=True)).abs().max() <= 1e-5
+    sinks = []
+    for kw in (dict(), dict(resink=False)):  # the session's default: re-sink
+        session = StreamSession(comp, cfg, A, seed=1, local_attn_size=6, sink_size=3)
+        for _ in range(4):
+            session.next_block()
+        session.set_prompt(B, **kw)
+        session.next_block()
+        sinks.append(session.rollout.streams[0].cache.sink_start)
+    assert sinks == [12, 0]
