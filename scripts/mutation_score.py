@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # file -> the tests that cover it, kept narrow (each mutant then runs only those of them that call the mutated
 # function): the hand-computation and fidelity tests, not the slow end-to-end training runs
 CD = "tests/test_consistency.py::"
-MEMORY = "tests/test_memory.py::"  # not its torchrun test: other processes are not traced
+# (not test_memory.py's torchrun test: mutmut does not trace other processes)
+MEMORY = "tests/test_memory.py::"
 TARGETS = {
     "causvid/flow.py": ["tests/test_flow.py", "tests/test_losses_by_hand.py"],
     "causvid/training/losses.py": ["tests/test_losses_by_hand.py", "tests/test_training_fidelity.py",
