@@ -83,6 +83,24 @@ def test_prompt_switch_equals_the_hand_reference(toy, recache):
     assert (got[:, 6:] - other[:, 6:]).abs().max() > 1e-3  # re-cache changes what follows
 
 
+def test_a_session_with_given_first_frames_equals_the_batch_rollout(toy):
+    """I2V: the given first block (any dtype) comes back as the first block, in the model's dtype, and the
+    blocks after it equal the batch rollout given the same frames."""
+    comp, cfg = toy
+    noise, image = noise_of(9), noise_of(3, seed=5).double()
+    blocks = list(StreamSession(comp, cfg, A, noise=noise, initial_latent=image,
+                                generator=torch.Generator().manual_seed(7)))
+    assert [b.start for b in blocks] == [0, 3, 6] and all(b.latents.dtype == torch.float32 for b in blocks)
+    assert torch.equal(blocks[0].latents, image.float())
+    with torch.no_grad():
+        expected = causal_rollout(comp.dit, noise, comp.text_encoder.encode([A]), num_frame_per_block=3,
+                                  grid=generator_grid(cfg), initial_latent=image.float(),
+                                  sampler=few_step_sampler(denoising_steps(cfg), grid=generator_grid(cfg),
+                                                           generator=torch.Generator().manual_seed(7)))
+        expected = torch.cat([x for _, x in expected], dim=1)
+    assert (torch.cat([b.latents for b in blocks], dim=1) - expected).abs().max() <= 1e-6
+
+
 def test_endless_session_keeps_a_bounded_window(toy):
     """No num_frames: a rolling window of 6 frames with a 3-frame sink. Its first two blocks equal a finite
     session's (the window is not full yet), and over 8 blocks, a re-cache included, the cache keeps one shape."""
@@ -178,10 +196,10 @@ def test_v2v_equals_a_hand_sdedit_reference(toy, strength, steps):
     comp, cfg = toy
     noise, source = noise_of(6), noise_of(6, seed=11)
     session = StreamSession(comp, cfg, B, noise=noise, generator=torch.Generator().manual_seed(7),
-                            input_latents=source, strength=strength)
+                            input_latents=source.double(), strength=strength)  # any dtype in: the model's out
     got = torch.cat([b.latents for b in session], dim=1)
     expected, hand_steps = sdedit_by_hand(comp, source, noise, strength, B, seed=7)
-    assert len(hand_steps) == steps
+    assert len(hand_steps) == steps and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # float32 rounding of two evaluation orders
     assert (got - source).abs().mean() < (got - noise).abs().mean() or strength > 500  # T = 500 keeps the input
 
