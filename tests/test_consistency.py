@@ -67,6 +67,7 @@ def test_cd_loss_equals_a_hand_computation_from_wandit_calls():
     expected = (student_x0 - target_x0).pow(2).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.item() > 1e-3  # not trivially zero
+    torch.testing.assert_close(stage.last_output, student_x0.float(), rtol=1e-5, atol=1e-5)  # what is visualised
 
     loss.backward()  # the gradient reaches the student alone
     assert all(p.grad is not None for p in student.parameters())

@@ -37,6 +37,8 @@ SLOTS = ("ODE rows have {} slot(s); ode_layout {} with the step list {} needs {}
      "consistency_distillation needs a causal generator (causal: true): it is teacher-forced"),
     ("causal_cd_chunkwise", "ema_weight=1",
      "ema_weight=1.0: consistency distillation needs an EMA target; set 0 < ema_weight < 1 (Causal Forcing: 0.99)"),
+    ("causal_cd_chunkwise", "ema_weight=0",
+     "ema_weight=0.0: consistency distillation needs an EMA target; set 0 < ema_weight < 1 (Causal Forcing: 0.99)"),
     ("causal_cd_chunkwise", "discrete_cd_N=1", "discrete_cd_N=1: need at least 2 grid levels (Causal Forcing: 48)"),
 ])
 def test_a_bad_stage_setting_is_one_line_naming_it(config, override, message):
@@ -60,3 +62,9 @@ def test_ode_rows_take_the_layouts_slot_counts():
         with pytest.raises(ConfigError) as error:
             stage.check_slots(slots) if where is None else stage.check_slots(slots, where)
         assert str(error.value) == expected
+
+
+def test_the_edges_of_the_ranges_are_allowed():
+    """The smallest grid consistency distillation runs on (2 levels), EMA weights just inside (0, 1)."""
+    for overrides in (["discrete_cd_N=2"], ["ema_weight=0.001"], ["ema_weight=0.999"]):
+        assert make_stage(load_config(TINY / "causal_cd_chunkwise.yaml", overrides=overrides))
