@@ -303,3 +303,28 @@ def test_set_prompt_takes_the_sessions_defaults_unless_told(toy):
         session.next_block()
         sinks.append(session.rollout.streams[0].cache.sink_start)
     assert sinks == [12, 0]
+
+
+def test_a_block_reports_its_sampling_and_decoding_time(toy, monkeypatch):
+    """latent_seconds: from the block's start to its latents; decode_seconds: from there to its pixels (a fake
+    clock that advances 3 s, then 7 s)."""
+    import causvid.pipelines.stream as stream
+
+    comp, cfg = toy
+    session = StreamSession(comp, cfg, A, num_frames=3, seed=1)
+    ticks = iter([100.0, 103.0, 110.0])
+    monkeypatch.setattr(stream.time, "perf_counter", lambda: next(ticks))
+    block = session.next_block()
+    assert (block.latent_seconds, block.decode_seconds) == (3.0, 7.0)
+
+
+def test_a_bfloat16_model_streams_in_bfloat16_whatever_the_noise_dtype(toy):
+    """The session casts what it is given (noise of another dtype) and what it draws to the model's dtype."""
+    import copy
+
+    comp, cfg = toy
+    half = copy.copy(comp)
+    half.dit = copy.deepcopy(comp.dit).to(torch.bfloat16)
+    for kw in (dict(noise=noise_of(3).double()), dict(num_frames=3, seed=1)):
+        block = StreamSession(half, cfg, A, **kw).next_block()
+        assert block.latents.dtype == torch.bfloat16 and torch.isfinite(block.latents.float()).all()
