@@ -44,14 +44,16 @@ TARGETS = {
                                      "tests/test_training_fidelity.py", "tests/test_stream.py",
                                      "tests/test_serve_cfg.py", "tests/test_long_rollout.py"],
     "causvid/pipelines/stream.py": ["tests/test_stream.py", "tests/test_stream_cli.py"],
-    "causvid/models/wan/kv_cache.py": ["tests/test_dit.py", "tests/test_rollout.py", "tests/test_stream.py",
+    "causvid/models/wan/kv_cache.py": ["tests/test_kv_cache.py", "tests/test_dit.py", "tests/test_rollout.py",
+                                       "tests/test_stream.py",
                                        "tests/test_serve_cfg.py", "tests/test_training_fidelity.py",
                                        "tests/test_long_rollout.py", *(MEMORY + name for name in (
                                            "test_checkpointed_cached_rollout_gives_the_same_gradients",
                                            "test_checkpointed_rollout_holds_the_layer_input_and_the_cache_per_"
                                            "token_and_layer",
                                            "test_long_rollout_holds_the_layer_input_and_each_read_value_once"))],
-    "causvid/models/wan/attention.py": ["tests/test_dit.py", "tests/test_rollout.py", "tests/test_stream.py"],
+    "causvid/models/wan/attention.py": ["tests/test_kv_cache.py", "tests/test_dit.py", "tests/test_rollout.py",
+                                        "tests/test_stream.py"],
 }
 SKIP = {".git", "docs", "mutants", "README.md", "__pycache__", "runs", "outputs"}  # not needed by the tests
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault")
