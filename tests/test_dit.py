@@ -81,6 +81,42 @@ def test_mask_rules_by_hand():
     assert win[4].tolist() == [1, 0, 0, 1, 1] and win[3].tolist() == [1, 0, 1, 1, 0]
 
 
+def rule_by_hand(q, k, frames, tokens, block, teacher_forcing, window, sink, first_alone):
+    """The module docstring's rule in plain Python, token by token."""
+    def block_of(f):
+        return 0 if first_alone and f == 0 else (f - first_alone) // block + first_alone
+
+    def block_end(f):  # one past the last frame of f's block
+        return 1 if first_alone and f == 0 else first_alone + (block_of(f) - first_alone + 1) * block
+
+    stream = frames * tokens
+    qn, kn = q >= stream, k >= stream  # the noisy stream (teacher forcing)
+    qf, kf = (q % stream) // tokens, (k % stream) // tokens
+    if not teacher_forcing:
+        ok = block_of(kf) <= block_of(qf)
+    elif qn:
+        ok = (kn and block_of(kf) == block_of(qf)) or (not kn and block_of(kf) < block_of(qf))
+    else:
+        ok = not kn and block_of(kf) <= block_of(qf)
+    if window != -1:
+        ok = ok and (kf < sink or kf >= block_end(qf) - (window - sink))
+    return ok
+
+
+@pytest.mark.parametrize("block, teacher_forcing, window, sink, first_alone", [
+    (2, False, -1, 0, False), (2, True, -1, 0, False), (3, False, -1, 0, True), (3, True, -1, 0, True),
+    (1, False, 3, 1, False), (2, False, 5, 2, True), (2, True, 4, 1, False)])
+def test_mask_equals_the_rule_token_by_token(block, teacher_forcing, window, sink, first_alone):
+    """Every (query, key) pair of 7 frames of 2 tokens against the rule written out per token."""
+    frames, tokens = 7, 2
+    spec = MaskSpec(frames, tokens, block, teacher_forcing, window, sink, first_alone)
+    dense = spec.dense()
+    n = frames * tokens * (2 if teacher_forcing else 1)
+    expected = [[rule_by_hand(q, k, frames, tokens, block, teacher_forcing, window, sink, first_alone)
+                 for k in range(n)] for q in range(n)]
+    assert dense.shape == (n, n) and dense.tolist() == expected
+
+
 @pytest.mark.parametrize("block", [1, 3])
 def test_flex_attention_equals_sdpa(block):
     model = random_tiny()
