@@ -412,3 +412,22 @@ def test_every_draw_is_keyed_by_its_step_and_no_two_draws_share_a_key(name, monk
     # the one key read more than once: a rollout's exit step (same_step_across_blocks), read again for each block
     repeated = {k for k, c in Counter(keys).items() if c > 1}
     assert repeated <= {(cfg.seed, 7, role, "exit") for role in ("generator", "critic")}, repeated
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_caption_dropout_trains_the_drawn_samples_on_the_negative_prompt(p):
+    """caption_dropout p: a sample whose keyed uniform draw u < p is trained unconditionally (its context replaced
+    by the negative prompt's), all its frames; p = 0 needs no negative prompt, p = 1 drops every sample."""
+    stage = stage_of("ar_diffusion_tf_chunkwise", f"caption_dropout={p}")
+    assert stage.needs_negative == (p > 0)
+    samples = list(range(8))
+    ctx, neg = latents(8, 16, 32, seed=20), latents(8, 16, 32, seed=21)
+    batch = {"samples": samples, "clean": latents(8, 6, 16, 4, 4, seed=22), "context": ctx, "negative": neg}
+    gen = Recorder(pattern)
+    stage.generator_loss(Models(gen), batch, step=3)
+    u = stage.uniform((1,), batch, 3, "caption_dropout", device="cpu")[:, 0]  # the keyed draw (not under test)
+    dropped = [bool(u[i] < p) for i in samples]
+    got = gen.calls[0]["context"]
+    for i in samples:
+        assert torch.equal(got[i], neg[i] if dropped[i] else ctx[i]), i
+    assert 0 < sum(dropped) < 8 if p == 0.5 else sum(dropped) == 8 * p
