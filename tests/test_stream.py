@@ -205,13 +205,41 @@ def test_v2v_equals_a_hand_sdedit_reference(toy, strength, steps):
 
 
 @pytest.mark.parametrize("strength, frames, message", [
-    (0, 6, r"--strength 0: .*\(0, 1000\]"), (1001, 6, r"--strength 1001"),
-    (500, 2, "fewer than one block"),
+    (0, 6, "--strength 0: video-to-video needs a timestep T in (0, 1000]"),
+    (1001, 6, "--strength 1001: video-to-video needs a timestep T in (0, 1000]"),
+    (None, 6, "--strength None: video-to-video needs a timestep T in (0, 1000]"),
+    (500, 2, "the input video has 2 latent frames, fewer than one block (3)"),
 ])
 def test_v2v_bad_inputs(toy, strength, frames, message):
     comp, cfg = toy
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError) as error:
         StreamSession(comp, cfg, A, input_latents=torch.zeros(1, frames, 16, 16, 16), strength=strength)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("frames, num_frames, made", [(10, None, 9), (10, 6, 6), (6, 9, 6)])
+def test_v2v_makes_the_inputs_whole_blocks_or_fewer_frames_if_asked(toy, frames, num_frames, made):
+    """The input's whole blocks (a trailing partial block is left), or num_frames if fewer; T = 1 is a strength
+    (the smallest timestep)."""
+    comp, cfg = toy
+    session = StreamSession(comp, cfg, A, input_latents=noise_of(frames), strength=1, num_frames=num_frames)
+    assert sum(b.latents.shape[1] for b in session) == made and session.frame == made
+
+
+def test_v2v_cuts_every_blocks_own_schedule_at_t():
+    """With per-block schedules (the first block 4 steps, the rest 1), V2V at T runs T and each list's steps
+    below it: block 0 [600, 500, 250], block 1 [600]."""
+    from causvid.pipelines.stream import make_sampler
+
+    cfg = load_config(ROOT / "configs" / "toy" / "cf_dmd_chunkwise.yaml", overrides=[
+        "denoising_step_list=[1000]", "denoising_step_list_per_block=[[1000,750,500,250]]",
+        "warp_denoising_step=false"])
+    sampler, guidance = make_sampler(cfg, torch.Generator(), below=600.0)
+    for block, expected in ((0, [600.0, 500.0, 250.0]), (1, [600.0])):
+        fed = []
+        sampler(lambda x, t: fed.append(float(t[0, 0])) or torch.zeros_like(x), torch.ones(1, 3, 1, 1, 1), block)
+        assert fed == expected
+    assert guidance == 1.0
 
 
 def test_resink_makes_the_first_block_under_the_new_prompt_the_sink(toy):
@@ -255,12 +283,13 @@ def test_the_many_step_teachers_sampler_is_wans_unipc_with_its_guidance():
 
     from causvid.pipelines.stream import make_sampler
 
-    cfg = load_config(ROOT / "configs" / "tiny" / "ar_diffusion_tf_chunkwise.yaml", overrides=["num_inference_steps=7"])
+    cfg = load_config(ROOT / "configs" / "tiny" / "ar_diffusion_tf_chunkwise.yaml",
+                      overrides=["num_inference_steps=7", "model_kwargs.timestep_shift=3.0"])
     sampler, guidance = make_sampler(cfg, torch.Generator())
     fed = []
     sampler(lambda x, t: fed.append(float(t[0, 0])) or -x, torch.ones(1, 3, 1, 1, 1), 0)
     sched = UniPCMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction",
-                                    use_flow_sigmas=True, flow_shift=5.0)
+                                    use_flow_sigmas=True, flow_shift=3.0)
     sched.set_timesteps(sigmas=np.linspace(0.999, 0, 8)[:-1])
     assert fed == [float(t) for t in sched.timesteps] and guidance == 3.0
     with pytest.raises(ValueError, match=r"^video-to-video needs a few-step student \(a config with "
@@ -328,3 +357,60 @@ def test_a_bfloat16_model_streams_in_bfloat16_whatever_the_noise_dtype(toy):
     for kw in (dict(noise=noise_of(3).double()), dict(num_frames=3, seed=1)):
         block = StreamSession(half, cfg, A, **kw).next_block()
         assert block.latents.dtype == torch.bfloat16 and torch.isfinite(block.latents.float()).all()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["num_inference_steps=3"],  # the many-step teacher: UniPC with CFG on a second (negative-prompt) stream
+    ["context_noise=40", "independent_first_frame=true", "image_or_video_shape=[1,7,16,16,16]",
+     "num_training_frames=7"],
+    ["model_kwargs.rope_positions=window", "model_kwargs.local_attn_size=6", "model_kwargs.sink_size=3"],
+])
+def test_the_sessions_settings_come_from_the_config(toy, overrides):
+    """The session builds the rollout its config describes: the same blocks as the one loop given those settings
+    by hand (the teacher's sampler and guidance, context noise, the [1, 3, 3] layout, window RoPE in a window)."""
+    from causvid.config import warp_shift
+    from causvid.pipelines.rollout import Rollout, ode_sampler
+
+    comp = toy[0]
+    teacher = overrides[0].startswith("num_inference_steps")
+    cfg = load_config(ROOT / "configs" / "toy" / f"{'ar_diffusion' if teacher else 'cf_dmd'}_chunkwise.yaml",
+                      overrides=overrides)
+    frames = 10 if cfg.independent_first_frame else 15
+    noise = noise_of(frames)
+    got = torch.cat([b.latents for b in StreamSession(comp, cfg, A, noise=noise,
+                                                       generator=torch.Generator().manual_seed(7))], dim=1)
+    kw = dict(grid=generator_grid(cfg), context_noise=float(cfg.context_noise),
+              independent_first_frame=bool(cfg.independent_first_frame), rope_positions=cfg.model_kwargs.rope_positions)
+    if teacher:
+        assert cfg.guidance_scale != 1.0
+        kw.update(sampler=ode_sampler(3, warp_shift(cfg)), guidance_scale=float(cfg.guidance_scale),
+                  negative_context=comp.text_encoder.encode([cfg.negative_prompt]))
+    else:
+        kw.update(sampler=few_step_sampler(denoising_steps(cfg), grid=generator_grid(cfg),
+                                           generator=torch.Generator().manual_seed(7)))
+    if cfg.model_kwargs.local_attn_size != -1:
+        kw.update(local_attn_size=6, sink_size=3)
+    rollout = Rollout(comp.dit, comp.text_encoder.encode([A]), batch=1, num_frame_per_block=3, max_frames=frames,
+                      **kw)
+    blocks = []
+    with torch.no_grad():
+        while rollout.frame < frames:
+            blocks.append(rollout.step(noise[:, rollout.frame:rollout.frame + rollout.next_block_size()]))
+    assert (got - torch.cat(blocks, dim=1)).abs().max() <= 1e-5
+
+
+def test_a_session_without_a_length_runs_on_and_with_one_stops():
+    """num_frames 6: two blocks, then finished; the default seed is 0; an endless stream rolls a window of the
+    training length with a one-block sink, or the sink it is given."""
+    import causvid.pipelines.text_to_video as t2v
+
+    comp = t2v.load_components(ROOT / "checkpoints" / "toy")
+    cfg = load_config(ROOT / "configs" / "toy" / "cf_dmd_chunkwise.yaml")
+    finite = StreamSession(comp, cfg, A, num_frames=6)
+    blocks = list(finite)
+    assert len(blocks) == 2 and finite.finished
+    seeded = StreamSession(comp, cfg, A, num_frames=6, seed=0)
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(blocks, seeded))
+    for kw, sink in ((dict(), 3), (dict(sink_size=0), 0)):
+        cache = StreamSession(comp, cfg, A, **kw).rollout.streams[0].cache
+        assert (cache.capacity, cache.sink_size) == (6, sink)
