@@ -381,8 +381,15 @@ def test_dmd_timesteps_by_hand():
 
 # -- the draws' keys ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in TINY.glob("*.yaml") if "14b" not in p.stem))
-def test_every_draw_is_keyed_by_its_step_and_no_two_draws_share_a_key(name, monkeypatch):
+KEYED = [(p.stem, ()) for p in sorted(TINY.glob("*.yaml")) if "14b" not in p.stem] + [
+    ("self_forcing_dmd", ("same_step_across_blocks=false",)),  # an exit step per block
+    ("self_forcing_dmd", ("denoising_step_list_per_block=[[1000,750,500,250],[1000,500]]",  # two leading lists
+                          "denoising_step_list=[1000]", "same_step_across_blocks=false")),
+]
+
+
+@pytest.mark.parametrize("name, overrides", KEYED)
+def test_every_draw_is_keyed_by_its_step_and_no_two_draws_share_a_key(name, overrides, monkeypatch):
     """The contract of `causvid.rng`: every random draw of a step is keyed by (seed, step, ..., purpose, sample)
     (the same whatever the batch or process layout, fresh at every step), and no two draws of a step, the
     generator's and the critic's updates together, share a key (they would be the same noise). The purposes'
@@ -394,7 +401,7 @@ def test_every_draw_is_keyed_by_its_step_and_no_two_draws_share_a_key(name, monk
 
     keys, real_generator = [], rng.generator
     monkeypatch.setattr(rng, "generator", lambda *key: keys.append(key) or real_generator(*key))
-    stage = stage_of(name)
+    stage = stage_of(name, *overrides)
     cfg = stage.cfg
     shape = list(cfg.image_or_video_shape)[1:]
     batch = {"samples": [3, 8], "clean": latents(2, *shape, seed=1), "context": latents(2, 16, 32, seed=2),
@@ -411,7 +418,8 @@ def test_every_draw_is_keyed_by_its_step_and_no_two_draws_share_a_key(name, monk
     assert keys and all(key[:2] == (cfg.seed, 7) for key in keys), keys
     # the one key read more than once: a rollout's exit step (same_step_across_blocks), read again for each block
     repeated = {k for k, c in Counter(keys).items() if c > 1}
-    assert repeated <= {(cfg.seed, 7, role, "exit") for role in ("generator", "critic")}, repeated
+    shared = {(cfg.seed, 7, role, "exit") for role in ("generator", "critic")} if cfg.same_step_across_blocks else set()
+    assert repeated <= shared, repeated
 
 
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
@@ -431,3 +439,37 @@ def test_caption_dropout_trains_the_drawn_samples_on_the_negative_prompt(p):
     for i in samples:
         assert torch.equal(got[i], neg[i] if dropped[i] else ctx[i]), i
     assert 0 < sum(dropped) < 8 if p == 0.5 else sum(dropped) == 8 * p
+
+
+def test_dmd_timesteps_by_hand():
+    """One t per video, as the originals draw it: u on a 1/1000 grid (floor), shifted, clamped to [20, 980]
+    (both ends reached over 2,000 videos)."""
+    stage = stage_of("self_forcing_dmd")  # timestep_shift 5
+    batch = {"samples": list(range(2000))}
+    t = stage.dmd_timesteps(torch.zeros(2000, 3), batch, 5, "dmd_t")
+    u = stage.uniform((1,), batch, 5, "dmd_t", device="cpu").double()  # the keyed draw (not under test)
+    u = torch.floor(u * 1000) / 1000
+    expected = (1000 * 5 * u / (1 + 4 * u)).clamp(20, 980).expand(-1, 3)
+    torch.testing.assert_close(t.double(), expected, rtol=1e-6, atol=1e-4)
+    assert float(t.min()) == 20.0 and float(t.max()) == 980.0
+
+
+def test_the_diffusion_stage_on_the_first_frame_alone_and_without_teacher_forcing():
+    """Self-Forcing's [1, 3, 3] layout: a level per block, frame 0 its own; the generator is told the layout.
+    Without teacher forcing the generator gets no clean context."""
+    stage = stage_of("ar_diffusion_tf_chunkwise", "independent_first_frame=true", "teacher_forcing=false",
+                     "image_or_video_shape=[1,7,16,4,4]", "num_training_frames=7")
+    x0 = latents(8, 7, 16, 4, 4, seed=30)
+    batch = {"samples": list(range(8)), "clean": x0, "context": latents(8, 16, 32, seed=31)}
+    gen = Recorder(pattern)
+    stage.generator_loss(Models(gen), batch, step=2)
+    (call,) = gen.calls
+    t = call["t"]
+    assert (t == t[:, [0, 1, 1, 1, 4, 4, 4]]).all()
+    assert (t[:, 0] != t[:, 1]).any() and (t[:, 1] != t[:, 4]).any()
+    assert call["clean_x"] is None and call["independent_first_frame"] is True and call["num_frame_per_block"] == 3
+
+
+def test_last_step_only_exits_every_block_at_its_last_step():
+    stage = stage_of("causal_forcing_dmd_framewise_1step", "last_step_only=true")  # block 0: 4 steps, then 1
+    assert [stage.exit_step(7, "generator", b) for b in range(3)] == [3, 0, 0]
