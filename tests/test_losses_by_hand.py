@@ -393,7 +393,8 @@ def test_every_draw_is_keyed_by_its_step_and_no_two_draws_share_a_key(name, over
     """The contract of `causvid.rng`: every random draw of a step is keyed by (seed, step, ..., purpose, sample)
     (the same whatever the batch or process layout, fresh at every step), and no two draws of a step, the
     generator's and the critic's updates together, share a key (they would be the same noise). The purposes'
-    names are free (any distinct name keys an independent draw)."""
+    names are free (any distinct name keys an independent draw). Nothing is drawn from torch's global generator:
+    a step run again gives the same losses."""
     from collections import Counter
 
     from causvid import rng
@@ -411,11 +412,16 @@ def test_every_draw_is_keyed_by_its_step_and_no_two_draws_share_a_key(name, over
         batch["ode"] = latents(2, slots, *shape, seed=4)
     model = random_dit("tiny", seed=0, text_len=16)
     models = Models(model, fake_score=model, real_score=model, teacher=model, target=model)
-    with torch.no_grad():
-        stage.generator_loss(models, batch, step=7)
-        if stage.has_critic:
-            stage.critic_loss(models, batch, step=7)
+    def losses():
+        with torch.no_grad():
+            return [stage.generator_loss(models, batch, step=7)] + (
+                [stage.critic_loss(models, batch, step=7)] if stage.has_critic else [])
+
+    first = losses()
     assert keys and all(key[:2] == (cfg.seed, 7) for key in keys), keys
+    torch.manual_seed(123)  # no draw from torch's global generator: the step again gives the same losses
+    assert [float(v) for v in losses()] == [float(v) for v in first]
+    keys = keys[:len(keys) // 2]
     # the one key read more than once: a rollout's exit step (same_step_across_blocks), read again for each block
     repeated = {k for k, c in Counter(keys).items() if c > 1}
     shared = {(cfg.seed, 7, role, "exit") for role in ("generator", "critic")} if cfg.same_step_across_blocks else set()

@@ -402,3 +402,15 @@ def test_independent_first_frame_trains(tiny_run_data, tmp_path):
     real = cond + 3.0 * (cond - uncond)
     g = (fake - real) / (x - real).abs().mean()
     assert logs["generator_loss"] == pytest.approx(0.5 * float((g ** 2).mean()), rel=1e-4)
+
+
+def test_self_forcing_rollout_runs_each_blocks_own_steps_and_refreshes_at_context_noise():
+    """Causal Forcing++'s 1-step student: block 0 runs its own 4-step list to its exit, the later blocks the
+    1-step list; every block's refresh runs at context_noise."""
+    stage = sf_stage("context_noise=100", "last_step_only=true", config="causal_forcing_dmd_framewise_1step")
+    model, batch = tiny_setup()
+    with torch.no_grad():
+        _, blocks = recorded_rollout(stage, model, batch, step=0, exits=[3, 0, 0, 0])
+    levels = {start: [float(t.flatten()[0]) for _, t in calls] for start, calls in blocks.items()}
+    assert levels[0] == pytest.approx([1000.0, 937.5, 833.3333, 625.0, 100.0])  # the warped list, then the refresh
+    assert all(levels[f] == [1000.0, 100.0] for f in range(1, stage.shape[0]))
