@@ -8,7 +8,7 @@ Run by hand (not in CI; it takes about an hour on two cores), from the repo root
 
 For each file it copies the repo into `<workdir>/<file>/`, runs `mutmut run` there with only that file mutated
 and only the test files that cover it selected (mutmut narrows further, per mutated function, to the tests that
-call it), one test process at a time (`--max-children 1`) with mutmut's per-mutant timeout, then prints and
+call it), one test process at a time (`--max-children`, default 1) with mutmut's per-mutant timeout, then prints and
 writes (`--out`, JSON) killed / survived / timeout / no-tests per file and the names of the survivors. Read a
 survivor with `cd <workdir>/<file> && python -m mutmut show <name>`. Results and the equivalent survivors are
 written up in docs/mutation.md.
@@ -110,13 +110,14 @@ def summary(target: str, status: dict, work: Path) -> dict:
                 survivors=sorted(n for n, v in status.items() if v == "survived"), workdir=str(work))
 
 
-def run_one(target: str, tests: list, workdir: Path, root: Path = ROOT, only: list = None, earlier: dict = None):
+def run_one(target: str, tests: list, workdir: Path, root: Path = ROOT, only: list = None, earlier: dict = None,
+            children: int = 1):
     """Mutate `target`, run the tests; `only`: just these mutants, the others keep their verdicts in `earlier`."""
     work = workdir / target.replace("/", "_")
     env = prepare(target, tests, work, root)
     print(f"{target}: mutmut run in {work} (log: {work / 'mutmut.log'})", flush=True)
     with open(work / "mutmut.log", "w") as log:
-        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *(only or [])],
+        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
                              cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     if run.returncode != 0:
         raise SystemExit(f"mutmut failed on {target} (exit {run.returncode}); see {work / 'mutmut.log'}")
@@ -133,6 +134,9 @@ def main(argv=None):
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/causvid-mutation"))
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to test (default: this one)")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
+    parser.add_argument("--max-children", type=int, default=1,
+                        help="mutants tested at once (default 1; more is faster, but a loaded machine can push "
+                             "slow tests past mutmut's timeout, which counts them killed)")
     parser.add_argument("--rerun", type=Path, default=None,
                         help="a workdir of an earlier run (say, before new tests): run only its survivors and "
                              "mutants without tests again, keeping its other verdicts")
@@ -147,9 +151,9 @@ def main(argv=None):
         if args.rerun is not None:
             earlier = json.loads((args.rerun / f.replace("/", "_") / "status.json").read_text())
             again = [n for n, v in earlier.items() if v in ("survived", "no tests")]
-            results.append(run_one(f, TARGETS[f], args.workdir, args.root, again, earlier))
+            results.append(run_one(f, TARGETS[f], args.workdir, args.root, again, earlier, args.max_children))
         else:
-            results.append(run_one(f, TARGETS[f], args.workdir, args.root))
+            results.append(run_one(f, TARGETS[f], args.workdir, args.root, children=args.max_children))
     for r in results:
         print(f"{r['file']}: {r['score']}% killed ({r['killed']} killed, {r['timeout']} timeout, "
               f"{r['survived']} survived, {r['no tests']} without tests)")
