@@ -25,17 +25,17 @@ def _tensors(folder):
 def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "toy"
     release = tmp_path / "release"
-    # two worker processes (the default on 2 cores), and the optional students too: detached gradient, LoRAs (with
-    # the shipped student's LoRA extracted and judged), other step schedules
-    optional = ["--cache_gradient_comparison", "1", "--lora_comparison", "1", "--step_schedules", "1"]
+    # two worker processes (the default on 2 cores), and the LoRA students with the shipped student's LoRA extracted
+    # and judged (the other optional students are the same stages with other overrides: see the next test)
+    optional = ["--lora_comparison", "1"]
     assert main(["--out", str(out), "--quick", "--release", str(release), "--workers", "2", *optional]) == 0
     stages = ["base", "data", "teacher", "ode_pairs", "evaluate", "evaluate/teacher"] + [
         f"{s}_{layout}" for layout in LAYOUTS for s in
         ("ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd", "cf_cd", "cfpp_dmd")]
     stages += ["causvid_ode_chunkwise", "causvid_dmd_chunkwise"]  # CausVid's published layout only
-    stages += [f"cf_dmd_{layout}_{kind}" for layout in LAYOUTS for kind in ("detached", "long")]
+    stages += [f"cf_dmd_{layout}_long" for layout in LAYOUTS]
     stages += ["cfpp_dmd_framewise_1step", "cfpp_dmd_framewise_2step"]
-    stages += ["cf_dmd_chunkwise_lora8", "cf_dmd_chunkwise_lora16", "cf_dmd_chunkwise_2step", "cf_dmd_chunkwise_4to2"]
+    stages += ["cf_dmd_chunkwise_lora8", "cf_dmd_chunkwise_lora16"]
     stages += [f"evaluate/{s}" for s in stages if s.startswith(("causvid_", "cf_", "cfpp_", "ar_"))
                and not s.startswith("causal_ode_data")]
     stages += ["lora_extraction"]
@@ -49,15 +49,14 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     for stage in ("causvid_dmd_chunkwise", "cf_dmd_framewise", "ar_diffusion_chunkwise"):
         assert list((out / stage / "run").glob("checkpoint_model_*/model.pt")), stage
     results = json.loads((out / "evaluate" / "results.json").read_text())
-    # teacher + 7 models x 2 layouts (AR diffusion; CF ODE init and DMD, also with the detached cache gradient
-    # and long rollouts; CF++ CD and DMD) + CausVid's ODE init and DMD, chunkwise + the 1- and 2-step framewise
-    # CF++ students + 2 LoRA and 2 step-schedule chunkwise CF DMD students
-    assert len(results) == 23
-    # a LoRA student's checkpoint holds the adapter alone; the 4-then-2 student is judged with its own schedule
+    # teacher + 6 models x 2 layouts (AR diffusion; CF ODE init and DMD, also with long rollouts; CF++ CD and DMD)
+    # + CausVid's ODE init and DMD, chunkwise + the 1- and 2-step framewise CF++ students + 2 LoRA chunkwise CF
+    # DMD students
+    assert len(results) == 19
+    # a LoRA student's checkpoint holds the adapter alone
     lora_state = torch.load(next((out / "cf_dmd_chunkwise_lora8" / "run").glob("checkpoint_model_*/model.pt")))
     assert lora_state["generator"] and all("lora_" in k for k in lora_state["generator"])
-    assert results["Causal Forcing DMD (chunkwise, 4to2)"]["overrides"] == [
-        "denoising_step_list=[1000,500]", "denoising_step_list_per_block=[[1000,750,500,250]]"]
+    assert all(r["overrides"] == [] for r in results.values())
     extracted = json.loads((out / "lora_extraction" / "result.json").read_text())
     assert list(extracted) == ["4", "64"]  # the smallest and largest rank in a smoke run
     assert all(0 <= r["weight_error"] <= 1 and "all_acc" in r for r in extracted.values())
@@ -110,3 +109,54 @@ def test_a_stopped_training_stage_is_not_marked_done(tmp_path, monkeypatch, caps
     assert (out / "data" / "DONE").exists() and not (out / "teacher" / "DONE").exists()
     assert "[teacher] stopped by SIGTERM at step 0 of 2; run the same command again to resume" in \
         capsys.readouterr().err
+
+
+def test_optional_students_are_stages_fed_like_the_shipped_students(tmp_path):
+    """--cache_gradient_comparison, --lora_comparison and --step_schedules add chunkwise (and, for the detached
+    gradient, framewise) CF DMD students started from the same CF ODE init as the shipped one, each with its own
+    overrides, each judged (the step-schedule students with their own schedules and every sink choice), and the
+    extraction of the shipped student's LoRAs. The end-to-end run above leaves them out (their stages are the
+    same `train` and `evaluate` calls); here the graph is read and each stage's config loads with its overrides."""
+    from causvid.toy.pipeline import CONFIGS, LORA_LR, LORA_RANKS, STEP_SCHEDULES, Budget, Ref, ToyPipeline
+    from causvid.config import load_config
+
+    budget = Budget.quick()
+    plain = ToyPipeline(tmp_path, budget).stages
+    budget.cache_gradient_comparison = budget.lora_comparison = budget.step_schedules = 1
+    stages = ToyPipeline(tmp_path, budget).stages
+    extra = {name: stages[name] for name in stages if name not in plain}
+    trained = [f"cf_dmd_{layout}_detached" for layout in LAYOUTS] + [f"cf_dmd_chunkwise_lora{r}" for r in LORA_RANKS]
+    trained += [f"cf_dmd_chunkwise_{suffix}" for suffix in STEP_SCHEDULES]
+    assert sorted(extra) == sorted(trained + [f"evaluate/{name}" for name in trained] + ["lora_extraction"])
+
+    def read(kwargs):  # a Ref as what it names
+        return {k: (v.stage, v.parts, v.last) if isinstance(v, Ref) else read(v) if isinstance(v, dict) else v
+                for k, v in kwargs.items()}
+    assert all(read(plain[n].kwargs) == read(stages[n].kwargs) for n in plain if n != "evaluate")
+    expected = {f"cf_dmd_{layout}_detached": {"kv_cache_gradient": "detached"} for layout in LAYOUTS}
+    expected.update({f"cf_dmd_chunkwise_lora{r}": {"lr": LORA_LR, "lora.generator.rank": r} for r in LORA_RANKS})
+    expected.update({f"cf_dmd_chunkwise_{suffix}": s for suffix, s in STEP_SCHEDULES.items()})
+    for name, own in expected.items():
+        layout = name.split("_")[2]
+        stage, shipped = stages[name], stages[f"cf_dmd_{layout}"]
+        assert stage.fn == "train" and stage.deps == shipped.deps, name
+        assert read(stage.kwargs) == read({**shipped.kwargs, **own}), name  # the shipped student's inputs plus its own
+        fixed = {k: v for k, v in stage.kwargs.items() if k not in ("config", "steps") and not isinstance(v, Ref)}
+        cfg = load_config(CONFIGS / f"{stage.kwargs['config']}.yaml", overrides=[f"{k}={v}" for k, v in fixed.items()])
+        if "lora.generator.rank" in own:
+            assert cfg.lora.generator.rank == own["lora.generator.rank"] and cfg.lr == LORA_LR
+        elif "kv_cache_gradient" in own:
+            assert cfg.kv_cache_gradient == "detached"
+        else:
+            assert cfg.denoising_step_list == [1000, 500]
+            assert cfg.denoising_step_list_per_block == ([[1000, 750, 500, 250]] if name.endswith("4to2") else None)
+        judged = stages[f"evaluate/{name}"].kwargs
+        assert judged["checkpoint"].stage == name and judged["config"] == f"cf_dmd_{layout}"
+        schedule = STEP_SCHEDULES.get(name.rpartition("_")[2], {})
+        assert judged["overrides"] == [f"{k}={v}" for k, v in schedule.items()] and judged["sink_choices"] == bool(
+            schedule) and not judged["streams"]
+    extraction = stages["lora_extraction"]
+    assert extraction.fn == "extract_loras" and extraction.deps == ("teacher", "cf_dmd_chunkwise")
+    assert extraction.kwargs["student"].last and extraction.kwargs["config"] == "cf_dmd_chunkwise"
+    assert set(stages["evaluate"].kwargs["parts"]) == set(plain["evaluate"].kwargs["parts"]) | {
+        stages[f"evaluate/{name}"].kwargs["model"] for name in trained}

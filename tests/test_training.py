@@ -238,23 +238,45 @@ def reference_losses(tiny_run_data, tmp_path_factory):
     return losses
 
 
+def signal_after_step(monkeypatch, step, sig):
+    """This process sends itself `sig` right after the trainer logs `step` (as tests/stop_at_step.py does to
+    train.py): a known step, no clock; the trainer's handler (installed for the loop) takes it."""
+    log = Trainer._log
+
+    def log_then_signal(self, logs):
+        log(self, logs)
+        if self.step == step:
+            os.kill(os.getpid(), getattr(signal, sig))
+    monkeypatch.setattr(Trainer, "_log", log_then_signal)
+
+
 @pytest.mark.long(12)
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGKILL"])
 def test_stopped_run_resumes_exactly_and_its_log_reads_as_one_run(tiny_run_data, reference_losses, tmp_path, sig,
-                                                                  capsys):
-    """train.py gets `sig` right after logging step 3 (tests/stop_at_step.py: a known step, no clock). SIGTERM
-    and Ctrl-C finish the step, save it and stop (Ctrl-C: exit 130 and one line); SIGKILL leaves step 2's
-    checkpoint. --resume (with the config and overrides again, or `--resume RUN_FOLDER` alone) then reproduces the
-    uninterrupted run's losses, and log.txt holds steps 1..8 once."""
+                                                                  capsys, monkeypatch):
+    """The run gets `sig` right after logging step 3. SIGTERM and Ctrl-C finish the step, save it and stop
+    (Ctrl-C: exit 130 and one line); these run the training CLI in this process, which takes the signal through
+    the trainer's handler. SIGKILL leaves step 2's checkpoint; it kills train.py, run as a process of its own
+    (tests/stop_at_step.py). --resume (with the config and overrides again, or `--resume RUN_FOLDER` alone) then
+    reproduces the uninterrupted run's losses, and log.txt holds steps 1..8 once."""
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "stop_at_step.py"), "3", sig, str(ROOT / "train.py"),
-                           *train_argv(tiny_run_data, run)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == {"SIGTERM": 0, "SIGINT": 130, "SIGKILL": -signal.SIGKILL}[sig], proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    if sig == "SIGINT":
-        assert proc.stderr.strip().splitlines()[-1] == (f"interrupted (Ctrl-C) after step 3: saved step 3 in {run}; "
-                                                         f"continue with --resume {run}")
+    if sig == "SIGKILL":
+        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "stop_at_step.py"), "3", sig,
+                               str(ROOT / "train.py"), *train_argv(tiny_run_data, run)], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+    else:
+        handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
+        with monkeypatch.context() as patch:
+            signal_after_step(patch, 3, sig)
+            code = one_thread_cli(train_argv(tiny_run_data, run))
+        err = capsys.readouterr().err
+        assert code == {"SIGTERM": 0, "SIGINT": 130}[sig] and "Traceback" not in err, err[-3000:]
+        if sig == "SIGINT":
+            assert err.strip().splitlines()[-1] == (f"interrupted (Ctrl-C) after step 3: saved step 3 in {run}; "
+                                                    f"continue with --resume {run}")
+        assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers  # given back
     assert latest_checkpoint(run).name == ("checkpoint_model_000002" if sig == "SIGKILL" else "checkpoint_model_000003")
     if sig == "SIGKILL":  # the seeds' form: the config and overrides again, and --resume
         assert one_thread_cli(train_argv(tiny_run_data, run) + ["--resume"]) == 0
