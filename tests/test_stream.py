@@ -414,3 +414,24 @@ def test_a_session_without_a_length_runs_on_and_with_one_stops():
     for kw, sink in ((dict(), 3), (dict(sink_size=0), 0)):
         cache = StreamSession(comp, cfg, A, **kw).rollout.streams[0].cache
         assert (cache.capacity, cache.sink_size) == (6, sink)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_the_negative_prompt_is_encoded_only_for_guidance(toy, teacher, monkeypatch):
+    """A few-step student (guidance 1) encodes its prompts and nothing else; the many-step teacher (CFG) also
+    encodes the config's negative prompt, once, for its second stream."""
+    comp, cfg = toy
+    if teacher:
+        cfg = load_config(ROOT / "configs" / "toy" / "ar_diffusion_chunkwise.yaml", overrides=["num_inference_steps=2"])
+        assert cfg.guidance_scale not in (1.0, 2.0)
+    encoded, encode = [], comp.text_encoder.encode
+
+    def recording(prompts):
+        encoded.extend(prompts)
+        return encode(prompts)
+    monkeypatch.setattr(comp.text_encoder, "encode", recording)
+    session = StreamSession(comp, cfg, A, noise=noise_of(6))
+    session.next_block()
+    session.set_prompt(B)
+    session.next_block()
+    assert encoded == ([A, cfg.negative_prompt, B] if teacher else [A, B])

@@ -122,7 +122,7 @@ class StreamSession:
         negative = self._encode(config.negative_prompt) if guidance != 1.0 else None
         self.rollout = Rollout(dit, context, batch=1, num_frame_per_block=config.num_frame_per_block,
                                sampler=self.sampler, max_frames=self.num_frames, negative_context=negative,
-                               guidance_scale=guidance, context_noise=config.context_noise, grid=generator_grid(config),
+                               guidance_scale=guidance, context_noise=config.context_noise,
                                local_attn_size=window, sink_size=sink,
                                independent_first_frame=bool(config.independent_first_frame),
                                rope_positions=rope_positions or config.model_kwargs.rope_positions)
