@@ -25,19 +25,16 @@ def _tensors(folder):
 def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "toy"
     release = tmp_path / "release"
-    # two worker processes (the default on 2 cores), and the LoRA students with the shipped student's LoRA extracted
-    # and judged (the other optional students are the same stages with other overrides: see the next test)
-    optional = ["--lora_comparison", "1"]
+    # two worker processes (the default on 2 cores), the chunkwise path (the shipped student's; the framewise one is
+    # the same stages with other configs: see the graph test below), and the LoRA students with the shipped
+    # student's LoRA extracted and judged (the other optional students are the same stages with other overrides)
+    optional = ["--layouts", "chunkwise", "--lora_comparison", "1"]
     assert main(["--out", str(out), "--quick", "--release", str(release), "--workers", "2", *optional]) == 0
     stages = ["base", "data", "teacher", "ode_pairs", "evaluate", "evaluate/teacher"] + [
-        f"{s}_{layout}" for layout in LAYOUTS for s in
-        ("ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd", "cf_cd", "cfpp_dmd")]
-    stages += ["causvid_ode_chunkwise", "causvid_dmd_chunkwise"]  # CausVid's published layout only
-    stages += [f"cf_dmd_{layout}_long" for layout in LAYOUTS]
-    stages += ["cfpp_dmd_framewise_1step", "cfpp_dmd_framewise_2step"]
+        f"{s}_chunkwise" for s in ("ar_diffusion", "causal_ode_data", "cf_ode", "cf_dmd", "cf_cd", "cfpp_dmd")]
+    stages += ["causvid_ode_chunkwise", "causvid_dmd_chunkwise", "cf_dmd_chunkwise_long"]
     stages += ["cf_dmd_chunkwise_lora8", "cf_dmd_chunkwise_lora16"]
-    stages += [f"evaluate/{s}" for s in stages if s.startswith(("causvid_", "cf_", "cfpp_", "ar_"))
-               and not s.startswith("causal_ode_data")]
+    stages += [f"evaluate/{s}" for s in stages if s.startswith(("causvid_", "cf_", "cfpp_", "ar_"))]
     stages += ["lora_extraction"]
     for stage in stages:
         assert (out / stage / "DONE").exists(), stage
@@ -46,13 +43,13 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert done["teacher"]["threads"] == cores() and done["evaluate/cf_dmd_chunkwise"]["threads"] == max(
         1, cores() // 2)
     assert (out / "cf_dmd_chunkwise" / "log.txt").read_text()  # a worker's output goes to its stage's log
-    for stage in ("causvid_dmd_chunkwise", "cf_dmd_framewise", "ar_diffusion_chunkwise"):
+    for stage in ("causvid_dmd_chunkwise", "cf_dmd_chunkwise", "ar_diffusion_chunkwise"):
         assert list((out / stage / "run").glob("checkpoint_model_*/model.pt")), stage
     results = json.loads((out / "evaluate" / "results.json").read_text())
-    # teacher + 6 models x 2 layouts (AR diffusion; CF ODE init and DMD, also with long rollouts; CF++ CD and DMD)
-    # + CausVid's ODE init and DMD, chunkwise + the 1- and 2-step framewise CF++ students + 2 LoRA chunkwise CF
-    # DMD students
-    assert len(results) == 19
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(s for s in stages if "/" not in s)
+    # teacher + 6 chunkwise models (AR diffusion; CF ODE init and DMD, also with long rollouts; CF++ CD and DMD)
+    # + CausVid's ODE init and DMD + 2 LoRA CF DMD students
+    assert len(results) == 11
     # a LoRA student's checkpoint holds the adapter alone
     lora_state = torch.load(next((out / "cf_dmd_chunkwise_lora8" / "run").glob("checkpoint_model_*/model.pt")))
     assert lora_state["generator"] and all("lora_" in k for k in lora_state["generator"])
@@ -63,12 +60,11 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     long = results["Causal Forcing DMD (chunkwise)"]["long_video"]  # overlap vs rolling, same length
     assert set(long) == {"latent_frames", "overlap", "rolling"} and long["overlap"]["drift_all_acc"]
     # drift by sink choice for the CF DMD students with and without long rollouts, each attribute per window
-    for layout in LAYOUTS:
-        for name in (f"Causal Forcing DMD ({layout})", f"Causal Forcing DMD ({layout}, long rollout x2)"):
-            drift = results[name]["drift"]
-            assert list(drift) == list(SINK_CHOICES), name
-            assert all(len(d[k]) == 3 for d in drift.values() for k in ("all_acc", "colour_acc", "shape_acc",
-                                                                          "direction_acc", "background_err"))
+    for name in ("Causal Forcing DMD (chunkwise)", "Causal Forcing DMD (chunkwise, long rollout x2)"):
+        drift = results[name]["drift"]
+        assert list(drift) == list(SINK_CHOICES), name
+        assert all(len(d[k]) == 3 for d in drift.values() for k in ("all_acc", "colour_acc", "shape_acc",
+                                                                      "direction_acc", "background_err"))
     assert list(results["CausVid DMD (chunkwise)"]["drift"]) == ["one-block sink"]
     assert results["teacher (50-step, bidirectional)"]["drift"] == {}  # no rolling window: not measured
     assert {name for name, r in results.items() if "streaming" in r} == {  # the shipped student and its twin
@@ -160,3 +156,47 @@ def test_optional_students_are_stages_fed_like_the_shipped_students(tmp_path):
     assert extraction.kwargs["student"].last and extraction.kwargs["config"] == "cf_dmd_chunkwise"
     assert set(stages["evaluate"].kwargs["parts"]) == set(plain["evaluate"].kwargs["parts"]) | {
         stages[f"evaluate/{name}"].kwargs["model"] for name in trained}
+
+
+def test_the_framewise_path_is_the_chunkwise_one_in_its_own_configs(tmp_path, capsys):
+    """The whole graph is the chunkwise path's (what `--layouts chunkwise` runs, the end-to-end test above) plus
+    the framewise path: the same stages reading the same kinds of inputs, with the framewise configs and a
+    1-frame block for the causal ODE data, plus CF++'s 1- and 2-step framewise students (CausVid runs chunkwise
+    only). --layouts refuses what it does not know, and a release without the shipped student's path."""
+    from causvid.toy.pipeline import Budget, Ref, ToyPipeline
+
+    full = ToyPipeline(tmp_path, Budget.quick()).stages
+    chunkwise = ToyPipeline(tmp_path, Budget.quick(), layouts=("chunkwise",)).stages
+    framewise = {name for name in full if "framewise" in name}
+    assert set(chunkwise) == set(full) - framewise and not any("framewise" in n for n in chunkwise)
+    only = {"cfpp_dmd_framewise_1step", "cfpp_dmd_framewise_2step"}
+    assert {n.replace("framewise", "chunkwise") for n in framewise if n.removeprefix("evaluate/") not in only} == {
+        n for n in chunkwise if "chunkwise" in n and "causvid" not in n}
+
+    def named(value, layout):  # what a stage reads, its layout's name made neutral
+        if isinstance(value, Ref):
+            return value.stage.replace(layout, "*"), value.parts, value.last
+        if isinstance(value, dict):
+            return {k: named(v, layout) for k, v in value.items()}
+        return value.replace(layout, "*") if isinstance(value, str) else value
+    for name in framewise - only - {f"evaluate/{n}" for n in only}:
+        twin = full[name.replace("framewise", "chunkwise")]
+        mine = full[name]
+        assert mine.fn == twin.fn and [d.replace("framewise", "*") for d in mine.deps] == [
+            d.replace("chunkwise", "*") for d in twin.deps], name
+        kwargs, twins = named(mine.kwargs, "framewise"), named(twin.kwargs, "chunkwise")
+        if mine.fn == "make_causal_ode_data":
+            assert (kwargs.pop("block"), twins.pop("block")) == (1, 3)
+        if mine.fn == "evaluate":
+            kwargs, twins = ({k: v for k, v in kw.items() if k != "streams"} for kw in (kwargs, twins))
+        assert kwargs == twins, name
+    assert full["cfpp_dmd_framewise_1step"].kwargs["config"] == "cf_dmd_framewise_1step"
+    assert full["cfpp_dmd_framewise_2step"].kwargs["generator_ckpt"].stage == "cf_cd_framewise"
+
+    for argv, message in ((["--layouts", "chunky"], "--layouts chunky: choose from framewise, chunkwise"),
+                          (["--layouts", "framewise", "--release", str(tmp_path / "r")],
+                           "--release ships cf_dmd_chunkwise, which --layouts framewise leaves out: add chunkwise")):
+        with pytest.raises(SystemExit) as usage:
+            main(["--out", str(tmp_path / "out"), "--quick", *argv])
+        assert usage.value.code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "out").exists() and not (tmp_path / "r").exists()

@@ -5,6 +5,7 @@ WanDiT, trainer, LMDB, ODE and rollout functions as the Wan-size runs) at toy si
     python -m causvid.toy.pipeline --out runs/toy            # the full run
     python -m causvid.toy.pipeline --out runs/toy --quick    # a few steps per stage (tests, smoke runs)
     python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy   # also (re)make the shipped student
+    python -m causvid.toy.pipeline --out runs/toy --layouts chunkwise        # the shipped student's path alone
 
 Stages form a graph (each names the stages it reads); after the teacher, independent stages and the
 evaluation of each model run side by side, one process per core (`--workers`, `causvid.toy.schedule`); a stage
@@ -118,8 +119,9 @@ COSTS = {"teacher": 1300, "ode_pairs": 260, "causal_ode_data": 270, "ar_diffusio
 
 class ToyPipeline:
     def __init__(self, out, budget: Budget, seed: int = 0, workers: int = 1, log=None, threads: int = None,
-                 smoke: bool = False):
+                 smoke: bool = False, layouts=tuple(LAYOUTS)):
         self.out, self.budget, self.seed, self.workers, self.threads = Path(out), budget, seed, workers, threads
+        self.layouts = {layout: LAYOUTS[layout] for layout in LAYOUTS if layout in layouts}  # the paths run
         self.smoke = smoke  # --quick: the report says its figures check the plumbing only
         self.log = log or functools.partial(print, flush=True)
         self.times = {}
@@ -146,7 +148,7 @@ class ToyPipeline:
         add("ode_pairs", "make_ode_pairs", COSTS["ode_pairs"], teacher_folder=teacher)
         common = dict(wan_model_path=teacher, real_model_path=teacher)
         models = {"teacher (50-step, bidirectional)": ("teacher", "teacher")}
-        for layout, block in LAYOUTS.items():
+        for layout, block in self.layouts.items():
             if layout in CAUSVID_LAYOUTS:  # CausVid: ODE init from the bidirectional teacher's pairs, then DMD
                 train(f"causvid_ode_{layout}", f"ode_{layout}", b.ode_steps, COSTS["ode"], generator_ckpt=teacher,
                       ode_layout="causvid", data_path=Ref("ode_pairs", "lmdb"), **common)
@@ -211,7 +213,7 @@ class ToyPipeline:
                 models[f"Causal Forcing DMD ({layout}, detached cache gradient)"] = (f"cf_dmd_{layout}",
                                                                                     f"cf_dmd_{layout}_detached")
         # the DMD students with and without long-rollout training, also with every KV-window sink choice
-        sinks = [f"Causal Forcing DMD ({layout}{long})" for layout in LAYOUTS
+        sinks = [f"Causal Forcing DMD ({layout}{long})" for layout in self.layouts
                  for long in ("", f", long rollout x{b.long_rollout}")]
         sinks += [f"Causal Forcing DMD (chunkwise, {suffix})" for suffix in STEP_SCHEDULES if b.step_schedules]
         # streaming (switching, V2V): the shipped student and its long-rollout twin
@@ -459,6 +461,9 @@ def _main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, not quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--release", help="write the shipped student (checkpoints/toy) into this folder")
+    p.add_argument("--layouts", default=",".join(LAYOUTS), metavar="LIST",
+                   help=f"the Causal Forcing paths to run, comma-separated (default: {','.join(LAYOUTS)}); chunkwise "
+                        "alone is the shipped student's path, in about half the time")
     p.add_argument("--workers", type=positive_int, default=cores(),
                    help="stages run side by side in this many processes (default: one per core)")
     p.add_argument("--threads", type=positive_int, metavar="N",
@@ -471,6 +476,13 @@ def _main(argv=None) -> int:
     for f in fields(Budget):
         if getattr(args, f.name) is not None:
             setattr(budget, f.name, getattr(args, f.name))
+    layouts = args.layouts.split(",")
+    unknown = [layout for layout in layouts if layout not in LAYOUTS]
+    if unknown or not layouts:
+        p.error(f"--layouts {args.layouts}: choose from {', '.join(LAYOUTS)} (comma-separated)")
+    if args.release is not None and RELEASE.rpartition("_")[2] not in layouts:
+        p.error(f"--release ships {RELEASE}, which --layouts {args.layouts} leaves out: add "
+                f"{RELEASE.rpartition('_')[2]}")
     check_output_folder(args.out, "--out")
     if args.release is not None:
         check_output_folder(args.release, "--release")
@@ -479,7 +491,7 @@ def _main(argv=None) -> int:
           f"({args.workers} workers){' (smoke run: --quick)' if args.quick else ''}", flush=True)
     try:
         report = ToyPipeline(args.out, budget, seed=args.seed, workers=args.workers, threads=args.threads,
-                             smoke=args.quick).run(release=args.release)
+                             smoke=args.quick, layouts=layouts).run(release=args.release)
     except (StageStopped, KeyboardInterrupt) as stop:
         print(str(stop) or "interrupted: finished stages are kept; run the same command again to go on",
               file=sys.stderr)
