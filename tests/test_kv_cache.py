@@ -93,3 +93,69 @@ def test_a_cache_mid_re_cache_cannot_be_read_with_gradient():
     with pytest.raises(RuntimeError, match="^a KV cache with unwritten slots \\(mid re-cache\\) cannot be read with "
                                            "gradient$"):
         dit(torch.randn(1, 3, 16, 4, 4, requires_grad=True), t0, ctx, cache=cache, start_frame=6)
+
+
+def test_holds_context_is_this_very_prompt():
+    """The cross-attention K/V stored belong to a context when it is the stored one, or equal to it; a call
+    without a context reads the stored one; an empty cache holds none."""
+    cache = KVCache(1, 1, max_frames=2)
+    context = torch.randn(1, 4, 8)
+    assert not cache.holds_context(None) and not cache.holds_context(context)
+    cache.set_context(context)
+    assert cache.holds_context(context) and cache.holds_context(context.clone()) and cache.holds_context(None)
+    assert not cache.holds_context(context + 1) and not cache.holds_context(context[:, :2])
+
+
+def test_window_rope_ranks_put_a_moved_sink_first():
+    """rope_positions="window": frames are numbered by rank in the window, the sink first, then the others by
+    index. Window 5, sink 1 moved to frame 6 (a re-sink), then frames 2-3, 4-5 (the re-cache) and 6-7 written:
+    the slots hold frames [6, 7, 4, 5, 2], so the ranks read are [0, 4, 2, 3, 1] and the block's [0, 4]."""
+    cache = KVCache(1, 1, local_attn_size=5, sink_size=1, rope_positions="window")
+    cache.move_sink(6)
+    cache.seek(2)
+    for start in (2, 4, 6):
+        cache.begin(start, 2, 1, "cpu")
+    assert cache.held_frames() == [6, 7, 4, 5, 2]
+    query, read = cache.rope_frames()
+    assert query.tolist() == [0, 4] and read.tolist() == [0, 4, 2, 3, 1]
+
+
+def test_a_call_keeps_the_graph_when_either_of_k_and_v_needs_it():
+    for grad_k in (True, False):
+        cache = KVCache(1, 1, max_frames=2)
+        cache.begin(0, 1, 2, "cpu")
+        k = torch.randn(1, 2, 1, 4, requires_grad=grad_k)
+        v = torch.randn(1, 2, 1, 4, requires_grad=not grad_k)
+        read_k, read_v = cache.update(0, k, v)
+        assert read_k.requires_grad == grad_k and read_v.requires_grad == (not grad_k)
+
+
+def test_k_and_v_of_another_dtype_are_stored_in_the_caches():
+    """The store takes the first block's dtype; a later block's K/V (with or without gradient) are cast to it."""
+    cache = KVCache(1, 1, max_frames=2)
+    cache.begin(0, 1, 2, "cpu")
+    with torch.no_grad():
+        cache.update(0, torch.randn(1, 2, 1, 4, dtype=torch.bfloat16), torch.randn(1, 2, 1, 4, dtype=torch.bfloat16))
+    k, v = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4)
+    cache.begin(1, 1, 2, "cpu")
+    with torch.no_grad():
+        read_k, read_v = cache.update(0, k, v)
+    assert read_k.dtype == read_v.dtype == torch.bfloat16
+    assert torch.equal(read_k[:, 2:], k.bfloat16()) and torch.equal(read_v[:, 2:], v.bfloat16())
+    cache.begin(1, 1, 2, "cpu")  # the same block again, with gradient
+    read_k, read_v = cache.update(0, k.requires_grad_(), v.requires_grad_())
+    assert read_k.dtype == read_v.dtype == torch.bfloat16 and torch.equal(read_k[:, 2:], k.bfloat16())
+    (read_k.float().sum() + read_v.float().sum()).backward()
+    assert torch.equal(k.grad, torch.ones_like(k)) and torch.equal(v.grad, torch.ones_like(v))
+
+
+def test_a_call_without_gradient_runs_once():
+    cache = KVCache(1, 1, max_frames=2)
+    cache.begin(0, 1, 2, "cpu")
+    call = cache.call(0)
+    k = torch.randn(1, 2, 1, 4)
+    with torch.no_grad():
+        call.update(k, k)
+        with pytest.raises(RuntimeError) as error:
+            call.update(k, k)
+    assert str(error.value) == "a cached call without gradient ran twice"
