@@ -71,7 +71,12 @@ def test_a_call_of_another_resolution_or_out_of_order_leaves_the_cache_as_it_was
     for call, message in [((2, 1, 8), "KV cache holds 16 tokens per frame; this call has 8 (a different latent "
                                       "resolution needs a new cache)"),
                           ((3, 1, 16), "KV cache holds frames [0, 2) with last block starting at 0; a call for "
-                                       "frames [3, 4) is neither the next block nor a repeat of the last one")]:
+                                       "frames [3, 4) is neither the next block nor a repeat of the last one"),
+                          # the last block's start or its end alone is not a repeat of it
+                          ((0, 1, 16), "KV cache holds frames [0, 2) with last block starting at 0; a call for "
+                                       "frames [0, 1) is neither the next block nor a repeat of the last one"),
+                          ((1, 1, 16), "KV cache holds frames [0, 2) with last block starting at 0; a call for "
+                                       "frames [1, 2) is neither the next block nor a repeat of the last one")]:
         with pytest.raises(ValueError) as error:
             cache.begin(*call, "cpu")
         assert str(error.value) == message
