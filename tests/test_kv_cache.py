@@ -164,3 +164,40 @@ def test_a_call_without_gradient_runs_once():
         with pytest.raises(RuntimeError) as error:
             call.update(k, k)
     assert str(error.value) == "a cached call without gradient ran twice"
+
+
+def test_a_re_cache_with_gaps_reads_every_frame_written_since_the_reset():
+    """Mid re-cache (frames written again under a new prompt, skipping those the window evicted) the slots
+    written are not a prefix: a call reads exactly the frames written since `reset`, the sink's frame 0
+    included, in slot order. (K holds each frame's index, one token per frame.)"""
+    cache = KVCache(1, 1, local_attn_size=5, sink_size=1)
+
+    def write(start, n):
+        cache.seek(start)
+        cache.begin(start, n, 1, "cpu")
+        frames = torch.arange(start, start + n, dtype=torch.float32).view(1, n, 1, 1)
+        with torch.no_grad():
+            return cache.update(0, frames, frames)[0].flatten().tolist()
+    assert write(0, 1) == [0]
+    cache.reset()
+    assert write(0, 1) == [0]
+    assert write(3, 2) == [0, 3, 4] and cache.held_frames() == [0, -1, -1, 3, 4]
+
+
+def test_reset_forgets_the_frames_and_keeps_the_memory():
+    cache = KVCache(1, 1, max_frames=4)
+    k = torch.randn(1, 2, 1, 4)
+    for start in (0, 1):
+        cache.begin(start, 1, 2, "cpu")
+        cache.update(0, k, k)
+    store = cache.k[0].data_ptr()
+    cache.reset()
+    assert (cache.frames_end, cache.held_frames()) == (0, [-1] * 4)
+    with pytest.raises(ValueError) as error:  # the last block is forgotten too
+        cache.begin(1, 1, 2, "cpu")
+    assert str(error.value) == ("KV cache holds frames [0, 0) with last block starting at 0; a call for frames "
+                                "[1, 2) is neither the next block nor a repeat of the last one")
+    cache.begin(0, 1, 2, "cpu")
+    with torch.no_grad():
+        read, _ = cache.update(0, k, k)
+    assert cache.k[0].data_ptr() == store and torch.equal(read, k)  # written into the memory it had
