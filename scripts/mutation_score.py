@@ -55,15 +55,19 @@ TARGETS = {
     "causvid/models/wan/attention.py": ["tests/test_kv_cache.py", "tests/test_dit.py", "tests/test_rollout.py",
                                         "tests/test_stream.py"],
 }
+# tests left out for a file: FlexAttention compiles the mask function with dynamo, which cannot trace the
+# trampoline mutmut wraps every function of the mutated file in (it reads a ContextVar)
+DESELECT = {"causvid/models/wan/attention.py": ["tests/test_dit.py::test_flex_attention_equals_sdpa"]}
 SKIP = {".git", "docs", "mutants", "README.md", "__pycache__", "runs", "outputs"}  # not needed by the tests
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault")
 
 
 def setup_cfg(target: str, tests: list, copied: list) -> str:
+    deselect = "".join(f"\n    --deselect\n    {t}" for t in DESELECT.get(target, []))
     lines = ["[mutmut]", "source_paths=src/causvid", f"only_mutate=src/{target}",
              "also_copy=\n" + "\n".join(f"    {name}" for name in copied if name != "causvid"),
              "pytest_add_cli_args_test_selection=\n" + "\n".join(f"    {t}" for t in tests),
-             "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -x\n    -q",
+             "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -x\n    -q" + deselect,
              "process_isolation=forkserver", "debug=true", "timeout_multiplier=5.0", "timeout_constant=10.0"]
     return "\n".join(lines) + "\n"
 
