@@ -135,6 +135,28 @@ def test_flex_attention_equals_sdpa(block):
     assert (tf_dense - tf_flex).abs().max() <= 1e-5
 
 
+def test_the_backend_chosen_is_the_one_attention_runs():
+    """set_attention_backend takes effect: 'flash' refuses a mask and, without flash-attn installed, any call;
+    'auto' on the CPU runs SDPA with the dense mask."""
+    import causvid.models.wan.attention as attn
+
+    q = torch.randn(1, 4, 2, 8)
+    mask = MaskSpec(num_frames=2, frame_tokens=2, block=1)
+    set_attention_backend("flash")
+    try:
+        with pytest.raises(ValueError) as error:
+            attn.attention(q, q, q, mask)
+        assert str(error.value) == "the flash-attn backend takes no mask; use 'flex' or 'sdpa' for masked attention"
+        if attn.flash_attn_func is None:
+            with pytest.raises(RuntimeError) as error:
+                attn.attention(q, q, q)
+            assert str(error.value) == "attention backend 'flash' requested but flash-attn is not installed"
+    finally:
+        set_attention_backend("auto")
+    expected = torch.nn.functional.scaled_dot_product_attention(*(q.transpose(1, 2),) * 3, attn_mask=mask.dense())
+    assert torch.equal(attn.attention(q, q, q, mask), expected.transpose(1, 2))
+
+
 def rollout_vs_full(model, block, num_blocks, context_noise=0.0, local_attn_size=-1, sink_size=0,
                     steps=(1000.0, 750.0, 500.0), reference_window=None):
     """Drive the cache as a streaming rollout does; compare each call with the full forward on
