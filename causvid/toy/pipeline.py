@@ -333,16 +333,22 @@ class ToyPipeline:
 
     def extract_loras(self, folder, teacher, student, config):
         """The student's difference from the teacher (its base, as Wan2.1 is the published students' base) as
-        LoRAs of each rank in LORA_EXTRACT_RANKS, by the export CLI's main (`python -m causvid.export --to lora`,
-        in this process; its table of weight and output errors goes to this stage's log), each applied to the
+        LoRAs of each rank in LORA_EXTRACT_RANKS, by the export CLI (`python -m causvid.export --to lora`, run as
+        a user runs it; its table of weight and output errors goes to this stage's log), each applied to the
         teacher and judged like a model."""
-        from causvid.export import main as export
+        import subprocess
+
         from causvid.toy.evaluate import has_ema, judge_loras
 
         out = folder / "lora.safetensors"
         ranks = LORA_EXTRACT_RANKS[::len(LORA_EXTRACT_RANKS) - 1] if self.smoke else LORA_EXTRACT_RANKS  # --quick
-        export(["--wan_model_path", str(teacher), "--checkpoint_path", str(student), "--to", "lora", "--rank",
-                ",".join(map(str, ranks)), "--out", str(out), *(["--use_ema"] if has_ema(student) else [])])
+        command = [sys.executable, "-m", "causvid.export", "--wan_model_path", str(teacher), "--checkpoint_path",
+                   str(student), "--to", "lora", "--rank", ",".join(map(str, ranks)), "--out", str(out),
+                   *(["--use_ema"] if has_ema(student) else [])]
+        done = subprocess.run(command, capture_output=True, text=True)
+        print(done.stdout + done.stderr, flush=True)
+        if done.returncode:
+            raise RuntimeError(f"[{folder.name}] {' '.join(command)} failed: {done.stderr.strip()[-500:]}")
         judge_loras(folder, config, teacher, {rank: out.with_name(f"lora_rank{rank}.safetensors") for rank in ranks},
                     self.budget, self.seed)
 
