@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import multiprocessing
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -345,7 +346,9 @@ class ToyPipeline:
         command = [sys.executable, "-m", "causvid.export", "--wan_model_path", str(teacher), "--checkpoint_path",
                    str(student), "--to", "lora", "--rank", ",".join(map(str, ranks)), "--out", str(out),
                    *(["--use_ema"] if has_ema(student) else [])]
-        done = subprocess.run(command, capture_output=True, text=True)
+        import torch  # the CLI runs on this stage's threads (a child would take every core beside other stages)
+        done = subprocess.run(command, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
         print(done.stdout + done.stderr, flush=True)
         if done.returncode:
             raise RuntimeError(f"[{folder.name}] {' '.join(command)} failed: {done.stderr.strip()[-500:]}")
