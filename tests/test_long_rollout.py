@@ -68,6 +68,14 @@ def test_gradient_is_the_windows_exit_steps_on_the_same_rollout():
         calls.append((x.detach().clone(), t.clone(), kw["start_frame"], torch.is_grad_enabled()))
         return forward(x, t, ctx, **kw)
     model.forward = recording
+    # each step's rollout trains the window that step draws: it stops at that window's end (three steps, three windows)
+    steps = {stage.window_start(s, "generator"): s for s in range(50)}
+    assert len(steps) >= 3
+    for start in sorted(steps)[:3]:
+        calls.clear()
+        stage.generate(Models(model), batch, steps[start])
+        assert max(c[2] for c in calls) == start + 3 and not any(c[3] for c in calls if c[2] < start)
+    calls.clear()
     weights = torch.randn(1, 6, 16, 4, 4)
     (stage.generate(Models(model), batch, step) * weights).sum().backward()
     model.forward = forward
