@@ -141,3 +141,24 @@ def test_rope_positions_reach_the_training_rollout():
     # the stage hands the setting and its window (the training length, a one-block sink) to the cache it rolls
     assert [(kw["rope_positions"], kw["max_frames"], kw["local_attn_size"], kw["sink_size"]) for kw in made] == [
         ("absolute", 6, -1, 0), ("window", 6, -1, 0), ("absolute", 24, 6, 3), ("window", 24, 6, 3)]
+
+
+def test_windows_by_hand_for_other_layouts_seeds_roles_and_kv_windows():
+    """Windows start and end on block boundaries: with frame 0 a block of its own ([1, 3, 3, ...]) a window of 7
+    frames fits only at 0; two windows are both drawn. The draw is keyed by the run's seed and the role (the
+    critic's rollout draws its own window). The rolling KV window is the config's when it sets one, else the
+    training length with a one-block sink; without a long rollout the cache is global."""
+    first_alone = stage_of("long_rollout_frames=19", "independent_first_frame=true", "image_or_video_shape=[1,7,16,4,4]",
+                           "num_training_frames=7")
+    assert first_alone.window_starts == [0]
+    two = stage_of("long_rollout_frames=9")
+    assert two.window_starts == [0, 3] and {two.window_start(s, "generator") for s in range(40)} == {0, 3}
+    stage = stage_of("long_rollout_frames=24")
+
+    def draws(stage, role="generator"):
+        return [stage.window_start(s, role) for s in range(40)]
+    assert draws(stage_of("long_rollout_frames=24", "seed=1")) != draws(stage_of("long_rollout_frames=24", "seed=2"))
+    assert draws(stage, "generator") != draws(stage, "critic")
+    assert stage_of("long_rollout_frames=24", "model_kwargs.local_attn_size=9", "model_kwargs.sink_size=0").kv_window \
+        == {"local_attn_size": 9, "sink_size": 0}
+    assert stage_of().kv_window == {"local_attn_size": -1, "sink_size": 0}
