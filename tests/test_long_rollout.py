@@ -148,8 +148,8 @@ def test_windows_by_hand_for_other_layouts_seeds_roles_and_kv_windows():
     frames fits only at 0; two windows are both drawn. The draw is keyed by the run's seed and the role (the
     critic's rollout draws its own window). The rolling KV window is the config's when it sets one, else the
     training length with a one-block sink; without a long rollout the cache is global."""
-    first_alone = stage_of("long_rollout_frames=19", "independent_first_frame=true", "image_or_video_shape=[1,7,16,4,4]",
-                           "num_training_frames=7")
+    first_alone = stage_of("long_rollout_frames=19", "independent_first_frame=true",
+                           "image_or_video_shape=[1,7,16,4,4]", "num_training_frames=7")
     assert first_alone.window_starts == [0]
     two = stage_of("long_rollout_frames=9")
     assert two.window_starts == [0, 3] and {two.window_start(s, "generator") for s in range(40)} == {0, 3}
