@@ -364,21 +364,6 @@ def test_euler_step_and_consistency_loss_by_hand():
     assert got.item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
-def test_dmd_timesteps_by_hand():
-    """One t per video: an integer k = floor(1000 u) of the stage's uniform draw u, shifted (shift 5 here),
-    1000 * 5 (k / 1000) / (1 + 4 k / 1000), clamped to [20, 980] (the originals' min / max step)."""
-    stage = stage_of("causal_forcing_dmd_chunkwise")
-    assert stage.shift == 5.0
-    x = torch.zeros(6, 6, 1, 1, 1)
-    batch = {"samples": list(range(6))}
-    t = stage.dmd_timesteps(x, batch, 3, "dmd_t")
-    u = stage.uniform((1,), batch, 3, "dmd_t", device="cpu").double()
-    k = torch.floor(u * 1000) / 1000
-    expected = (1000 * 5 * k / (1 + 4 * k)).clamp(20, 980).expand(-1, 6)
-    torch.testing.assert_close(t.double(), expected, rtol=1e-6, atol=1e-4)
-    assert ((t > 20) & (t < 980)).any()  # not all at a clamp
-
-
 # -- the draws' keys ---------------------------------------------------------------------------------------------
 
 KEYED = [(p.stem, ()) for p in sorted(TINY.glob("*.yaml")) if "14b" not in p.stem] + [
@@ -458,6 +443,16 @@ def test_dmd_timesteps_by_hand():
     expected = (1000 * 5 * u / (1 + 4 * u)).clamp(20, 980).expand(-1, 3)
     torch.testing.assert_close(t.double(), expected, rtol=1e-6, atol=1e-4)
     assert float(t.min()) == 20.0 and float(t.max()) == 980.0
+
+
+def test_noise_takes_the_dtype_and_shape_of_what_it_is_like():
+    """A stage's keyed noise for a bfloat16 latent is bfloat16 (the float32 draw, rounded), per sample."""
+    stage = stage_of("self_forcing_dmd")
+    batch = {"samples": [4, 7]}
+    exact = stage.noise(torch.zeros(2, 3, 2), batch, 1, "x")
+    half = stage.noise(torch.zeros(2, 3, 2, dtype=torch.bfloat16), batch, 1, "x")
+    assert exact.dtype == torch.float32 and half.dtype == torch.bfloat16 and torch.equal(half, exact.bfloat16())
+    assert not torch.equal(exact[0], exact[1])  # each sample its own draw
 
 
 def test_the_diffusion_stage_on_the_first_frame_alone_and_without_teacher_forcing():
