@@ -39,7 +39,9 @@ TARGETS = {
                                    CD + "test_cd_draws_one_grid_level_per_video",
                                    "tests/test_long_rollout.py::test_window_choices_and_bad_lengths",
                                    "tests/test_long_rollout.py::test_gradient_is_the_windows_exit_steps_on_the_same_rollout",
-                                   "tests/test_long_rollout.py::test_rope_positions_reach_the_training_rollout"],
+                                   "tests/test_long_rollout.py::test_rope_positions_reach_the_training_rollout",
+                                   "tests/test_long_rollout.py::test_windows_by_hand_for_other_layouts_seeds_roles_and_"
+                                   "kv_windows"],
     "causvid/pipelines/rollout.py": ["tests/test_rollout.py", "tests/test_losses_by_hand.py",
                                      "tests/test_training_fidelity.py", "tests/test_stream.py",
                                      "tests/test_serve_cfg.py", "tests/test_long_rollout.py"],
