@@ -21,6 +21,9 @@ def test_a_frame_takes_its_slot_in_the_ring_after_the_sink():
     assert cache.slot_of_frame(frames).tolist() == expected
     global_cache = KVCache(1, 1, max_frames=5)
     assert global_cache.slot_of_frame(torch.arange(5)).tolist() == [0, 1, 2, 3, 4] and not global_cache.rolling
+    no_sink = KVCache(1, 1, local_attn_size=3)  # no sink unless asked: a plain ring
+    assert no_sink.slot_of_frame(torch.arange(6)).tolist() == [0, 1, 2, 0, 1, 2]
+    assert KVCache(1, 1, max_frames=4, local_attn_size=9).held_frames() == [-1] * 4  # the smaller of the two
 
 
 def test_held_frames_follow_the_blocks_written():
