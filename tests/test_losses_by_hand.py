@@ -474,3 +474,14 @@ def test_the_diffusion_stage_on_the_first_frame_alone_and_without_teacher_forcin
 def test_last_step_only_exits_every_block_at_its_last_step():
     stage = stage_of("causal_forcing_dmd_framewise_1step", "last_step_only=true")  # block 0: 4 steps, then 1
     assert [stage.exit_step(7, "generator", b) for b in range(3)] == [3, 0, 0]
+
+
+def test_a_dmd_stage_reads_what_its_input_needs_and_warps_the_listed_levels_when_asked():
+    """CausVid's data input trains on latents (the trainer opens an LMDB), every other DMD input on prompts; the
+    listed levels are warped onto the shifted grid when warp_denoising_step is set, the trailing 0 kept."""
+    from causvid.flow import warp_denoising_step
+
+    assert stage_of("wan_causal_dmd").data == "latents" and stage_of("self_forcing_dmd").data == "prompts"
+    assert stage_of("wan_causal_dmd").times == [1000.0, 757.0, 522.0, 0.0]
+    warped = stage_of("wan_causal_dmd", "warp_denoising_step=true").times
+    assert warped == warp_denoising_step([1000.0, 757.0, 522.0], 8.0).tolist() + [0.0] and warped[1] != 757.0
