@@ -339,6 +339,8 @@ class ToyPipeline:
         teacher and judged like a model."""
         import subprocess
 
+        import torch
+
         from causvid.toy.evaluate import has_ema, judge_loras
 
         out = folder / "lora.safetensors"
@@ -346,7 +348,7 @@ class ToyPipeline:
         command = [sys.executable, "-m", "causvid.export", "--wan_model_path", str(teacher), "--checkpoint_path",
                    str(student), "--to", "lora", "--rank", ",".join(map(str, ranks)), "--out", str(out),
                    *(["--use_ema"] if has_ema(student) else [])]
-        import torch  # the CLI runs on this stage's threads (a child would take every core beside other stages)
+        # the CLI runs on this stage's threads (a child would take every core, beside the other stages)
         done = subprocess.run(command, capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
         print(done.stdout + done.stderr, flush=True)
@@ -481,7 +483,7 @@ def _main(argv=None) -> int:
             setattr(budget, f.name, getattr(args, f.name))
     layouts = args.layouts.split(",")
     unknown = [layout for layout in layouts if layout not in LAYOUTS]
-    if unknown or not layouts:
+    if unknown:
         p.error(f"--layouts {args.layouts}: choose from {', '.join(LAYOUTS)} (comma-separated)")
     if args.release is not None and RELEASE.rpartition("_")[2] not in layouts:
         p.error(f"--release ships {RELEASE}, which --layouts {args.layouts} leaves out: add "
