@@ -1,6 +1,6 @@
 """LoRA training (config `lora.generator` / `lora.critic`, through peft): B = 0 reproduces the base exactly and the
 adapter adds (alpha / r) B A x; the gradient reaches the adapters alone (the Self-Forcing rollout's cross-attention
-adapters included) and the base never moves; two processes (FSDP2 over gloo) equal one; a killed run resumes
+adapters included) and the base never moves; two processes (FSDP2 over gloo) equal one; a crashed run resumes
 exactly; checkpoints hold the adapter and name the base, and inference rebuilds the trained student from them."""
 
 import pytest
