@@ -118,13 +118,19 @@ def test_mask_equals_the_rule_token_by_token(block, teacher_forcing, window, sin
 
 
 @pytest.mark.parametrize("block", [1, 3])
-def test_flex_attention_equals_sdpa(block):
+def test_flex_attention_equals_sdpa(block, monkeypatch):
+    """The 'flex' backend runs FlexAttention (every masked call) and gives SDPA's result."""
+    import causvid.models.wan.attention as attn
+
+    calls, run_flex = [], attn.flex_attention
+    monkeypatch.setattr(attn, "flex_attention", lambda *a, **kw: calls.append(kw["block_mask"]) or run_flex(*a, **kw))
     model = random_tiny()
     x, t, context = torch.randn(1, 6, 16, H, W), torch.rand(1, 6) * 1000, torch.randn(1, 16, 32)
     with torch.no_grad():
         dense = model(x, t, context, causal=True, num_frame_per_block=block, local_attn_size=4, sink_size=1)
         clean = torch.randn_like(x)
         tf_dense = model(x, t, context, clean_x=clean, num_frame_per_block=block)
+        assert calls == []  # auto on a CPU: SDPA
         set_attention_backend("flex")
         try:
             flex = model(x, t, context, causal=True, num_frame_per_block=block, local_attn_size=4, sink_size=1)
@@ -133,6 +139,7 @@ def test_flex_attention_equals_sdpa(block):
             set_attention_backend("auto")
     assert (dense - flex).abs().max() <= 1e-5
     assert (tf_dense - tf_flex).abs().max() <= 1e-5
+    assert len(calls) == 2 * len(model.blocks) and all(mask is not None for mask in calls)  # self-attention only
 
 
 def test_the_backend_chosen_is_the_one_attention_runs():
