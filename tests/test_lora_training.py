@@ -17,7 +17,7 @@ from causvid.training import lora
 from causvid.training.checkpointing import latest_checkpoint
 from causvid.training.trainer import Trainer
 
-from test_training import TINY, assert_close_states, one_thread_cli, overrides, read_losses
+from test_training import TINY, after_step, assert_close_states, one_thread_cli, overrides, read_losses
 from torchrun_jobs import job
 
 LORA = ["lora.generator.rank=4", "lora.generator.alpha=8", "lora.critic.rank=2"]
@@ -111,14 +111,11 @@ def test_crashed_run_resumes_exactly_and_its_checkpoint_is_the_adapter(tiny_run_
     reference = tmp_path / "reference"
     assert one_thread_cli(train_argv(tiny_run_data, reference)) == 0
     run = tmp_path / "run"
-    log = Trainer._log
 
-    def log_then_crash(self, logs):
-        log(self, logs)
-        if self.step == 3:
-            raise Crash
+    def crash():
+        raise Crash
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_log", log_then_crash)
+        after_step(patch, 3, crash)
         with pytest.raises(Crash):
             one_thread_cli(train_argv(tiny_run_data, run))
     assert latest_checkpoint(run).name == "checkpoint_model_000002"

@@ -238,16 +238,21 @@ def reference_losses(tiny_run_data, tmp_path_factory):
     return losses
 
 
-def signal_after_step(monkeypatch, step, sig):
-    """This process sends itself `sig` right after the trainer logs `step` (as tests/stop_at_step.py does to
-    train.py): a known step, no clock; the trainer's handler (installed for the loop) takes it."""
+def after_step(monkeypatch, step, act):
+    """Call `act()` right after the trainer logs `step` (as tests/stop_at_step.py does in train.py): a known
+    step, no clock."""
     log = Trainer._log
 
-    def log_then_signal(self, logs):
+    def log_then_act(self, logs):
         log(self, logs)
         if self.step == step:
-            os.kill(os.getpid(), getattr(signal, sig))
-    monkeypatch.setattr(Trainer, "_log", log_then_signal)
+            act()
+    monkeypatch.setattr(Trainer, "_log", log_then_act)
+
+
+def signal_after_step(monkeypatch, step, sig):
+    """This process sends itself `sig` after `step`; the trainer's handler (installed for the loop) takes it."""
+    after_step(monkeypatch, step, lambda: os.kill(os.getpid(), getattr(signal, sig)))
 
 
 @pytest.mark.long(12)

@@ -485,9 +485,9 @@ def _main(argv=None) -> int:
     unknown = [layout for layout in layouts if layout not in LAYOUTS]
     if unknown:
         p.error(f"--layouts {args.layouts}: choose from {', '.join(LAYOUTS)} (comma-separated)")
-    if args.release is not None and RELEASE.rpartition("_")[2] not in layouts:
-        p.error(f"--release ships {RELEASE}, which --layouts {args.layouts} leaves out: add "
-                f"{RELEASE.rpartition('_')[2]}")
+    release_layout = RELEASE.rpartition("_")[2]
+    if args.release is not None and release_layout not in layouts:
+        p.error(f"--release ships {RELEASE}, which --layouts {args.layouts} leaves out: add {release_layout}")
     check_output_folder(args.out, "--out")
     if args.release is not None:
         check_output_folder(args.release, "--release")
