@@ -108,16 +108,21 @@ class Check:
         return self._workdir
 
     def cleanup(self) -> None:
+        gc.unfreeze()
         if self._workdir is not None and not self.args.workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
     def free(self) -> None:
         """Between parts: drop compiled graphs and CUDA graph pools (they hold their models) and cached device
-        memory. (FlexAttention's compiled kernel is kept unless a part compiled blocks.)"""
+        memory. (FlexAttention's compiled kernel is kept unless a part compiled blocks.) What survives the
+        collection (the imports, the VAE, the kept latents) is frozen, so the next one scans only what later
+        parts made (a full collection over torch's, transformers' and diffusers' objects took 0.4-0.7 s each
+        time); cleanup() unfreezes it."""
         if self.compiled:
             torch._dynamo.reset()
             self.compiled = False
         gc.collect()
+        gc.freeze()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         set_attention_backend("auto")
