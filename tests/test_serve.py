@@ -75,6 +75,9 @@ class Client:
     """A WebSocket client that reads messages in order: frames (decoded) and events (dicts)."""
 
     def __init__(self, url, **kwargs):
+        # No flow control unless a test asks for it (the slow-client tests): a client whose queue is full stops
+        # reading, so closing it mid-stream would wait its whole close timeout (10 s) for the server's close frame.
+        kwargs.setdefault("max_queue", None)
         self._connection = connect(url, **kwargs)
         self.ws = self._connection.__enter__()
         self.frames, self.events, self.log = [], [], []  # log: ("frame", index) / ("event", dict) in order
@@ -412,6 +415,10 @@ def test_a_slow_client_over_a_real_socket_loses_the_oldest_frames_and_is_told(to
         np.testing.assert_array_equal(c.frames[0], reference[0])
         c.read(frames=2 * BLOCK)  # reading again, the stream goes on
         assert app.state.sessions.open == 1 and not c.of_type("error")
+        # stopped and read to the end before closing: a client whose one-message queue is full reads nothing
+        # more, so it would see the server's close frame only after its close timeout (10 s)
+        c.send({"type": "stop"})
+        c.read(event="stopped", max_messages=2000)
         c.close()
 
 
