@@ -88,16 +88,27 @@ def _once(base, name, make):
         return json.loads(result.read_text())
 
 
+def write_torchrun_data(root):
+    """The tiny Wan folder and datasets (causvid.tiny_wan.write_tiny_training_data), and `toy`: the same DiT in a
+    toy folder, whose hashed-word text encoder needs no transformers. The jobs about checkpoints, not text,
+    train from it: importing transformers' umT5 costs each rank 4 s of CPU, 17 of a 4-rank world's 50."""
+    from causvid.models.wan import WanDiT
+    from causvid.tiny_wan import write_tiny_training_data
+    from causvid.toy.folder import write_toy_folder
+
+    data = write_tiny_training_data(root)
+    write_toy_folder(data / "toy", WanDiT.from_pretrained(data / "wan"))
+    return data
+
+
 class Torchrun:
     """The torchrun jobs' folders (tests/torchrun_jobs.py), their worlds launched on first use, once per run."""
 
     def __init__(self, tmp_path_factory, worker_id, selected):
-        from causvid.tiny_wan import write_tiny_training_data
-
         self.base = tmp_path_factory.getbasetemp()
         self.base = self.base if worker_id == "master" else self.base.parent  # one folder for every worker
         self.root, self.selected = self.base / "torchrun", selected
-        self.data = Path(_once(self.base, "torchrun_data", lambda: str(write_tiny_training_data(
+        self.data = Path(_once(self.base, "torchrun_data", lambda: str(write_torchrun_data(
             _fresh(self.root / "data")))))
         self.worlds = {}  # world size -> {job: None, or why it failed}
 

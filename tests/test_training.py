@@ -382,8 +382,9 @@ def test_diffusion_loss_weighting_bump_or_uniform(tiny_run_data, tmp_path):
 SHARDED = TINY / "causal_ode_chunkwise.yaml"
 
 
-def sharded_common(data):
-    return overrides(data, "ode6", ema_weight=0.5, ema_start_step=0, log_iters=2, lr=1e-3, checkpoint_format="sharded")
+def sharded_common(data):  # the tiny DiT in a toy folder: no umT5 to import in each of the ranks (conftest.py)
+    return overrides(data, "ode6", wan_model_path=data / "toy", real_model_path=data / "toy", ema_weight=0.5,
+                     ema_start_step=0, log_iters=2, lr=1e-3, checkpoint_format="sharded")
 
 
 @job(world=2)
@@ -426,7 +427,7 @@ def test_sharded_checkpoint_saved_by_two_processes_resumes_on_one_and_on_four(to
             assert got["generator_loss"] == pytest.approx(expected["generator_loss"], rel=1e-5)
         assert_close_states(reference["generator"], resumed["generator"])
         assert_close_states(reference["ema"], resumed["ema"])
-    dit = load_dit(torchrun.data / "wan", saved)
+    dit = load_dit(torchrun.data / "toy", saved)
     assert_close_states({k: v for k, v in dit.state_dict().items()}, torch.load(two / "two.pt")["generator"], tol=0)
 
 
