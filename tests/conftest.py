@@ -90,8 +90,8 @@ def _once(base, name, make):
 
 def write_torchrun_data(root):
     """The tiny Wan folder and datasets (causvid.tiny_wan.write_tiny_training_data), and `toy`: the same DiT in a
-    toy folder, whose hashed-word text encoder needs no transformers. The jobs about checkpoints, not text,
-    train from it: importing transformers' umT5 costs each rank 4 s of CPU, 17 of a 4-rank world's 50."""
+    toy folder, whose hashed-word text encoder needs no transformers: the training jobs train from it
+    (test_training.toy_folder), as importing transformers' umT5 cost each rank 4 s of CPU."""
     from causvid.models.wan import WanDiT
     from causvid.tiny_wan import write_tiny_training_data
     from causvid.toy.folder import write_toy_folder

@@ -17,7 +17,7 @@ from causvid.training import lora
 from causvid.training.checkpointing import latest_checkpoint
 from causvid.training.trainer import Trainer
 
-from test_training import TINY, after_step, assert_close_states, one_thread_cli, overrides, read_losses
+from test_training import TINY, after_step, assert_close_states, one_thread_cli, overrides, read_losses, toy_folder
 from torchrun_jobs import job
 
 LORA = ["lora.generator.rank=4", "lora.generator.alpha=8", "lora.critic.rank=2"]
@@ -67,7 +67,8 @@ def test_gradient_reaches_only_the_adapters_and_the_base_stays(tiny_run_data, tm
 
 
 def two_processes_common(data):
-    return overrides(data, "latents", max_iters=2, ema_weight=0.5, ema_start_step=0, lr=1e-2) + LORA
+    return overrides(data, "latents", **toy_folder(data), max_iters=2, ema_weight=0.5, ema_start_step=0,
+                     lr=1e-2) + LORA
 
 
 @job(world=2)

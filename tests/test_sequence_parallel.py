@@ -54,9 +54,10 @@ def test_split_dit_equals_one_process(reference, torchrun):
 
 def sp_train_args(data):
     """Self-Forcing DMD (KV-cached rollout with activation checkpointing, critic, real score); a learning rate
-    large enough that a wrong gradient shows in the later steps' losses."""
+    large enough that a wrong gradient shows in the later steps' losses. The tiny DiT in a toy folder, as every
+    torchrun job (test_training.toy_folder)."""
     return ["--config_path", ROOT / "configs" / "tiny" / "self_forcing_dmd.yaml", "--no_save", "--no_visualize",
-            "--disable-wandb", f"wan_model_path={data / 'wan'}", f"real_model_path={data / 'wan'}",
+            "--disable-wandb", f"wan_model_path={data / 'toy'}", f"real_model_path={data / 'toy'}",
             f"data_path={data / 'prompts.txt'}", "generator_ckpt=null", "max_iters=3", "dfake_gen_update_ratio=1",
             "lr=1e-3", "lr_critic=1e-3", "log_iters=1000"]
 

@@ -90,8 +90,15 @@ def assert_close_states(a, b, tol=1e-5):
     assert worst <= tol, worst
 
 
+def toy_folder(data):
+    """The torchrun data's tiny DiT in a toy folder (conftest.write_torchrun_data), for the torchrun jobs and their
+    one-process references: its hashed-word text encoder needs no transformers, whose umT5 costs each rank 4 s of
+    CPU to import. What they test is the distribution (FSDP2, sequence parallelism, checkpoints), not the text."""
+    return {"wan_model_path": data / "toy", "real_model_path": data / "toy"}
+
+
 def two_processes_common(data):
-    return overrides(data, "prompts.txt", max_iters=2, dfake_gen_update_ratio=1, ema_weight=0.5, ema_start_step=0)
+    return overrides(data, "prompts.txt", **toy_folder(data), max_iters=2, dfake_gen_update_ratio=1, ema_weight=0.5, ema_start_step=0)
 
 
 @job(world=2)
@@ -382,9 +389,9 @@ def test_diffusion_loss_weighting_bump_or_uniform(tiny_run_data, tmp_path):
 SHARDED = TINY / "causal_ode_chunkwise.yaml"
 
 
-def sharded_common(data):  # the tiny DiT in a toy folder: no umT5 to import in each of the ranks (conftest.py)
-    return overrides(data, "ode6", wan_model_path=data / "toy", real_model_path=data / "toy", ema_weight=0.5,
-                     ema_start_step=0, log_iters=2, lr=1e-3, checkpoint_format="sharded")
+def sharded_common(data):
+    return overrides(data, "ode6", **toy_folder(data), ema_weight=0.5, ema_start_step=0, log_iters=2, lr=1e-3,
+                     checkpoint_format="sharded")
 
 
 @job(world=2)
