@@ -15,15 +15,18 @@ def run(model, noise, context, use_cache, steps=(1000, 750, 500), **kw):
                                    generator=torch.Generator().manual_seed(1), **kw))
 
 
-@pytest.mark.parametrize("block,window,sink", [(1, -1, 0), (3, -1, 0), (1, 3, 1), (3, 7, 1)])
-def test_cached_rollout_equals_prefix_recompute(block, window, sink):
+@pytest.mark.parametrize("block,window,sink,first", [(1, -1, 0, 0), (3, -1, 0, 0), (1, 3, 1, 0), (3, 7, 1, 0),
+                                                     (3, -1, 0, 1)])
+def test_cached_rollout_equals_prefix_recompute(block, window, sink, first):
+    """first: frame 0 a block of its own ([1, 3, 3, ...]), which the recomputing path's mask must know."""
     model = random_dit("tiny", seed=2)
-    noise, context = torch.randn(1, 4 * block, 16, 8, 8), torch.randn(1, 16, 32)
-    kw = dict(num_frame_per_block=block, context_noise=50.0, local_attn_size=window, sink_size=sink)
+    noise, context = torch.randn(1, first + 4 * block, 16, 8, 8), torch.randn(1, 16, 32)
+    kw = dict(num_frame_per_block=block, context_noise=50.0, local_attn_size=window, sink_size=sink,
+              independent_first_frame=bool(first))
     cached, recomputed = run(model, noise, context, True, **kw), run(model, noise, context, False, **kw)
-    assert [s for s, _ in cached] == list(range(0, 4 * block, block))
-    for (_, a), (_, b) in zip(cached, recomputed):
-        assert a.shape == (1, block, 16, 8, 8)
+    assert [s for s, _ in cached] == [0] * first + list(range(first, first + 4 * block, block))
+    for (start, a), (_, b) in zip(cached, recomputed):
+        assert a.shape == (1, 1 if start < first else block, 16, 8, 8)
         assert (a - b).abs().max() <= 1e-4  # several steps of float error, outputs of size ~1
 
 
@@ -146,6 +149,20 @@ def test_generator_noise_draws_in_float32_and_casts_to_the_latents_dtype():
     got = generator_noise(torch.Generator().manual_seed(5))(like, (0, 0))
     expected = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
     assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
+    # drawn on the generator's device, then moved to the latents' (the meta device stands in for a GPU here)
+    assert generator_noise(torch.Generator())(torch.empty(2, 3, device="meta"), (0, 0)).device.type == "meta"
+
+
+@pytest.mark.parametrize("first_alone,size,message", [
+    (False, 2, "a block of 2 frames at frame 0; the layout needs 3 (num_frame_per_block=3)"),
+    (True, 3, "a block of 3 frames at frame 0; the layout needs 1 (num_frame_per_block=3, independent first frame)")])
+def test_a_block_off_the_layout_is_refused_naming_both_sizes(first_alone, size, message):
+    rollout = Rollout(random_dit("tiny", seed=2), torch.randn(1, 16, 32), batch=1, num_frame_per_block=3,
+                      sampler=few_step_sampler([1000]), max_frames=7, independent_first_frame=first_alone)
+    for call in (rollout.step, rollout.give):
+        with pytest.raises(ValueError) as err:
+            call(torch.randn(1, size, 16, 8, 8))
+        assert str(err.value) == message
 
 
 def recording(model):
