@@ -98,7 +98,8 @@ def toy_folder(data):
 
 
 def two_processes_common(data):
-    return overrides(data, "prompts.txt", **toy_folder(data), max_iters=2, dfake_gen_update_ratio=1, ema_weight=0.5, ema_start_step=0)
+    return overrides(data, "prompts.txt", **toy_folder(data), max_iters=2, dfake_gen_update_ratio=1, ema_weight=0.5,
+                     ema_start_step=0)
 
 
 @job(world=2)
