@@ -24,10 +24,9 @@ def _deterministic():
 
 @pytest.fixture(scope="session")
 def tiny_run_data(tmp_path_factory):
-    """A tiny Wan folder plus the datasets every training stage reads (see write_tiny_training_data)."""
-    from causvid.tiny_wan import write_tiny_training_data
-
-    return write_tiny_training_data(tmp_path_factory.mktemp("tiny_run"))
+    """A tiny Wan folder plus the datasets every training stage reads, and its DiT in a toy folder (see
+    write_tiny_run_data)."""
+    return write_tiny_run_data(tmp_path_factory.mktemp("tiny_run"))
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +87,11 @@ def _once(base, name, make):
         return json.loads(result.read_text())
 
 
-def write_torchrun_data(root):
+def write_tiny_run_data(root):
     """The tiny Wan folder and datasets (causvid.tiny_wan.write_tiny_training_data), and `toy`: the same DiT in a
-    toy folder, whose hashed-word text encoder needs no transformers: the training jobs train from it
-    (test_training.toy_folder), as importing transformers' umT5 cost each rank 4 s of CPU."""
+    toy folder, whose hashed-word text encoder needs no transformers: the torchrun jobs and the training runs
+    started as processes train from it (test_training.toy_folder), as importing transformers' umT5 cost each
+    process 4 s of CPU."""
     from causvid.models.wan import WanDiT
     from causvid.tiny_wan import write_tiny_training_data
     from causvid.toy.folder import write_toy_folder
@@ -108,7 +108,7 @@ class Torchrun:
         self.base = tmp_path_factory.getbasetemp()
         self.base = self.base if worker_id == "master" else self.base.parent  # one folder for every worker
         self.root, self.selected = self.base / "torchrun", selected
-        self.data = Path(_once(self.base, "torchrun_data", lambda: str(write_torchrun_data(
+        self.data = Path(_once(self.base, "torchrun_data", lambda: str(write_tiny_run_data(
             _fresh(self.root / "data")))))
         self.worlds = {}  # world size -> {job: None, or why it failed}
 

@@ -91,9 +91,10 @@ def assert_close_states(a, b, tol=1e-5):
 
 
 def toy_folder(data):
-    """The torchrun data's tiny DiT in a toy folder (conftest.write_torchrun_data), for the torchrun jobs and their
-    one-process references: its hashed-word text encoder needs no transformers, whose umT5 costs each rank 4 s of
-    CPU to import. What they test is the distribution (FSDP2, sequence parallelism, checkpoints), not the text."""
+    """The tiny DiT in a toy folder (conftest.write_tiny_run_data), for the torchrun jobs, the training runs started
+    as processes, and their one-process references: its hashed-word text encoder needs no transformers, whose
+    umT5 costs each process 4 s of CPU to import. What they test is the distribution (FSDP2, sequence
+    parallelism, checkpoints) or the stop and resume, not the text."""
     return {"wan_model_path": data / "toy", "real_model_path": data / "toy"}
 
 
@@ -223,8 +224,10 @@ def read_losses(logdir):
 
 
 def train_argv(tiny_run_data, logdir):
+    """The stopped-run tests' training: the SIGKILL one runs it as a process, so from the toy folder."""
     return ["--config_path", str(TINY / "ar_diffusion_tf_framewise.yaml"), "--logdir", str(logdir), "--no_visualize",
-            "--disable-wandb"] + overrides(tiny_run_data, "latents", max_iters=8, log_iters=2, lr=1e-3)
+            "--disable-wandb"] + overrides(tiny_run_data, "latents", **toy_folder(tiny_run_data), max_iters=8,
+                                           log_iters=2, lr=1e-3)
 
 
 def one_thread_cli(argv):
