@@ -9,6 +9,7 @@ import torch
 
 import sp_worker
 from causvid.training.cli import main as train_py
+from test_training import toy_folder
 from torchrun_jobs import job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +58,9 @@ def sp_train_args(data):
     large enough that a wrong gradient shows in the later steps' losses. The tiny DiT in a toy folder, as every
     torchrun job (test_training.toy_folder)."""
     return ["--config_path", ROOT / "configs" / "tiny" / "self_forcing_dmd.yaml", "--no_save", "--no_visualize",
-            "--disable-wandb", f"wan_model_path={data / 'toy'}", f"real_model_path={data / 'toy'}",
-            f"data_path={data / 'prompts.txt'}", "generator_ckpt=null", "max_iters=3", "dfake_gen_update_ratio=1",
-            "lr=1e-3", "lr_critic=1e-3", "log_iters=1000"]
+            "--disable-wandb", *(f"{k}={v}" for k, v in toy_folder(data).items()), f"data_path={data / 'prompts.txt'}",
+            "generator_ckpt=null", "max_iters=3", "dfake_gen_update_ratio=1", "lr=1e-3", "lr_critic=1e-3",
+            "log_iters=1000"]
 
 
 @job(world=2)
