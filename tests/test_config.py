@@ -238,6 +238,21 @@ def test_wrong_type(tmp_path, text, key, value, expected):
     assert str(err.value) == f"{path}: key '{key}' has value {value}, expected {expected}"
 
 
+def test_a_wrong_type_is_named_in_the_layer_that_gives_it(tmp_path):
+    """load_config merges base, file and overrides in one go; an error still names the layer at fault (and a later
+    layer's good value does not hide an earlier layer's bad one)."""
+    good, bad = _write(tmp_path, "lr: 0.5\n", "good.yaml"), _write(tmp_path, "batch_size: 1.5\n", "bad.yaml")
+    cases = [((good, ["batch_size=two"], None), "override 'batch_size=two': key 'batch_size' has value 'two' (str)"),
+             ((bad, ["lr=0.1"], None), f"{bad}: key 'batch_size' has value 1.5 (float)"),
+             ((good, ["batch_size=2"], bad), f"{bad}: key 'batch_size' has value 1.5 (float)"),
+             ((good, [], {"lr": "fast"}), "base: key 'lr' has value 'fast' (str)")]
+    for (path, overrides, base), message in cases:
+        with pytest.raises(ConfigError) as err:
+            load_config(path, overrides, base=base)
+        assert str(err.value).startswith(message + ", expected "), (str(err.value), message)
+    assert load_config(good, ["batch_size=2"]).lr == 0.5 and load_config(good, ["lr=0.1"]).lr == 0.1
+
+
 def test_inconsistent_values(tmp_path):
     with pytest.raises(ConfigError, match="num_frame_per_block=3"):
         load_config(_write(tmp_path, "num_frame_per_block: 3\nimage_or_video_shape: [1, 4, 16, 4, 4]\n"))

@@ -22,7 +22,9 @@ from causvid.config.schema import IGNORED_KEYS, Config, ConfigError
 PathLike = Union[str, Path]
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(cls) -> dict:
+    """The schema class's field types (cached: typing.get_type_hints evaluates every annotation again)."""
     return typing.get_type_hints(cls)
 
 
@@ -130,8 +132,22 @@ def _as_container(layer) -> dict:
     return dict(layer)
 
 
-def _merge(cfg: DictConfig, data: dict, source: str) -> DictConfig:
-    _check_keys(data, Config, source)
+def _merge(layers: list) -> DictConfig:
+    """The schema defaults with the layers [(data, source), ...] merged over them in order. One merge for all (each
+    OmegaConf merge copies the whole config: one per layer made load_config 3x slower); when it fails, the layers
+    again one by one, to name the one at fault."""
+    for data, source in layers:
+        _check_keys(data, Config, source)
+    try:
+        return OmegaConf.merge(_schema_defaults(), *(data for data, _ in layers))
+    except OmegaConfBaseException:
+        cfg = _schema_defaults()
+        for data, source in layers:
+            cfg = _merge_one(cfg, data, source)
+        raise  # (not reached: the failing layer raised its ConfigError)
+
+
+def _merge_one(cfg: DictConfig, data: dict, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(cfg, data)
     except OmegaConfBaseException as err:
@@ -206,20 +222,18 @@ def load_config(path: Optional[PathLike] = None, overrides=(), base=None) -> Dic
     layer between the defaults and the file (a path, mapping, DictConfig or Config), e.g. a shared parent file.
     Returns a structured DictConfig. Raises ConfigError.
     """
-    cfg = OmegaConf.structured(Config)
+    layers = []
     if base is not None:
-        if isinstance(base, (str, Path)):
-            cfg = _merge(cfg, _load_yaml(base), str(base))
-        else:
-            cfg = _merge(cfg, _as_container(base), "base")
+        layers.append((_load_yaml(base), str(base)) if isinstance(base, (str, Path)) else
+                      (_as_container(base), "base"))
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        cfg = _merge(cfg, _load_yaml(path), source)
+        layers.append((_load_yaml(path), source))
     if isinstance(overrides, str):
         overrides = [overrides]
-    for item in overrides:
-        cfg = _merge(cfg, _parse_override(item), f"override {item!r}")
+    layers += [(_parse_override(item), f"override {item!r}") for item in overrides]
+    cfg = _merge(layers)
     _one_guidance_form(cfg)
     _validate(cfg, source + (" with overrides" if overrides else ""))
     _warn_ignored(cfg, source)
@@ -243,18 +257,20 @@ _warned = set()
 
 @functools.lru_cache(maxsize=1)
 def _schema_defaults() -> DictConfig:
-    """The schema's defaults, built once (read only: a third of a load_config call if built each time)."""
+    """The schema's defaults, built once (never changed: load_config merges onto a copy; building them each time
+    was a third of a load_config call)."""
     return OmegaConf.structured(Config)
 
 
 def ignored_values(cfg) -> list:
     """'key=value' for each of IGNORED_KEYS whose value differs from its neutral one."""
     defaults = _schema_defaults()
+    special = {"num_training_frames": [cfg.image_or_video_shape[1]],
+               "generator_task": [defaults.generator_task, "causal_video" if generator_is_causal(cfg) else
+                                  "bidirectional_video"]}
     out = []
     for key in IGNORED_KEYS:
-        neutral = {"num_training_frames": [cfg.image_or_video_shape[1]],
-                   "generator_task": [defaults[key], "causal_video" if generator_is_causal(cfg) else
-                                      "bidirectional_video"]}.get(key, [defaults[key]])
+        neutral = special.get(key, [defaults[key]])
         if cfg[key] not in neutral:
             value = OmegaConf.to_container(cfg[key]) if isinstance(cfg[key], (DictConfig, ListConfig)) else cfg[key]
             out.append(f"{key}={value!r}")
