@@ -242,3 +242,48 @@ def test_the_lora_extraction_stage_holds_a_low_rank_change_and_the_report_tables
     assert rows[2].startswith(f"| {lora} | 4 | ") and rows[2].endswith(" | 0.50 | 1.00 | 0.50 | 0.25 | 0.12 |")
     assert [r.split(" | ")[0] for r in rows[4:]] == ["| 4", "| 64", "| the student"]
     assert rows[4].startswith("| 4 | 0.000 | 0.000 | ")
+
+
+@pytest.mark.parametrize("grid, speed", [(4, 1), (4, 2)])
+def test_offset_clips_start_on_the_grid_along_the_line_of_motion(tmp_path, grid, speed):
+    """--start_offsets N --world_speed V: each training clip is the centred video cut N*k frames later, so its first
+    frame shows the shape N*V*k pixels from the centre along its direction (every k drawn), and it moves V pixels a
+    frame. Read back from the LMDB, decoded, and located from the pixels (the brightest-coverage centroid)."""
+    from causvid.data.datasets import LatentLMDBDataset
+    from causvid.pipelines.text_to_video import load_vae
+    from causvid.toy import world
+    from causvid.toy.pipeline import Budget, ToyPipeline
+
+    pipeline = ToyPipeline(tmp_path, Budget(videos=64, start_offsets=grid, world_speed=speed))
+    pipeline.make_base(tmp_path / "base")
+    (tmp_path / "data").mkdir()
+    pipeline.make_data(tmp_path / "data")
+    rows = LatentLMDBDataset(tmp_path / "data" / "latents")
+    vae = load_vae(tmp_path / "base")
+    background = torch.tensor(world.BACKGROUND) * 2 - 1
+    seen = set()
+    ys, xs = torch.meshgrid(torch.arange(32.0) + 0.5, torch.arange(32.0) + 0.5, indexing="ij")
+
+    def centre(frame):  # the shape's wrapped centroid (circular mean along each axis), in pixels
+        mask = ((frame - background[:, None, None]).abs().sum(0) > 0.5).float()
+        angle = lambda v: torch.atan2((mask * torch.sin(v * torch.pi / 16)).sum(),  # noqa: E731
+                                      (mask * torch.cos(v * torch.pi / 16)).sum()) * 16 / torch.pi % 32
+        return float(angle(xs)), float(angle(ys))
+
+    for i in range(len(rows)):
+        row = rows[i]
+        shape, colour, direction = world.parse_caption(row["prompts"])
+        dx, dy = world.DIRECTION_VECTORS[direction]
+        frames = vae.decode(row["clean_latent"][None])[0]  # [T, 3, 32, 32]
+        (x0, y0), (x4, y4) = centre(frames[0]), centre(frames[4])  # two keyframes, decoded exactly
+        # the centred still of the same shape (a triangle's centroid is not its box's centre)
+        cx, cy = centre(world.render(world.VideoSpec(shape, colour, direction, 16, 16), 1)[0])
+        along, across = (x0 - cx, y0 - cy) if dx else (y0 - cy, x0 - cx)
+        assert (across + 16) % 32 - 16 == pytest.approx(0, abs=0.3)  # on the line through the centre
+        shift = (along * (dx or dy)) % 32  # how far along its own direction it starts
+        steps = shift / (grid * speed)
+        assert steps == pytest.approx(round(steps), abs=0.1), (row["prompts"], shift)
+        seen.add(round(steps) % (32 // (grid * speed)))
+        moved = (((x4 - x0) * dx + (y4 - y0) * dy) + 16) % 32 - 16
+        assert moved == pytest.approx(4 * speed, abs=0.3)
+    assert seen == set(range(32 // (grid * speed)))  # every start on the grid is drawn

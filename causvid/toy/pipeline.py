@@ -72,8 +72,10 @@ class Budget:
     lora_comparison: int = 0    # 1: also chunkwise CF DMD as LoRAs (ranks LORA_RANKS) and the shipped student's
     #                             LoRA extracted at ranks LORA_EXTRACT_RANKS, applied to the teacher
     step_schedules: int = 0     # 1: also chunkwise CF DMD students of other step schedules (STEP_SCHEDULES)
-    start_offsets: int = 0      # 1: training clips cut at a random frame of the endless video (the shape anywhere
-    #                             along its line of motion through the centre), as deep windows of a rollout are
+    start_offsets: int = 0      # N > 0: training clips cut at a random multiple of N frames of the endless video
+    #                             (the shape anywhere along its line of motion through the centre), as deep windows
+    #                             of a rollout are; 4 = one latent frame, so every start a latent-aligned window has
+    world_speed: int = 1        # pixels per frame the shapes of the training videos move
 
     @classmethod
     def quick(cls):
@@ -368,10 +370,11 @@ class ToyPipeline:
 
         from causvid.pipelines.text_to_video import load_vae
         vae = load_vae(self.out / "base")
-        specs = world.sample_specs(self.budget.videos, seed=self.seed, start=START)
+        specs = world.sample_specs(self.budget.videos, seed=self.seed, start=START, speed=self.budget.world_speed)
         if self.budget.start_offsets:  # one period of the wrapped motion covers every start along the line
             import numpy as np
-            offsets = np.random.default_rng((self.seed, 7)).integers(0, world.CANVAS, len(specs))
+            grid, period = self.budget.start_offsets, world.CANVAS // self.budget.world_speed  # frames
+            offsets = np.random.default_rng((self.seed, 7)).integers(0, -(-period // grid), len(specs)) * grid
             specs = [world.later(spec, int(offset)) for spec, offset in zip(specs, offsets)]
         with LatentLMDBWriter(folder / "latents", unique_prompts=False) as writer:
             for i in range(0, len(specs), 256):
