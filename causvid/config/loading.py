@@ -140,11 +140,12 @@ def _merge(layers: list) -> DictConfig:
         _check_keys(data, Config, source)
     try:
         return OmegaConf.merge(_schema_defaults(), *(data for data, _ in layers))
-    except OmegaConfBaseException:
+    except OmegaConfBaseException as err:
         cfg = _schema_defaults()
         for data, source in layers:
-            cfg = _merge_one(cfg, data, source)
-        raise  # (not reached: the failing layer raised its ConfigError)
+            cfg = _merge_one(cfg, data, source)  # raises the ConfigError naming the layer at fault
+        sources = ", ".join(source for _, source in layers)  # (no single layer fails: not seen)
+        raise ConfigError(f"{sources}: {str(err).splitlines()[0]}") from err
 
 
 def _merge_one(cfg: DictConfig, data: dict, source: str) -> DictConfig:

@@ -75,7 +75,8 @@ class Budget:
     start_offsets: int = 0      # N > 0: training clips cut at a random multiple of N frames of the endless video
     #                             (the shape anywhere along its line of motion through the centre), as deep windows
     #                             of a rollout are; 4 = one latent frame, so every start a latent-aligned window has
-    world_speed: int = 1        # pixels per frame the shapes of the training videos move
+    world_speed: int = 1        # pixels per frame the shapes of the training videos move (the training data only:
+    #                             the V2V measurement's input videos keep 1 px/frame)
 
     @classmethod
     def quick(cls):
