@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from causvid.config import load_config
+from causvid.config import ConfigError, load_config
 from causvid.training.stages import Models, make_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +102,43 @@ def test_diffusion_stage_flow_matching_by_hand(weighting):
     assert loss.item() == pytest.approx((w * err).mean().item(), rel=1e-5)
     torch.testing.assert_close(stage.last_output.double(), call["x"].double() - s * v, rtol=1e-5, atol=1e-6)
 
+
+
+def test_frame_noise_gives_the_picked_clips_a_level_per_frame_by_hand():
+    """diffusion_frame_noise_prob (bidirectional teacher): a clip picked with that probability is noised frame by
+    frame, each frame at its own grid level (Diffusion Forcing's noise; the clip's shared level is its first
+    frame's), the rest as before; the loss is the flow-matching one with each frame's own s."""
+    toy_teacher = ROOT / "configs" / "toy" / "teacher.yaml"
+    x0 = latents(32, 6, 16, 4, 4, seed=1)
+    batch = {"samples": list(range(32)), "clean": x0, "context": latents(32, 8, 32, seed=2),
+             "negative": torch.zeros(32, 8, 32)}
+    seen = {}
+    for prob in (0.0, 0.5, 1.0):
+        stage = make_stage(load_config(toy_teacher, overrides=[f"diffusion_frame_noise_prob={prob}",
+                                                                "caption_dropout=0"]))
+        gen = Recorder(pattern)
+        loss = stage.generator_loss(Models(gen), batch, step=5)
+        (call,) = gen.calls
+        t = seen[prob] = call["t"]
+        assert not call["causal"]
+        off_grid = (t.double().reshape(-1, 1) - 1000 * torch.tensor(hand_grid(5.0)).double()).abs().min(1).values
+        assert off_grid.max() < 1e-3
+        n = stage.noise(x0, batch, 5, "noise").double()
+        s = bcast(hand_sigma(t, 5.0))
+        torch.testing.assert_close(call["x"].double(), (1 - s) * x0.double() + s * n, rtol=1e-5, atol=1e-6)
+        err = (pattern(call["x"], t).double() - (n - x0.double())).pow(2).mean(dim=(2, 3, 4))
+        assert loss.item() == pytest.approx(err.mean().item(), rel=1e-5)
+    shared = (seen[0.0] == seen[0.0][:, :1]).all(1)
+    assert shared.all()  # none picked: one level per clip
+    assert (seen[1.0] != seen[1.0][:, :1]).any(1).all()  # all picked: the frames' levels differ in every clip
+    assert torch.equal(seen[1.0][:, 0], seen[0.0][:, 0])  # a clip's shared level is its first frame's
+    picked = (seen[0.5] != seen[0.5][:, :1]).any(1)
+    assert 6 <= picked.sum() <= 26  # about half of 32
+    assert torch.equal(seen[0.5][picked], seen[1.0][picked]) and torch.equal(seen[0.5][~picked], seen[0.0][~picked])
+    for bad, why in (("diffusion_frame_noise_prob=1.5", "probability"), ("causal=true", "bidirectional")):
+        with pytest.raises(ConfigError, match=f"diffusion_frame_noise_prob=.*{why}"):
+            make_stage(load_config(toy_teacher, overrides=[bad] + ["diffusion_frame_noise_prob=0.5"] * (
+                bad.startswith("causal"))))
 
 def test_noisiest_level_has_no_bump_weight_and_unit_uniform_weight():
     """At t = 1000 (the grid's first point) the bump weight is its minimum minus itself: 0."""

@@ -88,6 +88,10 @@ class DiffusionStage(Stage):
         self.shift = warp_shift(cfg)
         self.timesteps = training_timesteps(self.shift).float()
         self.caption_dropout = float(cfg.caption_dropout)
+        self.frame_noise = float(cfg.diffusion_frame_noise_prob)
+        if not 0.0 <= self.frame_noise <= 1.0 or (self.frame_noise and self.causal):
+            raise ConfigError(f"diffusion_frame_noise_prob={self.frame_noise}: expected a probability in [0, 1], for "
+                              "a bidirectional generator (causal: false; a causal one draws a level per block)")
         self.needs_negative = self.caption_dropout > 0
         if cfg.diffusion_loss_weighting not in ("bump", "uniform"):
             raise ConfigError(f"diffusion_loss_weighting={cfg.diffusion_loss_weighting!r}: expected 'bump' "
@@ -101,6 +105,10 @@ class DiffusionStage(Stage):
             drop = self.uniform((1,), batch, step, "caption_dropout", device=x0.device) < self.caption_dropout
             context = torch.where(drop[:, :, None], batch["negative"], context)
         idx = self.levels(1000, x0.shape[1], batch, step, "t", x0.device, per_block=self.causal)
+        if self.frame_noise:  # these clips take a level per frame (the draws whose first one the clip shares)
+            own = self.levels(1000, x0.shape[1], batch, step, "t", x0.device, per_block=True)
+            pick = self.uniform((1,), batch, step, "frame_noise", device=x0.device) < self.frame_noise
+            idx = torch.where(pick, own, idx)
         t = self.timesteps.to(x0.device)[idx]
         noise = self.noise(x0, batch, step, "noise")
         x_t = add_noise(x0, noise, t, self.grid)
