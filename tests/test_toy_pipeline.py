@@ -189,7 +189,9 @@ def test_the_framewise_path_is_the_chunkwise_one_in_its_own_configs(tmp_path, ca
 
     for argv, message in ((["--layouts", "chunky"], "--layouts chunky: choose from framewise, chunkwise"),
                           (["--layouts", "framewise", "--release", str(tmp_path / "r")],
-                           "--release ships cf_dmd_chunkwise, which --layouts framewise leaves out: add chunkwise")):
+                           "--release ships cf_dmd_chunkwise, which --layouts framewise leaves out: add chunkwise"),
+                          (["--world_speed", "0"], "--world_speed 0: expected an integer >= 1"),
+                          (["--start_offsets", "-4"], "--start_offsets -4: expected an integer >= 0")):
         with pytest.raises(SystemExit) as usage:
             main(["--out", str(tmp_path / "out"), "--quick", *argv])
         assert usage.value.code == 2 and message in capsys.readouterr().err

@@ -483,8 +483,12 @@ def _main(argv=None) -> int:
     args = p.parse_args(argv)
     budget = Budget.quick() if args.quick else Budget()
     for f in fields(Budget):
-        if getattr(args, f.name) is not None:
-            setattr(budget, f.name, getattr(args, f.name))
+        value = getattr(args, f.name)
+        if value is not None:
+            least = 1 if f.name == "world_speed" else 0  # counts, steps, switches (0: off) and a speed
+            if value < least:
+                p.error(f"--{f.name} {value}: expected an integer >= {least}")
+            setattr(budget, f.name, value)
     layouts = args.layouts.split(",")
     unknown = [layout for layout in layouts if layout not in LAYOUTS]
     if unknown:
