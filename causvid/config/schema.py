@@ -178,8 +178,8 @@ class Config:
     caption_dropout: float = 0.0
     # ours, diffusion trainer, bidirectional generator: probability that a clip is noised frame by frame (a level
     # per frame, or per block of num_frame_per_block: Diffusion Forcing's noise) instead of one level for the
-    # clip, so that denoising a frame needs the others (toy teachers on clips cut anywhere: 0.38 -> 0.56 all
-    # three at 0.5, docs/toy/notes.md).
+    # clip, so that denoising a frame needs the others (toy teachers on clips cut anywhere: docs/toy/notes.md,
+    # where one run gained and one did not).
     diffusion_frame_noise_prob: float = 0.0
     # ours, diffusion trainer: the loss weight over timesteps. "bump": Self-Forcing's (peaks at t = 500, zero at
     # t = 1000), right for fine-tuning a model that already denoises pure noise; "uniform": plain flow matching,
