@@ -103,7 +103,6 @@ def test_diffusion_stage_flow_matching_by_hand(weighting):
     torch.testing.assert_close(stage.last_output.double(), call["x"].double() - s * v, rtol=1e-5, atol=1e-6)
 
 
-
 def test_frame_noise_gives_the_picked_clips_a_level_per_frame_by_hand():
     """diffusion_frame_noise_prob (bidirectional teacher): a clip picked with that probability is noised frame by
     frame, each frame at its own grid level (Diffusion Forcing's noise; the clip's shared level is its first
@@ -139,6 +138,7 @@ def test_frame_noise_gives_the_picked_clips_a_level_per_frame_by_hand():
         with pytest.raises(ConfigError, match=f"diffusion_frame_noise_prob=.*{why}"):
             make_stage(load_config(toy_teacher, overrides=[bad] + ["diffusion_frame_noise_prob=0.5"] * (
                 bad.startswith("causal"))))
+
 
 def test_noisiest_level_has_no_bump_weight_and_unit_uniform_weight():
     """At t = 1000 (the grid's first point) the bump weight is its minimum minus itself: 0."""

@@ -250,7 +250,7 @@ def test_the_lora_extraction_stage_holds_a_low_rank_change_and_the_report_tables
 def test_offset_clips_start_on_the_grid_along_the_line_of_motion(tmp_path, grid, speed):
     """--start_offsets N --world_speed V: each training clip is the centred video cut N*k frames later, so its first
     frame shows the shape N*V*k pixels from the centre along its direction (every k drawn), and it moves V pixels a
-    frame. Read back from the LMDB, decoded, and located from the pixels (the brightest-coverage centroid)."""
+    frame. Read back from the LMDB, decoded, and located from the pixels (the centroid of those off the background)."""
     from causvid.data.datasets import LatentLMDBDataset
     from causvid.pipelines.text_to_video import load_vae
     from causvid.toy import world
