@@ -156,7 +156,7 @@ def test_the_framewise_path_is_the_chunkwise_one_in_its_own_configs(tmp_path, ca
     """The whole graph is the chunkwise path's (what `--layouts chunkwise` runs, the end-to-end test above) plus
     the framewise path: the same stages reading the same kinds of inputs, with the framewise configs and a
     1-frame block for the causal ODE data, plus CF++'s 1- and 2-step framewise students (CausVid runs chunkwise
-    only). --layouts refuses what it does not know, and a release without the shipped student's path."""
+    only). --layouts refuses what it does not know."""
     from causvid.toy.pipeline import Budget, Ref, ToyPipeline
 
     full = ToyPipeline(tmp_path, Budget.quick()).stages
@@ -188,14 +188,41 @@ def test_the_framewise_path_is_the_chunkwise_one_in_its_own_configs(tmp_path, ca
     assert full["cfpp_dmd_framewise_2step"].kwargs["generator_ckpt"].stage == "cf_cd_framewise"
 
     for argv, message in ((["--layouts", "chunky"], "--layouts chunky: choose from framewise, chunkwise"),
-                          (["--layouts", "framewise", "--release", str(tmp_path / "r")],
-                           "--release ships cf_dmd_chunkwise, which --layouts framewise leaves out: add chunkwise"),
                           (["--world_speed", "0"], "--world_speed 0: expected an integer >= 1"),
                           (["--start_offsets", "-4"], "--start_offsets -4: expected an integer >= 0")):
         with pytest.raises(SystemExit) as usage:
             main(["--out", str(tmp_path / "out"), "--quick", *argv])
         assert usage.value.code == 2 and message in capsys.readouterr().err
         assert not (tmp_path / "out").exists() and not (tmp_path / "r").exists()
+
+
+def test_long_video_runs_the_framewise_path_on_offset_clips_and_ships_its_student(tmp_path, monkeypatch):
+    """--long_video: clips cut at every latent-aligned start, the framewise AR model trained 1,600 steps, the
+    framewise path alone (so no CausVid ODE pairs), its DMD students measured streaming and shipped by --release
+    with the command that remakes them; flags given beside it win, and a run with the chunkwise path ships the
+    chunkwise student as before."""
+    from causvid.toy.pipeline import ToyPipeline
+
+    seen = []
+
+    def run(self, release=None):
+        seen.append(self)
+        return tmp_path / "report.md"
+    monkeypatch.setattr(ToyPipeline, "run", run)
+    assert main(["--out", str(tmp_path / "a"), "--long_video"]) == 0
+    (p,) = seen
+    assert (p.budget.start_offsets, p.budget.ar_steps, list(p.layouts)) == (4, 1600, ["framewise"])
+    assert p.release_stage == "cf_dmd_framewise" and "ode_pairs" not in p.stages
+    assert p.command == "python -m causvid.toy.pipeline --out runs/toy_long --long_video --release checkpoints/toy"
+    streams = {n for n, s in p.stages.items() if s.fn == "evaluate" and s.kwargs["streams"]}
+    assert streams == {"evaluate/cf_dmd_framewise", "evaluate/cf_dmd_framewise_long"}
+    assert main(["--out", str(tmp_path / "b"), "--long_video", "--ar_steps", "800",
+                 "--layouts", "framewise,chunkwise"]) == 0
+    p = seen[-1]
+    assert (p.budget.start_offsets, p.budget.ar_steps) == (4, 800) and p.release_stage == "cf_dmd_chunkwise"
+    assert "ode_pairs" in p.stages and p.stages["evaluate/cf_dmd_chunkwise"].kwargs["streams"]
+    assert main(["--out", str(tmp_path / "c"), "--quick", "--long_video"]) == 0  # a smoke run keeps its few steps
+    assert (seen[-1].budget.ar_steps, seen[-1].budget.start_offsets) == (1, 4)
 
 
 def test_the_lora_extraction_stage_holds_a_low_rank_change_and_the_report_tables_it(tmp_path):

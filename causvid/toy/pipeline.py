@@ -6,6 +6,7 @@ WanDiT, trainer, LMDB, ODE and rollout functions as the Wan-size runs) at toy si
     python -m causvid.toy.pipeline --out runs/toy --quick    # a few steps per stage (tests, smoke runs)
     python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy   # also (re)make the shipped student
     python -m causvid.toy.pipeline --out runs/toy --layouts chunkwise        # the shipped student's path alone
+    python -m causvid.toy.pipeline --out runs/toy_long --long_video          # the student that holds long videos
 
 Stages form a graph (each names the stages it reads); after the teacher, independent stages and the
 evaluation of each model run side by side, one process per core (`--workers`, `causvid.toy.schedule`); a stage
@@ -39,8 +40,19 @@ CAUSVID_LAYOUTS = ("chunkwise",)
 START = (16, 16)
 #: The stage whose student `--release` ships (checkpoints/toy, the README's main job; trained with the config of
 #: the same name): Causal Forcing's chunkwise DMD student, the method's final model in the layout Self-Forcing
-#: and Causal Forcing publish.
+#: and Causal Forcing publish. A run without the chunkwise path (--long_video) ships its framewise twin.
 RELEASE = "cf_dmd_chunkwise"
+#: --long_video: the budget of the run whose student holds its motion past the training window (docs/toy/notes.md,
+#: "A fifth try"): clips cut at every latent-aligned start along the line of motion, so deep windows of a rollout
+#: are in the data, and the framewise AR-diffusion model trained until it continues them (all three 0.47 at 400
+#: steps on such clips, 1.00 at 1,600). The framewise path alone: the chunkwise AR model's first chunk is a joint
+#: choice of 3 latent frames, which it did not learn on these clips (0.34-0.44).
+LONG_VIDEO = dict(start_offsets=4, ar_steps=1600)
+
+
+def release_stage(layouts) -> str:
+    """The stage `--release` ships from a run of these layouts."""
+    return RELEASE if "chunkwise" in layouts else "cf_dmd_framewise"
 
 
 @dataclass
@@ -127,6 +139,8 @@ class ToyPipeline:
         self.out, self.budget, self.seed, self.workers, self.threads = Path(out), budget, seed, workers, threads
         self.layouts = {layout: LAYOUTS[layout] for layout in LAYOUTS if layout in layouts}  # the paths run
         self.smoke = smoke  # --quick: the report says its figures check the plumbing only
+        self.release_stage = release_stage(self.layouts)
+        self.command = "python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy"  # release.json's
         self.log = log or functools.partial(print, flush=True)
         self.times = {}
 
@@ -149,7 +163,8 @@ class ToyPipeline:
         train("teacher", "teacher", b.teacher_steps, COSTS["teacher"], wan_model_path=Ref("base"),
               data_path=Ref("data", "latents"), export=True)
         teacher, latents, prompts = Ref("teacher", "model"), Ref("data", "latents"), Ref("data", "prompts.txt")
-        add("ode_pairs", "make_ode_pairs", COSTS["ode_pairs"], teacher_folder=teacher)
+        if any(layout in CAUSVID_LAYOUTS for layout in self.layouts):  # CausVid's data alone
+            add("ode_pairs", "make_ode_pairs", COSTS["ode_pairs"], teacher_folder=teacher)
         common = dict(wan_model_path=teacher, real_model_path=teacher)
         models = {"teacher (50-step, bidirectional)": ("teacher", "teacher")}
         for layout, block in self.layouts.items():
@@ -221,7 +236,8 @@ class ToyPipeline:
                  for long in ("", f", long rollout x{b.long_rollout}")]
         sinks += [f"Causal Forcing DMD (chunkwise, {suffix})" for suffix in STEP_SCHEDULES if b.step_schedules]
         # streaming (switching, V2V): the shipped student and its long-rollout twin
-        streams = [f"Causal Forcing DMD (chunkwise{long})" for long in ("", f", long rollout x{b.long_rollout}")]
+        shipped = self.release_stage.rpartition("_")[2]
+        streams = [f"Causal Forcing DMD ({shipped}{long})" for long in ("", f", long rollout x{b.long_rollout}")]
         parts = {}
         for name, (config, stage, *schedule) in models.items():
             parts[name] = f"evaluate/{stage}"
@@ -309,18 +325,19 @@ class ToyPipeline:
         import torch
 
         from causvid.toy.evaluate import has_ema
-        checkpoint = _last(self.out / RELEASE)
+        stage = self.release_stage
+        checkpoint = _last(self.out / stage)
         use_ema = has_ema(checkpoint)
         self.export(checkpoint, use_ema, folder, dtype=torch.bfloat16)
         results = json.loads((self.out / "evaluate" / "results.json").read_text())
-        scores = next(r for r in results.values() if r["config"] == RELEASE)
+        scores = results[f"Causal Forcing DMD ({stage.rpartition('_')[2]})"]  # not a twin of the same config
         (Path(folder) / "release.json").write_text(json.dumps({
-            "stage": RELEASE, "config": f"configs/toy/{RELEASE}.yaml", "seed": self.seed,
+            "stage": stage, "config": f"configs/toy/{stage}.yaml", "seed": self.seed,
             "budget": asdict(self.budget), "ema": use_ema,
             "scores": {k: scores[k] for k in ("colour_acc", "shape_acc", "direction_acc", "all_acc")},
-            "reproduce": "python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy",
+            "reproduce": self.command,
         }, indent=2) + "\n")
-        self.log(f"[release] {RELEASE} -> {folder}")
+        self.log(f"[release] {stage} -> {folder}")
         return folder
 
     def make_base(self, folder):
@@ -470,9 +487,13 @@ def _main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, not quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--release", help="write the shipped student (checkpoints/toy) into this folder")
-    p.add_argument("--layouts", default=",".join(LAYOUTS), metavar="LIST",
-                   help=f"the Causal Forcing paths to run, comma-separated (default: {','.join(LAYOUTS)}); chunkwise "
-                        "alone is the shipped student's path, in about half the time")
+    p.add_argument("--layouts", metavar="LIST",
+                   help=f"the Causal Forcing paths to run, comma-separated (default: {','.join(LAYOUTS)}; "
+                        "with --long_video framewise); chunkwise alone is the shipped student's path, in about half the time")
+    p.add_argument("--long_video", action="store_true",
+                   help="the run whose student holds its motion past the training window: "
+                        + ", ".join(f"--{k} {v}" for k, v in LONG_VIDEO.items()) + ", --layouts framewise; "
+                        "--release ships its framewise student (flags given beside it win)")
     p.add_argument("--workers", type=positive_int, default=cores(),
                    help="stages run side by side in this many processes (default: one per core)")
     p.add_argument("--threads", type=positive_int, metavar="N",
@@ -482,6 +503,9 @@ def _main(argv=None) -> int:
         p.add_argument(f"--{f.name}", type=int, help=f"override the budget's {f.name}")
     args = p.parse_args(argv)
     budget = Budget.quick() if args.quick else Budget()
+    for name, value in LONG_VIDEO.items() if args.long_video else ():
+        if not (args.quick and name.endswith("_steps")):  # --quick keeps its few steps
+            setattr(budget, name, value)
     for f in fields(Budget):
         value = getattr(args, f.name)
         if value is not None:
@@ -489,13 +513,10 @@ def _main(argv=None) -> int:
             if value < least:
                 p.error(f"--{f.name} {value}: expected an integer >= {least}")
             setattr(budget, f.name, value)
-    layouts = args.layouts.split(",")
+    layouts = (args.layouts or ("framewise" if args.long_video else ",".join(LAYOUTS))).split(",")
     unknown = [layout for layout in layouts if layout not in LAYOUTS]
     if unknown:
         p.error(f"--layouts {args.layouts}: choose from {', '.join(LAYOUTS)} (comma-separated)")
-    release_layout = RELEASE.rpartition("_")[2]
-    if args.release is not None and release_layout not in layouts:
-        p.error(f"--release ships {RELEASE}, which --layouts {args.layouts} leaves out: add {release_layout}")
     check_output_folder(args.out, "--out")
     if args.release is not None:
         check_output_folder(args.release, "--release")
@@ -503,8 +524,12 @@ def _main(argv=None) -> int:
     print(f"threads: {total} in all; stages side by side get {max(1, total // max(1, args.workers))} each "
           f"({args.workers} workers){' (smoke run: --quick)' if args.quick else ''}", flush=True)
     try:
-        report = ToyPipeline(args.out, budget, seed=args.seed, workers=args.workers, threads=args.threads,
-                             smoke=args.quick, layouts=layouts).run(release=args.release)
+        pipeline = ToyPipeline(args.out, budget, seed=args.seed, workers=args.workers, threads=args.threads,
+                               smoke=args.quick, layouts=layouts)
+        if args.long_video:  # release.json's command (the run's folders and threads are not the release's)
+            pipeline.command = ("python -m causvid.toy.pipeline --out runs/toy_long --long_video "
+                                "--release checkpoints/toy")
+        report = pipeline.run(release=args.release)
     except (StageStopped, KeyboardInterrupt) as stop:
         print(str(stop) or "interrupted: finished stages are kept; run the same command again to go on",
               file=sys.stderr)

@@ -22,14 +22,15 @@ All four use the pair's generator seed, so the first S frames of the first, seco
 [wS, (w + 1)S) for the restart), i.e. 4S = 24 pixel frames (21 for the restart's first window, whose first latent
 gives one frame); the analyser's colour / shape / direction verdict on them is compared with B.
 
-*Frames until B holds*: a judging window is the pixel frames of one block's worth of latent frames
-(`num_frame_per_block`, 3 -> 12 pixel frames), slid one latent frame (4 pixel frames) at a time; the window at
-offset d covers latent frames [S + d, S + d + block) ([d, d + block) for the restart). B holds at d when the
+*Frames until B holds*: a judging window is the pixel frames of J = max(block, JUDGE_FRAMES) latent frames
+(`num_frame_per_block` 3 -> 12 pixel frames; a framewise student's block of 1 latent frame is 4 pixel frames, too
+few for the analyser's direction, so it is judged on 3 as well), slid one latent frame (4 pixel frames) at a time;
+the window at offset d covers latent frames [S + d, S + d + J) ([d, d + J) for the restart). B holds at d when the
 analyser's verdict on that window matches B on all three attributes. The number reported is the smallest such
 d after the switch, in latent frames and in pixel frames (the pixel frames decoded between the switch and latent
 S + d: 4d for the switched streams, 1 + 4(d - 1) for the restart when d > 0); None ("never") if no window of
 the continuation shows B. "B at once": d = 0 (the first block made after the switch already shows B); "within
-one block" (the issue's goal for re-cache: >= 80 % of pairs): d <= block, i.e. B shows in a one-block window
+one block" (the issue's goal for re-cache: >= 80 % of pairs): d <= block, i.e. B shows in a judging window
 starting at most one block after the switch. The first such window, not "B from there to the end": an endless
 toy stream loses its prompt now and then even without a switch (the restart's per-window accuracy shows how
 often), so persistence is read from the per-window accuracies, and the ``no switch (A)`` row gives the rate
@@ -57,6 +58,7 @@ __all__ = ["MODES", "switch_pairs", "frames_until_holds", "score_after", "measur
 MODES = ("re-cache + re-sink", "re-cache, old sink kept", "no re-cache", "restart with B", "no switch (A)")
 ATTRIBUTES = ("colour", "shape", "direction")
 STRENGTHS = (250, 500, 625, 750, 1000)  # 625: the shipped student's last step level (CausVid's V2V choice)
+JUDGE_FRAMES = 3  # the shortest judging window for "B holds", in latent frames (module doc)
 HELD_OUT = 10_000  # the evaluation's held-out specs are world.sample_specs(n, HELD_OUT + seed) (evaluate.py)
 
 
@@ -113,8 +115,8 @@ def _verdicts(clips, caption):
 
 def score_after(video, start, caption, vae, *, window, windows, block) -> dict:
     """`video` [T, 3, H, W] (decoded by `vae`) against `caption` from latent frame `start` on: the verdicts per
-    window of `window` latent frames ({"all"/"colour"/...: [bool per window]}) and the first sliding one-block
-    window that matches all three (`onset_latent`, `onset_pixel`; module doc)."""
+    window of `window` latent frames ({"all"/"colour"/...: [bool per window]}) and the first sliding window of
+    `block` latent frames that matches all three (`onset_latent`, `onset_pixel`; module doc)."""
     at = vae.num_pixel_frames  # pixel offset of a latent frame (frames before it)
     per_window = _verdicts([video[at(start + w * window):at(start + (w + 1) * window)] for w in range(windows)],
                            caption)
@@ -135,7 +137,8 @@ def measure_switching(components, config, pairs: int = 16, windows: int = 4, see
         raise ValueError(f"the training window ({switch} latent frames) must end on a block boundary "
                          f"(num_frame_per_block={block}, independent_first_frame off) to switch there")
     vae, total = components.vae, switch * (1 + windows)
-    kw = dict(window=switch, windows=windows, block=block)
+    judge = max(block, JUDGE_FRAMES)
+    kw = dict(window=switch, windows=windows, block=judge)
     from causvid.toy import analyser
 
     kv = {k: v for k, v in dict(local_attn_size=local_attn_size, sink_size=sink_size).items() if v is not None}
@@ -154,7 +157,8 @@ def measure_switching(components, config, pairs: int = 16, windows: int = 4, see
         if log:
             log(f"[streaming] pair {i + 1}/{pairs}: {a} -> {b}: " + ", ".join(
                 f"{m} {_onset_text(scored[m]['onset_latent'])}" for m in MODES))
-    return dict(switch_latent_frame=switch, window_latent_frames=switch, windows=windows, block=block, kv_window=kv,
+    return dict(switch_latent_frame=switch, window_latent_frames=switch, windows=windows, block=block,
+                judge_latent_frames=judge, kv_window=kv,
                 pixel_frames_per_window=vae.num_pixel_frames(2 * switch) - vae.num_pixel_frames(switch),
                 a_before_switch_acc=_mean([p["a_before_switch"] for p in per_pair]),
                 modes={m: _summarise([p["modes"][m] for p in per_pair], block) for m in MODES}, pairs=per_pair)
@@ -251,7 +255,8 @@ def markdown(result: dict, level: str = "###", name: str = None) -> list[str]:
              f"window ({s['switch_latent_frame']} latent frames), then B for {s['windows']} windows of "
              f"{s['window_latent_frames']} latent frames ({px} pixel frames) in an endless session ({kv}). "
              f"Accuracy on B per window after the switch (first → last); *B holds after*: the first offset after "
-             f"the switch at which a one-block window ({s['block']} latent frames) slid by one latent frame shows B "
+             f"the switch at which a window of {s.get('judge_latent_frames', s['block'])} latent frames slid by one "
+             f"latent frame shows B "
              f"on all three attributes (median over the pairs where it does, latent / pixel frames); *at once*: "
              f"at offset 0; *within one block*: at offset ≤ {s['block']}; *never*: in no window of the "
              f"continuation. Before the switch A is right on all three in "
