@@ -54,6 +54,22 @@ def test_independent_stages_run_side_by_side_and_lone_ones_here(tmp_path, monkey
     assert seen["b"]["threads"] == seen["c"]["threads"] == 1
 
 
+def test_a_stage_that_dwarfs_the_others_ready_runs_first_alone_with_every_thread(tmp_path, monkeypatch):
+    """Side by side, the core of the short stage would idle while the long one runs on: so a stage costing at
+    least DOMINANT times the others ready beside it runs first, here, with every thread; the rest after it."""
+    from causvid.toy.schedule import DOMINANT
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    stages = {**_graph(), "c": Stage("c", ("a",), cost=DOMINANT * 1)}  # b costs 1
+    recorder = Recorder(tmp_path, stages)
+    order = []
+    run_graph(stages, lambda name, threads: (order.append(name), recorder(name, threads)), recorder.done,
+              workers=2, log=lambda *_: None)
+    seen = {name: json.loads((tmp_path / name).read_text()) for name in stages}
+    assert order == ["a", "c", "b", "d"] and {s["pid"] for s in seen.values()} == {os.getpid()}
+    assert {s["threads"] for s in seen.values()} == {2}
+
+
 def test_finished_stages_are_skipped_and_one_worker_runs_everything_here(tmp_path):
     stages = _graph()
     (tmp_path / "a").write_text(json.dumps({"pid": 0}))

@@ -6,7 +6,8 @@ WanDiT, trainer, LMDB, ODE and rollout functions as the Wan-size runs) at toy si
     python -m causvid.toy.pipeline --out runs/toy --quick    # a few steps per stage (tests, smoke runs)
     python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy   # also (re)make the shipped student
     python -m causvid.toy.pipeline --out runs/toy --layouts chunkwise        # the shipped student's path alone
-    python -m causvid.toy.pipeline --out runs/toy_long --long_video          # the student that holds long videos
+    python -m causvid.toy.pipeline --out runs/toy_long --long_video --release checkpoints/toy_long   # the student
+                                                                             # that holds its motion in long videos
 
 Stages form a graph (each names the stages it reads); after the teacher, independent stages and the
 evaluation of each model run side by side, one process per core (`--workers`, `causvid.toy.schedule`); a stage
@@ -176,7 +177,8 @@ class ToyPipeline:
                 models.update({f"CausVid ODE init ({layout})": (f"ode_{layout}", f"causvid_ode_{layout}"),
                                f"CausVid DMD ({layout})": (f"causvid_dmd_{layout}", f"causvid_dmd_{layout}")})
             # Causal Forcing: AR diffusion (teacher forcing) -> causal ODE data -> ODE init -> DMD (self-rollout)
-            train(f"ar_diffusion_{layout}", f"ar_diffusion_{layout}", b.ar_steps, COSTS["ar_diffusion"],
+            train(f"ar_diffusion_{layout}", f"ar_diffusion_{layout}", b.ar_steps,
+                  COSTS["ar_diffusion"] * b.ar_steps / Budget.ar_steps,
                   generator_ckpt=teacher, data_path=latents, **common)
             add(f"causal_ode_data_{layout}", "make_causal_ode_data", COSTS["causal_ode_data"], teacher_folder=teacher,
                 ar_checkpoint=Ref(f"ar_diffusion_{layout}", last=True), block=block, latents=latents)
@@ -486,10 +488,12 @@ def _main(argv=None) -> int:
     p.add_argument("--out", default="runs/toy")
     p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, not quality")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--release", help="write the shipped student (checkpoints/toy) into this folder")
+    p.add_argument("--release", help="write the shipped student (checkpoints/toy; --long_video's: "
+                                     "checkpoints/toy_long) into this folder")
     p.add_argument("--layouts", metavar="LIST",
                    help=f"the Causal Forcing paths to run, comma-separated (default: {','.join(LAYOUTS)}; "
-                        "with --long_video framewise); chunkwise alone is the shipped student's path, in about half the time")
+                        "with --long_video framewise); chunkwise alone is the shipped student's path, in about half "
+                        "the time")
     p.add_argument("--long_video", action="store_true",
                    help="the run whose student holds its motion past the training window: "
                         + ", ".join(f"--{k} {v}" for k, v in LONG_VIDEO.items()) + ", --layouts framewise; "
@@ -528,7 +532,7 @@ def _main(argv=None) -> int:
                                smoke=args.quick, layouts=layouts)
         if args.long_video:  # release.json's command (the run's folders and threads are not the release's)
             pipeline.command = ("python -m causvid.toy.pipeline --out runs/toy_long --long_video "
-                                "--release checkpoints/toy")
+                                "--release checkpoints/toy_long")
         report = pipeline.run(release=args.release)
     except (StageStopped, KeyboardInterrupt) as stop:
         print(str(stop) or "interrupted: finished stages are kept; run the same command again to go on",
