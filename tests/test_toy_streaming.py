@@ -75,6 +75,28 @@ def test_measurements_on_the_shipped_student(toy):
     assert all(any(line.startswith(f"| {m} |") for line in rows) for m in streaming.MODES)
 
 
+def test_a_framewise_student_is_judged_on_the_chunkwise_window(toy, monkeypatch):
+    """A framewise block is one latent frame (4 pixel frames): its switches are judged on windows of JUDGE_FRAMES
+    (3) latent frames, a chunkwise block's, so B for one latent frame after the switch and A again is a switch that
+    never took (on 1-frame windows it would take at once)."""
+    components, _ = toy
+    config = load_config(ROOT / "configs" / "toy" / "cf_dmd_framewise.yaml")
+    at = components.vae.num_pixel_frames
+    (a, b), = streaming.switch_pairs(1)
+    spec_a, spec_b = (world.sample_spec(0, **{f"{k}s": (v,) for k, v in zip(("shape", "colour", "direction"),
+                                                                           world.parse_caption(c))}) for c in (a, b))
+    blip = torch.cat([world.render(spec_a, at(6)), world.render(spec_b, at(7) - at(6), start_frame=at(6)),
+                      world.render(spec_a, at(12) - at(7), start_frame=at(7))])
+
+    def stream(components, config, prompt, frames, generator, switch=None, kv=None):
+        return blip if frames == 12 else world.render(spec_a, at(frames))  # the restart: A, never B
+    monkeypatch.setattr(streaming, "_stream", stream)
+    result = streaming.measure_switching(components, config, pairs=1, windows=1)
+    assert (result["block"], result["judge_latent_frames"]) == (1, streaming.JUDGE_FRAMES) == (1, 3)
+    assert result["modes"]["re-cache + re-sink"]["never"] == 1
+    assert result["modes"]["re-cache + re-sink"]["at_once"] == 0
+
+
 def test_cli_rejects_bad_strengths_in_one_line(capsys):
     assert streaming.main(["--checkpoint", "checkpoints/toy", "--config", "configs/toy/cf_dmd_chunkwise.yaml",
                            "--strengths", "500,1200"]) == 2

@@ -23,10 +23,10 @@ All four use the pair's generator seed, so the first S frames of the first, seco
 gives one frame); the analyser's colour / shape / direction verdict on them is compared with B.
 
 *Frames until B holds*: a judging window is the pixel frames of J = max(block, JUDGE_FRAMES) latent frames
-(`num_frame_per_block` 3 -> 12 pixel frames; a framewise student's block of 1 latent frame is 4 pixel frames, too
-few for the analyser's direction, so it is judged on 3 as well), slid one latent frame (4 pixel frames) at a time;
-the window at offset d covers latent frames [S + d, S + d + J) ([d, d + J) for the restart). B holds at d when the
-analyser's verdict on that window matches B on all three attributes. The number reported is the smallest such
+(`num_frame_per_block` 3 -> 12 pixel frames; a framewise student's block is one latent frame, and it is judged on
+the same 12 pixel frames, so that the two layouts' onsets compare: B on all of them is the stricter test), slid one
+latent frame (4 pixel frames) at a time; the window at offset d covers latent frames [S + d, S + d + J) ([d, d + J)
+for the restart). B holds at d when the analyser's verdict on that window matches B on all three attributes. The number reported is the smallest such
 d after the switch, in latent frames and in pixel frames (the pixel frames decoded between the switch and latent
 S + d: 4d for the switched streams, 1 + 4(d - 1) for the restart when d > 0); None ("never") if no window of
 the continuation shows B. "B at once": d = 0 (the first block made after the switch already shows B); "within
