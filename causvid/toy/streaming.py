@@ -26,15 +26,15 @@ gives one frame); the analyser's colour / shape / direction verdict on them is c
 (`num_frame_per_block` 3 -> 12 pixel frames; a framewise student's block is one latent frame, and it is judged on
 the same 12 pixel frames, so that the two layouts' onsets compare: B on all of them is the stricter test), slid one
 latent frame (4 pixel frames) at a time; the window at offset d covers latent frames [S + d, S + d + J) ([d, d + J)
-for the restart). B holds at d when the analyser's verdict on that window matches B on all three attributes. The number reported is the smallest such
-d after the switch, in latent frames and in pixel frames (the pixel frames decoded between the switch and latent
-S + d: 4d for the switched streams, 1 + 4(d - 1) for the restart when d > 0); None ("never") if no window of
-the continuation shows B. "B at once": d = 0 (the first block made after the switch already shows B); "within
-one block" (the issue's goal for re-cache: >= 80 % of pairs): d <= block, i.e. B shows in a judging window
-starting at most one block after the switch. The first such window, not "B from there to the end": an endless
-toy stream loses its prompt now and then even without a switch (the restart's per-window accuracy shows how
-often), so persistence is read from the per-window accuracies, and the ``no switch (A)`` row gives the rate
-at which a stream that ignores B shows it by chance.
+for the restart). B holds at d when the analyser's verdict on that window matches B on all three attributes. The
+number reported is the smallest such d after the switch, in latent frames and in pixel frames (the pixel frames
+decoded between the switch and latent S + d: 4d for the switched streams, 1 + 4(d - 1) for the restart when d > 0);
+None ("never") if no window of the continuation shows B. "B at once": d = 0 (the first block made after the switch
+already shows B); "within one block" (the issue's goal for re-cache: >= 80 % of pairs): d <= block, i.e. B shows in
+a judging window starting at most one block after the switch. The first such window, not "B from there to the end":
+an endless toy stream loses its prompt now and then even without a switch (the restart's per-window accuracy shows
+how often), so persistence is read from the per-window accuracies, and the ``no switch (A)`` row gives the rate at
+which a stream that ignores B shows it by chance.
 
 **V2V** (:func:`measure_v2v`): held-out specs rendered at the training length (`world.render`), encoded, and
 streamed through SDEdit V2V with the prompt naming another colour and the same shape and direction, at several
