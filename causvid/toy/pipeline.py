@@ -6,8 +6,8 @@ WanDiT, trainer, LMDB, ODE and rollout functions as the Wan-size runs) at toy si
     python -m causvid.toy.pipeline --out runs/toy --quick    # a few steps per stage (tests, smoke runs)
     python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy   # also (re)make the shipped student
     python -m causvid.toy.pipeline --out runs/toy --layouts chunkwise        # the shipped student's path alone
-    python -m causvid.toy.pipeline --out runs/toy_long --long_video --release checkpoints/toy_long   # the student
-                                                                             # that holds its motion in long videos
+    python -m causvid.toy.pipeline --out runs/toy_long --long_video --release checkpoints/toy_long
+        # the student that holds its motion in long videos (clips cut at every start, the framewise path alone)
 
 Stages form a graph (each names the stages it reads); after the teacher, independent stages and the
 evaluation of each model run side by side, one process per core (`--workers`, `causvid.toy.schedule`); a stage
