@@ -211,7 +211,8 @@ def test_long_video_runs_the_framewise_path_on_offset_clips_and_ships_its_studen
     monkeypatch.setattr(ToyPipeline, "run", run)
     assert main(["--out", str(tmp_path / "a"), "--long_video"]) == 0
     (p,) = seen
-    assert (p.budget.start_offsets, p.budget.ar_steps, list(p.layouts)) == (4, 1600, ["framewise"])
+    assert (p.budget.start_offsets, p.budget.ar_steps, p.budget.teacher_steps) == (4, 1600, 2500)
+    assert list(p.layouts) == ["framewise"]
     assert p.release_stage == "cf_dmd_framewise" and "ode_pairs" not in p.stages
     assert p.command == "python -m causvid.toy.pipeline --out runs/toy_long --long_video --release checkpoints/toy_long"
     streams = {n for n, s in p.stages.items() if s.fn == "evaluate" and s.kwargs["streams"]}
