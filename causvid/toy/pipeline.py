@@ -39,10 +39,6 @@ CAUSVID_LAYOUTS = ("chunkwise",)
 #: between positions early in sampling, and in minutes of training it does not: its samples were fragments of the
 #: right colour (shape and direction near chance). Motion and wrapping still take the shape anywhere in long rollouts.
 START = (16, 16)
-#: The stage whose student `--release` ships (checkpoints/toy, the README's main job; trained with the config of
-#: the same name): Causal Forcing's chunkwise DMD student, the method's final model in the layout Self-Forcing
-#: and Causal Forcing publish. A run without the chunkwise path (--long_video) ships its framewise twin.
-RELEASE = "cf_dmd_chunkwise"
 #: --long_video: the budget of the run whose student holds its motion past the training window (docs/toy/notes.md,
 #: "A fifth try"): clips cut at every latent-aligned start along the line of motion, so deep windows of a rollout
 #: are in the data, and the framewise AR-diffusion model trained until it continues them (all three 0.47 at 400
@@ -53,9 +49,12 @@ RELEASE = "cf_dmd_chunkwise"
 LONG_VIDEO = dict(start_offsets=4, ar_steps=1600, teacher_steps=2500)
 
 
-def release_stage(layouts) -> str:
-    """The stage `--release` ships from a run of these layouts."""
-    return RELEASE if "chunkwise" in layouts else "cf_dmd_framewise"
+def release_layout(layouts) -> str:
+    """The layout whose Causal Forcing DMD student (stage cf_dmd_<layout>, trained with the config of the same
+    name) `--release` ships from a run of these layouts: chunkwise (checkpoints/toy, the README's main job), the
+    method's final model in the layout Self-Forcing and Causal Forcing publish; a run without the chunkwise path
+    (--long_video) ships its framewise twin."""
+    return "chunkwise" if "chunkwise" in layouts else "framewise"
 
 
 @dataclass
@@ -142,10 +141,14 @@ class ToyPipeline:
         self.out, self.budget, self.seed, self.workers, self.threads = Path(out), budget, seed, workers, threads
         self.layouts = {layout: LAYOUTS[layout] for layout in LAYOUTS if layout in layouts}  # the paths run
         self.smoke = smoke  # --quick: the report says its figures check the plumbing only
-        self.release_stage = release_stage(self.layouts)
+        self.release_layout = release_layout(self.layouts)
         self.command = "python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy"  # release.json's
         self.log = log or functools.partial(print, flush=True)
         self.times = {}
+
+    @property
+    def release_stage(self) -> str:
+        return f"cf_dmd_{self.release_layout}"
 
     # -- the stages -------------------------------------------------------------------------------------------
     @functools.cached_property
@@ -240,8 +243,8 @@ class ToyPipeline:
                  for long in ("", f", long rollout x{b.long_rollout}")]
         sinks += [f"Causal Forcing DMD (chunkwise, {suffix})" for suffix in STEP_SCHEDULES if b.step_schedules]
         # streaming (switching, V2V): the shipped student and its long-rollout twin
-        shipped = self.release_stage.rpartition("_")[2]
-        streams = [f"Causal Forcing DMD ({shipped}{long})" for long in ("", f", long rollout x{b.long_rollout}")]
+        streams = [f"Causal Forcing DMD ({self.release_layout}{long})"
+                   for long in ("", f", long rollout x{b.long_rollout}")]
         parts = {}
         for name, (config, stage, *schedule) in models.items():
             parts[name] = f"evaluate/{stage}"
@@ -334,7 +337,7 @@ class ToyPipeline:
         use_ema = has_ema(checkpoint)
         self.export(checkpoint, use_ema, folder, dtype=torch.bfloat16)
         results = json.loads((self.out / "evaluate" / "results.json").read_text())
-        scores = results[f"Causal Forcing DMD ({stage.rpartition('_')[2]})"]  # not a twin of the same config
+        scores = results[f"Causal Forcing DMD ({self.release_layout})"]  # not a twin of the same config
         (Path(folder) / "release.json").write_text(json.dumps({
             "stage": stage, "config": f"configs/toy/{stage}.yaml", "seed": self.seed,
             "budget": asdict(self.budget), "ema": use_ema,

@@ -256,10 +256,9 @@ def markdown(result: dict, level: str = "###", name: str = None) -> list[str]:
              f"{s['window_latent_frames']} latent frames ({px} pixel frames) in an endless session ({kv}). "
              f"Accuracy on B per window after the switch (first → last); *B holds after*: the first offset after "
              f"the switch at which a window of {s.get('judge_latent_frames', s['block'])} latent frames slid by one "
-             f"latent frame shows B "
-             f"on all three attributes (median over the pairs where it does, latent / pixel frames); *at once*: "
-             f"at offset 0; *within one block*: at offset ≤ {s['block']}; *never*: in no window of the "
-             f"continuation. Before the switch A is right on all three in "
+             f"latent frame shows B on all three attributes (median over the pairs where it does, latent / pixel "
+             f"frames); *at once*: at offset 0; *within one block*: at offset ≤ {s['block']}; *never*: in no window "
+             f"of the continuation. Before the switch A is right on all three in "
              f"{s['a_before_switch_acc']:.0%} of pairs.", "",
              "| mode | all three on B | colour | shape | direction | B at once | B within one block | "
              "B holds after (median) | never |", "|---|---|---|---|---|---|---|---|---|"]
