@@ -340,6 +340,13 @@ def test_shipped_configs_set_no_ignored_key(path):
     assert ignored_values(load_config(path)) == []
 
 
+def test_recache_frames_is_checked():
+    assert load_config(overrides=["model_kwargs.recache_frames=1"]).model_kwargs.recache_frames == 1
+    assert load_config().model_kwargs.recache_frames == -1  # LongLive's: the whole window
+    with pytest.raises(ConfigError, match=r"model_kwargs.recache_frames=0: give the number of latest latent frames"):
+        load_config(overrides=["model_kwargs.recache_frames=0"])
+
+
 def test_rope_positions_is_checked():
     assert load_config(overrides=["model_kwargs.rope_positions=window"]).model_kwargs.rope_positions == "window"
     with pytest.raises(ConfigError, match="model_kwargs.rope_positions='relative'"):

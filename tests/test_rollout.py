@@ -331,3 +331,30 @@ def test_resinks_drop_only_the_old_sink_and_recache_the_rest_of_the_window():
         assert cache.sink_start == 12 and sorted(cache.held_frames()) == list(range(6, 15))
         rollout.set_context(a, recache=True, resink=True)
     assert cache.sink_start == 15 and sorted(f for f in cache.held_frames() if f >= 0) == list(range(6, 12))
+
+
+@pytest.mark.parametrize("recache_frames,resink,held", [(3, True, [9, 10, 11]), (4, True, [6, 7, 8, 9, 10, 11]),
+                                                        (3, False, [0, 1, 2, 9, 10, 11])])
+def test_recache_frames_keeps_the_blocks_holding_the_latest_frames_and_forgets_the_rest(recache_frames, resink, held):
+    """The window of the test above (9 frames, 3-frame sink and blocks), a switch after frame 11 re-caching only
+    the blocks that hold the latest `recache_frames` frames (4 reaches into block 6), the sink too when it stays;
+    the CFG stream forgets the same frames. With the sink moved and one block kept, the next block equals a
+    cache-free block-causal forward over frames 9-14 under the new prompt (by hand, one step at t = 1000)."""
+    model = random_dit("tiny", seed=2)
+    a, b, neg = (torch.randn(1, 16, 32) for _ in range(3))
+    noise = torch.randn(1, 15, 16, 8, 8)
+    by_hand = recache_frames == 3 and resink  # the others with CFG: two caches
+    rollout = Rollout(model, a, batch=1, num_frame_per_block=3, sampler=few_step_sampler([1000]),
+                      local_attn_size=9, sink_size=3, negative_context=neg, guidance_scale=1.0 if by_hand else 2.0)
+    with torch.no_grad():
+        clean = [rollout.step(noise[:, 3 * i:3 * i + 3]) for i in range(4)]
+        rollout.set_context(b, recache=True, resink=resink, recache_frames=recache_frames)
+        assert len(rollout.streams) == (1 if by_hand else 2)
+        for stream in rollout.streams:
+            assert sorted(f for f in stream.cache.held_frames() if f >= 0) == held
+        if by_hand:
+            got = rollout.step(noise[:, 12:15])
+            t = torch.cat([torch.zeros(1, 3), torch.full((1, 3), 1000.0)], 1)
+            v = model(torch.cat([clean[3], noise[:, 12:15]], 1), t, b, causal=True, num_frame_per_block=3,
+                      start_frame=9)[:, 3:]
+            assert (got - (noise[:, 12:15] - v)).abs().max() <= 1e-4

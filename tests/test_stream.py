@@ -334,6 +334,21 @@ def test_set_prompt_takes_the_sessions_defaults_unless_told(toy):
     assert sinks == [12, 0]
 
 
+def test_recache_frames_comes_from_the_config_unless_set_prompt_says():
+    """model_kwargs.recache_frames is the session's default (framewise toy: 1, only the latest frame is re-cached
+    and the older ones forgotten); set_prompt(recache_frames=-1) re-caches the whole window (LongLive)."""
+    cfg = load_config(ROOT / "configs" / "toy" / "cf_dmd_framewise.yaml", overrides=["model_kwargs.recache_frames=1"])
+    held = []
+    for kw in (dict(), dict(recache_frames=-1)):
+        session = StreamSession(load_components(ROOT / "checkpoints" / "toy_long"), cfg, A, seed=1)
+        for _ in range(8):  # a rolling window of the training length, 6 frames, with a one-frame sink
+            session.next_block()
+        session.set_prompt(B, **kw)
+        session.next_block()  # the switch happens here, then frame 8 is written as the new sink
+        held.append(sorted(f for f in session.rollout.streams[0].cache.held_frames() if f >= 0))
+    assert held == [[7, 8], [3, 4, 5, 6, 7, 8]]
+
+
 def test_a_block_reports_its_sampling_and_decoding_time(toy, monkeypatch):
     """latent_seconds: from the block's start to its latents; decode_seconds: from there to its pixels (a fake
     clock that advances 3 s, then 7 s)."""

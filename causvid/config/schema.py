@@ -37,6 +37,10 @@ class ModelKwargs:
     # RoPE positions of cached frames: "absolute" (their frame index, the originals) or "window" (their rank in
     # the rolling window, sink first, as Infinity-RoPE does: no position past the window in an endless stream).
     rope_positions: str = "absolute"
+    # ours: the latest latent frames a prompt switch re-caches under the new prompt (the blocks holding them;
+    # the older ones are forgotten, the sink included when it moves); -1: every frame in the window, as LongLive.
+    # A framewise toy student takes a switch sooner with 1 (docs/toy/notes.md, "Re-caching the last frame").
+    recache_frames: int = -1
 
 
 @dataclass

@@ -142,15 +142,18 @@ class Rollout:
         self.generated += 1
         return x0
 
-    def set_context(self, context: torch.Tensor, recache: bool = True, resink: bool = False) -> None:
+    def set_context(self, context: torch.Tensor, recache: bool = True, resink: bool = False,
+                    recache_frames: int = -1) -> None:
         """The prompt of the blocks from the next one on (the negative prompt's stream keeps its own).
         resink (a rolling window): the old sink is dropped and the next block becomes the sink, so the stream
-        anchors on the new prompt; the window's other blocks are re-cached for continuity until evicted. The
-        negative stream (CFG) moves its sink with it, so both caches hold the same frames."""
-        self.streams[0].switch(context, recache, resink)
-        if resink:
+        anchors on the new prompt; the window's other blocks are re-cached for continuity until evicted.
+        recache_frames: re-cache only the blocks holding the latest this many frames (besides a sink that stays)
+        and forget the older ones; -1: all of them (LongLive). The negative stream (CFG) moves its sink and
+        forgets with it, so both caches hold the same frames."""
+        self.streams[0].switch(context, recache, resink, recache_frames)
+        if resink or (recache and recache_frames != -1):
             for s in self.streams[1:]:
-                s.switch(s.context, recache=True, resink=True)
+                s.switch(s.context, True, resink, recache_frames)
 
     def _check(self, size):
         if size != self.next_block_size():
@@ -239,11 +242,13 @@ class _Stream:
         self.done, self.done_t, self.starts = ([xs[i] for i in indices] for xs in (self.done, self.done_t,
                                                                                    self.starts))
 
-    def switch(self, context, recache, resink):
+    def switch(self, context, recache, resink, recache_frames=-1):
         """A new prompt: only the cross-attention (recache False), or every cached frame written again under it
         (LongLive's re-cache: one refresh pass per block still in the window, at its own positions, the sink
         included, each block seeing the re-cached blocks before it). resink: the old sink's frames are dropped
-        and the next block becomes the sink (re-caching the others)."""
+        and the next block becomes the sink (re-caching the others). recache_frames (with recache): only the
+        blocks holding the latest this many frames, and a sink that stays, are re-cached; the others are
+        forgotten (-1: none is)."""
         self.context = context
         if self.cache is None:
             if not recache or resink:
@@ -252,10 +257,12 @@ class _Stream:
         if not (recache or resink):
             return
         cache, end = self.cache, self.cache.frames_end
+        old_sink = range(cache.sink_start, cache.sink_start + cache.sink_size) if cache.rolling else range(0)
         if resink:
-            old_sink = range(cache.sink_start, cache.sink_start + cache.sink_size)
-            keep = [i for i, s in enumerate(self.starts) if s not in old_sink]
-            self._keep(keep)
+            self._keep([i for i, s in enumerate(self.starts) if s not in old_sink])
+        if recache and recache_frames != -1:
+            self._keep([i for i, (s, x) in enumerate(zip(self.starts, self.done))
+                        if s + x.shape[1] > end - recache_frames or (not resink and s in old_sink)])
         cache.reset()
         if resink:
             cache.move_sink(end)

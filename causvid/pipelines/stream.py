@@ -12,6 +12,8 @@ long videos and Self-Forcing training drive too, and decodes each block as it is
   With re-sink (default, in a rolling window) the old sink is dropped and the first block under the new prompt
   becomes the sink: in the toy world the new prompt then shows sooner than when the old sink (the old prompt's
   first block, with its motion) stays (measured by `python -m causvid.toy.streaming`; README, "Live streams").
+  With `recache_frames` n (model_kwargs.recache_frames) only the blocks holding the latest n frames are
+  re-cached and the older ones forgotten: the new prompt has less of the old motion to follow.
 - Video-to-video (CausVid, arXiv 2412.07772 §5.3, SDEdit-style): each block of the input's latents is noised to
   `strength` T and denoised with the student's steps below T. T = 1000 from the same noise is text-to-video.
 """
@@ -83,15 +85,18 @@ class StreamSession:
     (I2V). input_latents + strength: video-to-video. local_attn_size / sink_size: the KV window (default: the
     config's; an endless stream without one rolls a window of the training length with a one-block sink);
     rope_positions: "absolute" or "window" (default: the config's model_kwargs.rope_positions; see KVCache).
-    recache / resink: what `set_prompt` does by default (re-cache the window; in a rolling window, make the
-    first block under the new prompt the sink).
+    recache / resink / recache_frames: what `set_prompt` does by default (re-cache the window; in a rolling window,
+    make the first block under the new prompt the sink; re-cache the blocks holding the latest recache_frames
+    latent frames and forget the older ones, -1 none: default the config's model_kwargs.recache_frames).
     """
 
     def __init__(self, components, config, prompt: str, *, num_frames: int = None, noise: torch.Tensor = None,
                  generator: torch.Generator = None, seed: int = 0, initial_latent: torch.Tensor = None,
                  input_latents: torch.Tensor = None, strength: float = None, local_attn_size: int = None,
-                 sink_size: int = None, recache: bool = True, resink: bool = True, rope_positions: str = None):
+                 sink_size: int = None, recache: bool = True, resink: bool = True, rope_positions: str = None,
+                 recache_frames: int = None):
         self.components, self.config, self.recache, self.resink = components, config, recache, resink
+        self.recache_frames = config.model_kwargs.recache_frames if recache_frames is None else recache_frames
         dit = components.dit
         self.dtype, self.device = dit.dtype, dit.device
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
@@ -131,11 +136,13 @@ class StreamSession:
         self._pending = None
 
     # -- control -------------------------------------------------------------------------------------------
-    def set_prompt(self, prompt: str, recache: bool = None, resink: bool = None) -> None:
-        """Switch to `prompt` from the next block on (re-caching the window unless recache=False; with resink,
-        the next block replaces the old sink). None: the session's defaults."""
+    def set_prompt(self, prompt: str, recache: bool = None, resink: bool = None, recache_frames: int = None) -> None:
+        """Switch to `prompt` from the next block on (re-caching the window unless recache=False, or only the
+        blocks holding its latest recache_frames frames; with resink, the next block replaces the old sink).
+        None: the session's defaults."""
         self._pending = (prompt, self.recache if recache is None else recache,
-                         self.resink if resink is None else resink)
+                         self.resink if resink is None else resink,
+                         self.recache_frames if recache_frames is None else recache_frames)
 
     @property
     def frame(self) -> int:
@@ -152,11 +159,11 @@ class StreamSession:
             raise StopIteration
         started = time.perf_counter()
         if self._pending is not None:
-            prompt, recache, resink = self._pending
+            prompt, recache, resink, recache_frames = self._pending
             self._pending = None
             with torch.no_grad():
                 self.rollout.set_context(self._encode(prompt), recache=recache,
-                                         resink=resink and recache and self.rolling)
+                                         resink=resink and recache and self.rolling, recache_frames=recache_frames)
             self.prompt = prompt
         start, size = self.frame, self.rollout.next_block_size()
         with torch.no_grad():
