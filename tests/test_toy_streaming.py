@@ -97,6 +97,59 @@ def test_a_framewise_student_is_judged_on_the_chunkwise_window(toy, monkeypatch)
     assert result["modes"]["re-cache + re-sink"]["at_once"] == 0
 
 
+def test_steps_follow_the_world_and_a_hard_cut_jumps():
+    """analyser.steps on renders: the world's 1 px a frame; across a cut to another spec, the distance between
+    the two centres by hand (wrap-aware on the 32-px canvas), which a continuous switch keeps near 1 px."""
+    from dataclasses import replace
+
+    from causvid.toy import analyser
+
+    a = replace(world.sample_spec(1, directions=("right",), shapes=("circle",)), x0=4.0, y0=10.0)
+    b = replace(world.sample_spec(2, directions=("up",), shapes=("circle",)), x0=30.0, y0=20.0)
+    assert a.speed == b.speed == 1.0 and a.canvas == 32
+    steps = analyser.steps(torch.cat([world.render(a, 4), world.render(b, 3)]))
+    assert len(steps) == 6 and all(abs(x - 1) <= 0.05 for x in steps[:3] + steps[4:])
+    # a's centre at frame 3: (7, 10); b's at 0: (30, 20): dx wraps to -9, dy 10
+    assert abs(steps[3] - (9 ** 2 + 10 ** 2) ** 0.5) <= 0.1
+    assert analyser.steps(torch.full((3, 3, 32, 32), -1.0)) == [None, None]  # no object, no step
+
+
+def test_a_partial_recache_is_measured_against_the_whole_window_with_its_continuity(toy, monkeypatch):
+    """With model_kwargs.recache_frames set, the session's switch and LongLive's whole-window re-cache are both
+    measured (the latter told recache_frames -1), and each mode's step across the switch and after it is read
+    from its frames: a stream that cuts to B's own start jumps, one that carries on from A's place does not."""
+    from dataclasses import replace
+
+    components, _ = toy
+    config = load_config(ROOT / "configs" / "toy" / "cf_dmd_framewise.yaml",
+                         overrides=["model_kwargs.recache_frames=1"])
+    at = components.vae.num_pixel_frames
+    (a, b), = streaming.switch_pairs(1)
+    spec_a, spec_b = (world.sample_spec(0, **{f"{k}s": (v,) for k, v in zip(("shape", "colour", "direction"),
+                                                                           world.parse_caption(c))}) for c in (a, b))
+    spec_a, spec_b = replace(spec_a, x0=4.0, y0=4.0), replace(spec_b, x0=20.0, y0=20.0)
+    dx, dy = world.DIRECTION_VECTORS[spec_a.direction]
+    carry_on = replace(spec_b, x0=(4.0 + (at(6) - 1) * dx) % 32, y0=(4.0 + (at(6) - 1) * dy) % 32)  # A's last place
+    switches = []
+
+    def stream(components, config, prompt, frames, generator, switch=None, kv=None):
+        if switch is None:  # A throughout, or the restart: B from its own start
+            return world.render(spec_a if prompt == a else spec_b, at(frames))
+        switches.append(switch)  # B from A's last place, one frame on
+        return torch.cat([world.render(spec_a, at(6)), world.render(carry_on, at(frames) - at(6), start_frame=1)])
+    monkeypatch.setattr(streaming, "_stream", stream)
+    result = streaming.measure_switching(components, config, pairs=1, windows=1)
+    assert tuple(result["modes"]) == streaming.MODES[:1] + (streaming.WHOLE_WINDOW,) + streaming.MODES[1:]
+    assert [s[2:] for s in switches] == [(True, True), (True, True, -1), (True, False), (False,)]
+    assert result["recache_frames"] == 1
+    for mode in ("re-cache + re-sink", streaming.WHOLE_WINDOW):
+        m = result["modes"][mode]
+        assert abs(m["median_jump_px"] - 1) <= 0.05 and abs(m["median_speed_after_px"] - 1) <= 0.05
+    assert result["modes"]["restart with B"]["median_jump_px"] > 10  # from A's last place to B's start
+    table = "\n".join(streaming.markdown(dict(switching=result, v2v=dict(videos=0, latent_frames=6, rows={}))))
+    assert f"| {streaming.WHOLE_WINDOW} |" in table and "latest 1 latent frame(s)" in table
+
+
 def test_cli_rejects_bad_strengths_in_one_line(capsys):
     assert streaming.main(["--checkpoint", "checkpoints/toy", "--config", "configs/toy/cf_dmd_chunkwise.yaml",
                            "--strengths", "500,1200"]) == 2

@@ -59,7 +59,7 @@ import torch
 
 from causvid.toy.world import BACKGROUND, COLOURS, SHAPES, parse_caption
 
-__all__ = ["AnalyserConfig", "to_frames", "measure", "measure_batch", "compare", "analyse", "score", "drift"]
+__all__ = ["AnalyserConfig", "to_frames", "measure", "measure_batch", "compare", "analyse", "score", "drift", "steps"]
 
 _PALETTE_NAMES = tuple(COLOURS)
 _PALETTE = torch.tensor([COLOURS[c] for c in _PALETTE_NAMES], dtype=torch.float32)
@@ -438,3 +438,15 @@ def drift(video, caption: str, window: int, config: AnalyserConfig = DEFAULT_CON
         res.update(start=lo, end=hi)
         out.append(res)
     return out
+
+
+def steps(video, config: AnalyserConfig = DEFAULT_CONFIG) -> list:
+    """The object's step between consecutive frames, in pixels: the wrap-aware distance between their centres
+    (step 6 of the module doc), None where either frame has no object. A prompt switch that keeps the video
+    continuous steps at about the world's speed across it; a hard cut jumps."""
+    frames = to_frames(video)
+    feats = _frame_features(frames, config)
+    h, w = frames.shape[1:3]
+    dx, dy = _wrap(feats["cx"].diff(), w), _wrap(feats["cy"].diff(), h)
+    both = feats["valid"][1:] & feats["valid"][:-1]
+    return [float(d) if ok else None for d, ok in zip(torch.hypot(dx, dy), both.tolist())]

@@ -10,7 +10,11 @@ A for the training window (the config's `image_or_video_shape[1]` latent frames,
 `windows` windows of S latent frames in one of four modes:
 
 - ``re-cache + re-sink``: `set_prompt(B)` (the session's default): LongLive's KV re-cache of the frames still in
-  the window, and the old sink (A's first block) dropped, so the first block under B becomes the sink;
+  the window (or, with the config's `model_kwargs.recache_frames` n, of the blocks holding the latest n frames,
+  the older ones forgotten), and the old sink (A's first block) dropped, so the first block under B becomes the
+  sink;
+- ``re-cache of the whole window + re-sink`` (only when the config sets recache_frames): the same with LongLive's
+  whole window, for comparison;
 - ``re-cache, old sink kept``: `set_prompt(B, resink=False)`, LongLive's re-cache with its global sink;
 - ``no re-cache``: `set_prompt(B, recache=False)`, only the cross-attention changes (the naive switch);
 - ``restart with B``: a fresh stream of B from frame 0 (its frames stand for those after the switch);
@@ -36,6 +40,11 @@ an endless toy stream loses its prompt now and then even without a switch (the r
 how often), so persistence is read from the per-window accuracies, and the ``no switch (A)`` row gives the rate at
 which a stream that ignores B shows it by chance.
 
+*Continuity* (`jump_px`, `speed_after_px`; medians per mode): the object's step from the last pixel frame before
+the switch to the first after (for the restart, from the no-switch stream's frame), and its mean step over the
+next 4 frames (`analyser.steps`). The world moves the object 1 px a frame: a switch that carries the video on
+steps about 1 px across and after it, a hard cut (the restart) jumps to B's own start, a stalled one stands still.
+
 **V2V** (:func:`measure_v2v`): held-out specs rendered at the training length (`world.render`), encoded, and
 streamed through SDEdit V2V with the prompt naming another colour and the same shape and direction, at several
 strengths; accuracy of the new colour, share of videos still showing the input's colour, shape and direction
@@ -56,6 +65,7 @@ __all__ = ["MODES", "switch_pairs", "frames_until_holds", "score_after", "measur
            "measure", "markdown", "main"]
 
 MODES = ("re-cache + re-sink", "re-cache, old sink kept", "no re-cache", "restart with B", "no switch (A)")
+WHOLE_WINDOW = "re-cache of the whole window + re-sink"  # measured too when the config re-caches fewer frames
 ATTRIBUTES = ("colour", "shape", "direction")
 STRENGTHS = (250, 500, 625, 750, 1000)  # 625: the shipped student's last step level (CausVid's V2V choice)
 JUDGE_FRAMES = 3  # the shortest judging window for "B holds", in latent frames (module doc)
@@ -93,7 +103,8 @@ def frames_until_holds(ok: list[bool]) -> int | None:
 
 def _stream(components, config, prompt, frames, generator, switch=None, kv=None):
     """Pixels [T, 3, H, W] of the first `frames` latent frames of an endless session; switch: (latent frame,
-    prompt, recache[, resink]); kv: StreamSession's local_attn_size / sink_size (default: the session's)."""
+    prompt, recache[, resink[, recache_frames]]); kv: StreamSession's local_attn_size / sink_size (default: the
+    session's)."""
     import torch
 
     from causvid.pipelines.stream import StreamSession
@@ -102,7 +113,8 @@ def _stream(components, config, prompt, frames, generator, switch=None, kv=None)
     pixels = []
     while session.frame < frames:
         if switch is not None and session.frame == switch[0]:
-            session.set_prompt(switch[1], recache=switch[2], resink=switch[3] if len(switch) > 3 else False)
+            session.set_prompt(switch[1], recache=switch[2], resink=switch[3] if len(switch) > 3 else False,
+                               recache_frames=switch[4] if len(switch) > 4 else None)
         pixels.append(session.next_block().pixels[0])
     return torch.cat(pixels)
 
@@ -139,33 +151,62 @@ def measure_switching(components, config, pairs: int = 16, windows: int = 4, see
     vae, total = components.vae, switch * (1 + windows)
     judge = max(block, JUDGE_FRAMES)
     kw = dict(window=switch, windows=windows, block=judge)
+    import torch
+
     from causvid.toy import analyser
 
     kv = {k: v for k, v in dict(local_attn_size=local_attn_size, sink_size=sink_size).items() if v is not None}
+    partial = config.model_kwargs.recache_frames != -1  # the session re-caches fewer frames than the window
+    modes = MODES[:1] + ((WHOLE_WINDOW,) if partial else ()) + MODES[1:]
     per_pair = []
     for i, (a, b) in enumerate(switch_pairs(pairs, seed)):
         gen = lambda: _generator(seed, 3000 + i)  # noqa: E731 (the same noise for every mode)
         runs = {"re-cache + re-sink": _stream(components, config, a, total, gen(), (switch, b, True, True), kv),
+                **({WHOLE_WINDOW: _stream(components, config, a, total, gen(), (switch, b, True, True, -1), kv)}
+                   if partial else {}),
                 "re-cache, old sink kept": _stream(components, config, a, total, gen(), (switch, b, True, False), kv),
                 "no re-cache": _stream(components, config, a, total, gen(), (switch, b, False), kv),
                 "no switch (A)": _stream(components, config, a, total, gen(), kv=kv)}
-        scored = {mode: score_after(video, switch, b, vae, **kw) for mode, video in runs.items()}
-        scored["restart with B"] = score_after(_stream(components, config, b, total - switch, gen(), kv=kv), 0, b, vae,
-                                                **kw)
-        before = analyser.analyse(runs["no switch (A)"][:vae.num_pixel_frames(switch)], a)["all_ok"]
-        per_pair.append(dict(a=a, b=b, a_before_switch=bool(before), modes={m: scored[m] for m in MODES}))
+        at = vae.num_pixel_frames(switch)  # the first pixel frame after the switch
+        scored = {mode: {**score_after(video, switch, b, vae, **kw), **_continuity(video, at)}
+                  for mode, video in runs.items()}
+        restart = _stream(components, config, b, total - switch, gen(), kv=kv)
+        scored["restart with B"] = {**score_after(restart, 0, b, vae, **kw),
+                                    **_continuity(torch.cat([runs["no switch (A)"][:at], restart]), at)}
+        before = analyser.analyse(runs["no switch (A)"][:at], a)["all_ok"]
+        per_pair.append(dict(a=a, b=b, a_before_switch=bool(before), modes={m: scored[m] for m in modes}))
         if log:
             log(f"[streaming] pair {i + 1}/{pairs}: {a} -> {b}: " + ", ".join(
-                f"{m} {_onset_text(scored[m]['onset_latent'])}" for m in MODES))
+                f"{m} {_onset_text(scored[m]['onset_latent'])}" for m in modes))
     return dict(switch_latent_frame=switch, window_latent_frames=switch, windows=windows, block=block,
-                judge_latent_frames=judge, kv_window=kv,
+                judge_latent_frames=judge, kv_window=kv, recache_frames=int(config.model_kwargs.recache_frames),
                 pixel_frames_per_window=vae.num_pixel_frames(2 * switch) - vae.num_pixel_frames(switch),
                 a_before_switch_acc=_mean([p["a_before_switch"] for p in per_pair]),
-                modes={m: _summarise([p["modes"][m] for p in per_pair], block) for m in MODES}, pairs=per_pair)
+                modes={m: _summarise([p["modes"][m] for p in per_pair], block) for m in modes}, pairs=per_pair)
+
+
+def _continuity(video, at) -> dict:
+    """The object's step across the switch (pixel frame at - 1 -> at) and its mean step over the next 4 frames
+    (analyser.steps, px; None without an object): a continuous switch steps at about the world's speed, a hard
+    cut jumps, a stalled one stands still."""
+    from causvid.toy import analyser
+
+    steps = analyser.steps(video[at - 1:at + 5])
+    after = [x for x in steps[1:] if x is not None]
+    return dict(jump_px=steps[0], speed_after_px=_mean(after) if after else None)
 
 
 def _onset_text(onset):
     return "never" if onset is None else f"{onset}"
+
+
+def _px(value):
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def _mean(values):
@@ -184,7 +225,8 @@ def _summarise(rows, block):
                                                                                 for o in onsets]),
                never=_mean([o is None for o in onsets]),
                median_onset_latent=statistics.median(held) if held else None,
-               median_onset_pixel=statistics.median(pixels) if pixels else None)
+               median_onset_pixel=statistics.median(pixels) if pixels else None,
+               **{f"median_{k}": _median([r.get(k) for r in rows]) for k in ("jump_px", "speed_after_px")})
     return out
 
 
@@ -258,16 +300,21 @@ def markdown(result: dict, level: str = "###", name: str = None) -> list[str]:
              f"the switch at which a window of {s.get('judge_latent_frames', s['block'])} latent frames slid by one "
              f"latent frame shows B on all three attributes (median over the pairs where it does, latent / pixel "
              f"frames); *at once*: at offset 0; *within one block*: at offset ≤ {s['block']}; *never*: in no window "
-             f"of the continuation. Before the switch A is right on all three in "
-             f"{s['a_before_switch_acc']:.0%} of pairs.", "",
+             f"of the continuation; *step across / after*: the object's step (px, median) from the last pixel "
+             f"frame before the switch to the first after (the restart's: from A's), and its mean step over the "
+             f"next 4 frames (the world moves it 1 px a frame; a hard cut jumps, a stalled switch stands still). "
+             f"Before the switch A is right on all three in {s['a_before_switch_acc']:.0%} of pairs." + (
+                 f" The session re-caches the blocks holding the latest {s['recache_frames']} latent frame(s) "
+                 f"(model_kwargs.recache_frames); *{WHOLE_WINDOW}* is LongLive's re-cache, for comparison."
+                 if s.get("recache_frames", -1) != -1 else ""), "",
              "| mode | all three on B | colour | shape | direction | B at once | B within one block | "
-             "B holds after (median) | never |", "|---|---|---|---|---|---|---|---|---|"]
+             "B holds after (median) | never | step across / after |", "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, m in s["modes"].items():
         median = ("—" if m["median_onset_latent"] is None else
                   f"{m['median_onset_latent']:g} / {m['median_onset_pixel']:g}")
         lines.append(f"| {mode} | {_arrow(m['all_acc'])} | {_arrow(m['colour_acc'])} | {_arrow(m['shape_acc'])} | "
                      f"{_arrow(m['direction_acc'])} | {m['at_once']:.0%} | {m['within_one_block']:.0%} | {median} | "
-                     f"{m['never']:.0%} |")
+                     f"{m['never']:.0%} | {_px(m.get('median_jump_px'))} / {_px(m.get('median_speed_after_px'))} |")
     lines += ["", f"{level} Streaming video-to-video{title}", "",
               f"{v['videos']} held-out specs rendered ({v['latent_frames']} latent frames), prompted with another "
               "colour and the same shape and direction; strength 0 is the input itself.", "",
