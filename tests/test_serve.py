@@ -218,6 +218,36 @@ BAD_MESSAGES = [
 ]
 
 
+def test_the_framewise_long_video_student_streams_frame_by_frame_and_switches():
+    """checkpoints/toy_long served with its config (framewise: a first block of 1 pixel frame, then 4 a block; a
+    switch re-caches only the latest frame, model_kwargs.recache_frames 1): its frames before the switch are a
+    StreamSession's, the switch lands on a block boundary, and B's colour and shape show (the analyser's verdict
+    on a block's 4 frames) within 8 latent frames of it, never before."""
+    from causvid.toy import analyser
+
+    config = load_config(ROOT / "configs" / "toy" / "cf_dmd_framewise.yaml")
+    long_student = load_components(ROOT / "checkpoints" / "toy_long"), config
+    assert config.model_kwargs.recache_frames == 1
+    with serving(long_student) as (app, url):
+        c = Client(url)
+        c.send({"type": "start", "prompt": A, "seed": SEED})
+        c.read(frames=5)
+        c.send({"type": "prompt", "prompt": B})
+        switch = c.read(event="prompt_applied")["frame"]
+        c.read(frames=switch + 32 - len(c.frames))
+        c.close()
+    assert (switch - 1) % 4 == 0, switch  # 1 pixel frame, then 4 a block
+    session = StreamSession(*long_student, A, seed=SEED)
+    pixels = torch.cat([session.next_block().pixels[0] for _ in range(1 + (switch - 1) // 4)])
+    expected = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for got, want in zip(c.frames[:switch], expected):
+        np.testing.assert_array_equal(got, want)
+    seen = [(m["colour"], m["shape"]) for m in analyser.measure_batch([np.stack(c.frames[lo:lo + 4])
+                                                                      for lo in range(1, switch + 32, 4)])]
+    blocks_before = (switch - 1) // 4
+    assert ("blue", "circle") not in seen[:blocks_before] and ("blue", "circle") in seen[blocks_before:], seen
+
+
 def test_every_bad_message_gets_an_error_and_the_stream_goes_on(toy):
     with serving(toy) as (app, url):
         c = Client(url)
