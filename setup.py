@@ -6,7 +6,7 @@ from setuptools.command.build_py import build_py
 
 # The toy student ships in the package (`python -m causvid.serve` works from an installed copy): the build copies
 # these folders of the checkout to causvid/serve/shipped/, where causvid.serve.assets finds them.
-SHIPPED = ["configs/toy", "checkpoints/toy"]
+SHIPPED = ["configs/toy", "checkpoints/toy_long"]
 
 
 class BuildWithToy(build_py):

@@ -567,7 +567,7 @@ def test_the_cli_needs_no_argument_binds_loopback_and_says_so(capsys):
     assert host == "127.0.0.1" and port > 0
     assert (options.fps, options.video_fps, options.max_sessions) == (16, 16, 2)
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"serving cf_dmd_chunkwise (checkpoints/toy) at http://127.0.0.1:{port} (loopback only; "
+    assert lines == [f"serving cf_dmd_framewise (checkpoints/toy_long) at http://127.0.0.1:{port} (loopback only; "
                      "1 CPU thread; Ctrl-C stops)", "stopped; served 0 session(s), wrote nothing"]
 
 
@@ -579,10 +579,30 @@ def test_the_cli_needs_no_argument_binds_loopback_and_says_so(capsys):
     (["--allow_origin", "evil.example"], "error: --allow_origin evil.example: give scheme://host[:port] as a "
                                          "browser sends it (e.g. http://localhost:3000), or '*' for any page"),
     (["--max_message_bytes", "10"], "error: --max_message_bytes 10: must be at least 256"),
+    (["--sink_size", "6"], "error: --sink_size 6: a window of 6 latent frames must hold the sink and a block of 1; "
+                           "give a smaller sink or a larger --local_attn_size"),
 ])
 def test_bad_flags_give_one_line(argv, message, capsys):
     assert run_cli(main, argv) == 2
     assert capsys.readouterr().err.splitlines() == [message]
+
+
+@pytest.mark.parametrize("argv, window", [
+    ([], (-1, 0, "absolute")),  # the config's: the session's endless default (training length, one block)
+    (["--sink_size", "0", "--rope_positions", "window"], (6, 0, "window")),
+    (["--local_attn_size", "9"], (9, 1, "absolute")),
+])
+def test_the_kv_window_flags_set_the_config_every_stream_reads(argv, window, monkeypatch):
+    """--local_attn_size / --sink_size / --rope_positions reach the config the app's sessions are built from
+    (the framewise toy student: 6 latent frames, blocks of 1); a flag left out keeps the session's default."""
+    import causvid.serve.app as app_module
+
+    built = []
+    create_app = app_module.create_app
+    monkeypatch.setattr(app_module, "create_app", lambda c, config, o: built.append(config) or create_app(c, config, o))
+    assert main(["--port", "0", *argv], serve=lambda app, sock: sock.close()) == 0
+    kwargs = built[0].model_kwargs
+    assert (kwargs.local_attn_size, kwargs.sink_size, kwargs.rope_positions) == window
 
 
 def test_help_names_the_program_and_every_flag_s_help_and_default(capsys):

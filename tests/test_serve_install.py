@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["setup.py", "causvid", "configs/toy", "checkpoints/toy"]  # what the build reads
+SOURCES = ["setup.py", "causvid", "configs/toy", "checkpoints/toy_long"]  # what the build reads
 LIMIT_S = 120  # a hang fails the test instead of blocking the suite
 
 
@@ -41,12 +41,12 @@ def test_the_installed_package_serves_the_shipped_toy_student(tmp_path):
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()  # the start-up line, once the model is loaded and the port bound
-        assert line.startswith("serving cf_dmd_chunkwise ("), (line, server.stderr.read() if not line else "")
+        assert line.startswith("serving cf_dmd_framewise ("), (line, server.stderr.read() if not line else "")
         url = line.split(" at ")[1].split(" ")[0]
         with urllib.request.urlopen(url + "/healthz", timeout=LIMIT_S) as response:
             health = json.load(response)
         assert health["status"] == "ok" and (health["width"], health["height"]) == (32, 32)
-        assert "causvid/serve/shipped/checkpoints/toy" in health["model"]  # the wheel's copy, not a checkout's
+        assert "causvid/serve/shipped/checkpoints/toy_long" in health["model"]  # the wheel's copy, not a checkout's
         assert "red" in health["vocabulary"]["colours"] and health["suggestions"]
     finally:
         server.send_signal(signal.SIGINT)

@@ -1,5 +1,5 @@
-"""The README's main job: the shipped toy student (checkpoints/toy, made by `python -m causvid.toy.pipeline
---release`) streams videos for the repo's prompt file through the real CLI, and the videos show their prompts."""
+"""The README's main job: the shipped toy student (checkpoints/toy_long, made by `python -m causvid.toy.pipeline
+--long_video --release`) streams videos for the repo's prompt file through the real CLI, and the videos show their prompts."""
 import json
 from pathlib import Path
 
@@ -11,7 +11,7 @@ from causvid.video_io import read_video
 from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "toy"
+SHIPPED = ROOT / "checkpoints" / "toy_long"
 PROMPTS = ROOT / "prompts" / "toy.txt"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 # Only light imports here: --help, a bad flag and a busy port are answered before torch and the model load.
-from causvid.errors import ArgumentParser, UsageError, run_cli
+from causvid.errors import ArgumentParser, UsageError, non_negative_int, positive_int, run_cli
 from causvid.serve.assets import CHECKOUT, toy_config, toy_folder
 from causvid.serve.server import bind, url_of
 
@@ -38,6 +38,15 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
                    help="merge this LoRA (ours, diffusers' or ComfyUI's Wan2.1 key format) into the DiT's weights "
                         "once, times SCALE (default 1); repeatable, merged in order")
+    p.add_argument("--local_attn_size", type=positive_int,
+                   help="each stream's rolling KV window in latent frames (default: the config's "
+                        "model_kwargs.local_attn_size, else the training length)")
+    p.add_argument("--sink_size", type=non_negative_int,
+                   help="first latent frames the window always keeps (default: the config's window's, else one "
+                        "block; 0: none)")
+    p.add_argument("--rope_positions", choices=["absolute", "window"],
+                   help="RoPE positions of cached frames: absolute frame indices or ranks in the window "
+                        "(default: the config's model_kwargs.rope_positions); README, \"Long videos\"")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0: every network)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s; 0: any free one)")
@@ -73,6 +82,10 @@ def check(args) -> None:
         path = getattr(args, flag)
         if path is not None and not Path(path).exists():
             raise UsageError(f"--{flag} {path}: no such file or folder")
+    if args.local_attn_size is not None or args.sink_size is not None:  # the window against the config's blocks
+        from causvid.config import load_config
+
+        kv_window(load_config(args.config_path), args)
 
 
 def check_origin(origin: str) -> str:
@@ -103,6 +116,7 @@ def build(args):
                                              dtype=None, lora=args.lora), args.checkpoint_path, causal=True)
     if not generator_is_causal(gen.config):
         raise UsageError(f"--config_path {args.config_path}: a bidirectional model cannot stream; give a causal one")
+    kv_window(gen.config, args)
     if not denoising_steps(gen.config):
         print(f"note: {args.config_path} has no denoising_step_list: 50-step sampling, the stream will be slow",
               file=sys.stderr)
@@ -116,6 +130,23 @@ def build(args):
                            max_message_bytes=args.max_message_bytes,
                            suggestions=TOY_PROMPTS if toy else [], vocabulary=toy_vocabulary() if toy else {})
     return create_app(gen.components, gen.config, options), name
+
+
+def kv_window(config, args) -> None:
+    """Apply --local_attn_size / --sink_size / --rope_positions to the config every stream's session reads."""
+    kwargs = config.model_kwargs
+    if args.local_attn_size is not None or args.sink_size is not None:
+        windowed = kwargs.local_attn_size != -1  # else the session's endless default: training length, one block
+        kwargs.local_attn_size = args.local_attn_size or (kwargs.local_attn_size if windowed else
+                                                          int(config.image_or_video_shape[1]))
+        kwargs.sink_size = args.sink_size if args.sink_size is not None else (
+            kwargs.sink_size if windowed else int(config.num_frame_per_block))
+        if kwargs.sink_size + int(config.num_frame_per_block) > kwargs.local_attn_size:
+            raise UsageError(f"--sink_size {kwargs.sink_size}: a window of {kwargs.local_attn_size} latent frames "
+                             f"must hold the sink and a block of {config.num_frame_per_block}; give a smaller sink "
+                             "or a larger --local_attn_size")
+    if args.rope_positions is not None:
+        kwargs.rope_positions = args.rope_positions
 
 
 def toy_vocabulary() -> dict:

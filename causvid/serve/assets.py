@@ -1,4 +1,6 @@
-"""Where the shipped toy student is: `configs/toy` and `checkpoints/toy` of a source checkout, or, in an installed
+"""Where the shipped toy student is (the framewise long-video student, `checkpoints/toy_long` with
+`configs/toy/cf_dmd_framewise.yaml`: it holds its prompt in every window of an endless stream, README "Long
+videos"): `configs/toy` and `checkpoints/toy_long` of a source checkout, or, in an installed
 package (`pip install .`), the copies setup.py's build step puts beside this file (`causvid/serve/shipped/`).
 Imports nothing heavy: the command line resolves its defaults before torch loads."""
 from pathlib import Path
@@ -7,11 +9,11 @@ __all__ = ["toy_root", "toy_config", "toy_folder", "CHECKOUT", "PACKAGED"]
 
 CHECKOUT = Path(__file__).resolve().parents[2]          # the repository root of a source checkout
 PACKAGED = Path(__file__).resolve().parent / "shipped"  # the copies in an installed package
-TOY_STUDENT = Path("configs") / "toy" / "cf_dmd_chunkwise.yaml", Path("checkpoints") / "toy"
+TOY_STUDENT = Path("configs") / "toy" / "cf_dmd_framewise.yaml", Path("checkpoints") / "toy_long"
 
 
 def toy_root() -> Path:
-    """The folder holding configs/toy and checkpoints/toy: the checkout's if this is one, else the package's."""
+    """The folder holding configs/toy and checkpoints/toy_long: the checkout's if this is one, else the package's."""
     for root in (CHECKOUT, PACKAGED):
         if all((root / part).exists() for part in TOY_STUDENT):
             return root

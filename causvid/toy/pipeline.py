@@ -4,10 +4,11 @@ WanDiT, trainer, LMDB, ODE and rollout functions as the Wan-size runs) at toy si
 
     python -m causvid.toy.pipeline --out runs/toy            # the full run
     python -m causvid.toy.pipeline --out runs/toy --quick    # a few steps per stage (tests, smoke runs)
-    python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy   # also (re)make the shipped student
-    python -m causvid.toy.pipeline --out runs/toy --layouts chunkwise        # the shipped student's path alone
+    python -m causvid.toy.pipeline --out runs/toy --release checkpoints/toy   # also (re)make the chunkwise student
+    python -m causvid.toy.pipeline --out runs/toy --layouts chunkwise        # that student's path alone
     python -m causvid.toy.pipeline --out runs/toy_long --long_video --release checkpoints/toy_long
-        # the student that holds its motion in long videos (clips cut at every start, the framewise path alone)
+        # the shipped student (the main job, the live page): it holds its motion in long videos (clips cut at
+        # every start, the framewise path alone)
 
 Stages form a graph (each names the stages it reads); after the teacher, independent stages and the
 evaluation of each model run side by side, one process per core (`--workers`, `causvid.toy.schedule`); a stage
@@ -51,7 +52,7 @@ LONG_VIDEO = dict(start_offsets=4, ar_steps=1600, teacher_steps=2500)
 
 def release_layout(layouts) -> str:
     """The layout whose Causal Forcing DMD student (stage cf_dmd_<layout>, trained with the config of the same
-    name) `--release` ships from a run of these layouts: chunkwise (checkpoints/toy, the README's main job), the
+    name) `--release` ships from a run of these layouts: chunkwise (checkpoints/toy, the examples' student), the
     method's final model in the layout Self-Forcing and Causal Forcing publish; a run without the chunkwise path
     (--long_video) ships its framewise twin."""
     return "chunkwise" if "chunkwise" in layouts else "framewise"
@@ -493,11 +494,11 @@ def _main(argv=None) -> int:
     p.add_argument("--out", default="runs/toy")
     p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, not quality")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--release", help="write the shipped student (checkpoints/toy; --long_video's: "
-                                     "checkpoints/toy_long) into this folder")
+    p.add_argument("--release", help="write the run's student into this folder (--long_video's: the shipped "
+                                     "student, checkpoints/toy_long; the default run's: checkpoints/toy)")
     p.add_argument("--layouts", metavar="LIST",
                    help=f"the Causal Forcing paths to run, comma-separated (default: {','.join(LAYOUTS)}; "
-                        "with --long_video framewise); chunkwise alone is the shipped student's path, in about half "
+                        "with --long_video framewise); chunkwise alone is checkpoints/toy's path, in about half "
                         "the time")
     p.add_argument("--long_video", action="store_true",
                    help="the run whose student holds its motion past the training window: "
