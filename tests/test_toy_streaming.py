@@ -97,9 +97,10 @@ def test_a_framewise_student_is_judged_on_the_chunkwise_window(toy, monkeypatch)
     assert result["modes"]["re-cache + re-sink"]["at_once"] == 0
 
 
-def test_steps_follow_the_world_and_a_hard_cut_jumps():
-    """analyser.steps on renders: the world's 1 px a frame; across a cut to another spec, the distance between
-    the two centres by hand (wrap-aware on the 32-px canvas), which a continuous switch keeps near 1 px."""
+def test_the_track_follows_the_world_a_hard_cut_jumps_and_an_empty_frame_has_no_object():
+    """analyser.track on renders: steps of the world's 1 px a frame; across a cut to another spec, the distance
+    between the two centres by hand (wrap-aware on the 32-px canvas), which a continuous switch keeps near 1 px;
+    a background-only frame is found empty and breaks the steps on both sides of it."""
     from dataclasses import replace
 
     from causvid.toy import analyser
@@ -107,11 +108,14 @@ def test_steps_follow_the_world_and_a_hard_cut_jumps():
     a = replace(world.sample_spec(1, directions=("right",), shapes=("circle",)), x0=4.0, y0=10.0)
     b = replace(world.sample_spec(2, directions=("up",), shapes=("circle",)), x0=30.0, y0=20.0)
     assert a.speed == b.speed == 1.0 and a.canvas == 32
-    steps = analyser.steps(torch.cat([world.render(a, 4), world.render(b, 3)]))
+    steps = analyser.track(torch.cat([world.render(a, 4), world.render(b, 3)]))["steps"]
     assert len(steps) == 6 and all(abs(x - 1) <= 0.05 for x in steps[:3] + steps[4:])
     # a's centre at frame 3: (7, 10); b's at 0: (30, 20): dx wraps to -9, dy 10
     assert abs(steps[3] - (9 ** 2 + 10 ** 2) ** 0.5) <= 0.1
-    assert analyser.steps(torch.full((3, 3, 32, 32), -1.0)) == [None, None]  # no object, no step
+    background = torch.tensor(world.BACKGROUND).view(1, 3, 1, 1).expand(1, 3, 32, 32) * 2 - 1  # no shape
+    gap = analyser.track(torch.cat([world.render(a, 2), background, world.render(a, 2, start_frame=3)]))
+    assert gap["found"] == [True, True, False, True, True] and gap["steps"][1:3] == [None, None]
+    assert abs(gap["steps"][0] - 1) <= 0.05 and abs(gap["steps"][3] - 1) <= 0.05
 
 
 def test_a_partial_recache_is_measured_against_the_whole_window_with_its_continuity(toy, monkeypatch):
@@ -146,6 +150,7 @@ def test_a_partial_recache_is_measured_against_the_whole_window_with_its_continu
         m = result["modes"][mode]
         assert abs(m["median_jump_px"] - 1) <= 0.05 and abs(m["median_speed_after_px"] - 1) <= 0.05
     assert result["modes"]["restart with B"]["median_jump_px"] > 10  # from A's last place to B's start
+    assert all(m["no_object"] == 0 for m in result["modes"].values())  # rendered: an object in every frame
     table = "\n".join(streaming.markdown(dict(switching=result, v2v=dict(videos=0, latent_frames=6, rows={}))))
     assert f"| {streaming.WHOLE_WINDOW} |" in table and "latest 1 latent frame(s)" in table
 

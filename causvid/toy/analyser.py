@@ -59,7 +59,7 @@ import torch
 
 from causvid.toy.world import BACKGROUND, COLOURS, SHAPES, parse_caption
 
-__all__ = ["AnalyserConfig", "to_frames", "measure", "measure_batch", "compare", "analyse", "score", "drift", "steps"]
+__all__ = ["AnalyserConfig", "to_frames", "measure", "measure_batch", "compare", "analyse", "score", "drift", "track"]
 
 _PALETTE_NAMES = tuple(COLOURS)
 _PALETTE = torch.tensor([COLOURS[c] for c in _PALETTE_NAMES], dtype=torch.float32)
@@ -440,13 +440,15 @@ def drift(video, caption: str, window: int, config: AnalyserConfig = DEFAULT_CON
     return out
 
 
-def steps(video, config: AnalyserConfig = DEFAULT_CONFIG) -> list:
-    """The object's step between consecutive frames, in pixels: the wrap-aware distance between their centres
-    (step 6 of the module doc), None where either frame has no object. A prompt switch that keeps the video
-    continuous steps at about the world's speed across it; a hard cut jumps."""
+def track(video, config: AnalyserConfig = DEFAULT_CONFIG) -> dict:
+    """The object frame by frame: ``found`` (whether each frame has one, step 3 of the module doc) and ``steps``
+    (between consecutive frames, in pixels: the wrap-aware distance between their centres, step 6; None where
+    either frame has no object). A prompt switch that keeps the video continuous steps at about the world's speed
+    across it; a hard cut jumps; a dissolve loses the object for some frames."""
     frames = to_frames(video)
     feats = _frame_features(frames, config)
     h, w = frames.shape[1:3]
     dx, dy = _wrap(feats["cx"].diff(), w), _wrap(feats["cy"].diff(), h)
-    both = feats["valid"][1:] & feats["valid"][:-1]
-    return [float(d) if ok else None for d, ok in zip(torch.hypot(dx, dy), both.tolist())]
+    found = feats["valid"].tolist()
+    return dict(found=found, steps=[float(d) if a and b else None
+                                    for d, a, b in zip(torch.hypot(dx, dy).tolist(), found[:-1], found[1:])])

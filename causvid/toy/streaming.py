@@ -40,10 +40,12 @@ an endless toy stream loses its prompt now and then even without a switch (the r
 how often), so persistence is read from the per-window accuracies, and the ``no switch (A)`` row gives the rate at
 which a stream that ignores B shows it by chance.
 
-*Continuity* (`jump_px`, `speed_after_px`; medians per mode): the object's step from the last pixel frame before
-the switch to the first after (for the restart, from the no-switch stream's frame), and its mean step over the
-next 4 frames (`analyser.steps`). The world moves the object 1 px a frame: a switch that carries the video on
-steps about 1 px across and after it, a hard cut (the restart) jumps to B's own start, a stalled one stands still.
+*Continuity* (`jump_px`, `speed_after_px`: medians per mode; `no_object`: a mean): the object's step from the
+last pixel frame before the switch to the first after (for the restart, from the no-switch stream's frame), its
+mean step over the next 4 frames, and the share of the first window's pixel frames after the switch in which the
+analyser finds no object (`analyser.track`). The world moves the object 1 px a frame: a switch that carries the
+video on steps about 1 px across and after it and keeps the object, a hard cut (the restart) jumps to B's own
+start, a stalled one stands still, a dissolve loses the object for a while.
 
 **V2V** (:func:`measure_v2v`): held-out specs rendered at the training length (`world.render`), encoded, and
 streamed through SDEdit V2V with the prompt naming another colour and the same shape and direction, at several
@@ -168,11 +170,12 @@ def measure_switching(components, config, pairs: int = 16, windows: int = 4, see
                 "no re-cache": _stream(components, config, a, total, gen(), (switch, b, False), kv),
                 "no switch (A)": _stream(components, config, a, total, gen(), kv=kv)}
         at = vae.num_pixel_frames(switch)  # the first pixel frame after the switch
-        scored = {mode: {**score_after(video, switch, b, vae, **kw), **_continuity(video, at)}
+        px = vae.num_pixel_frames(2 * switch) - at  # the first window after the switch
+        scored = {mode: {**score_after(video, switch, b, vae, **kw), **_continuity(video, at, px)}
                   for mode, video in runs.items()}
         restart = _stream(components, config, b, total - switch, gen(), kv=kv)
         scored["restart with B"] = {**score_after(restart, 0, b, vae, **kw),
-                                    **_continuity(torch.cat([runs["no switch (A)"][:at], restart]), at)}
+                                    **_continuity(torch.cat([runs["no switch (A)"][:at], restart]), at, px)}
         before = analyser.analyse(runs["no switch (A)"][:at], a)["all_ok"]
         per_pair.append(dict(a=a, b=b, a_before_switch=bool(before), modes={m: scored[m] for m in modes}))
         if log:
@@ -185,15 +188,18 @@ def measure_switching(components, config, pairs: int = 16, windows: int = 4, see
                 modes={m: _summarise([p["modes"][m] for p in per_pair], block) for m in modes}, pairs=per_pair)
 
 
-def _continuity(video, at) -> dict:
-    """The object's step across the switch (pixel frame at - 1 -> at) and its mean step over the next 4 frames
-    (analyser.steps, px; None without an object): a continuous switch steps at about the world's speed, a hard
-    cut jumps, a stalled one stands still."""
+def _continuity(video, at, window) -> dict:
+    """The object's step across the switch (pixel frame at - 1 -> at), its mean step over the next 4 frames
+    (analyser.track, px; None without an object), and the share of the `window` pixel frames from the switch on
+    that show no object: a continuous switch steps at about the world's speed and keeps the object, a hard cut
+    jumps, a stalled one stands still, a dissolve loses the object for a while."""
     from causvid.toy import analyser
 
-    steps = analyser.steps(video[at - 1:at + 5])
+    steps = analyser.track(video[at - 1:at + 5])["steps"]
     after = [x for x in steps[1:] if x is not None]
-    return dict(jump_px=steps[0], speed_after_px=_mean(after) if after else None)
+    found = analyser.track(video[at:at + window])["found"]
+    return dict(jump_px=steps[0], speed_after_px=_mean(after) if after else None,
+                no_object=1 - sum(found) / len(found))
 
 
 def _onset_text(onset):
@@ -226,7 +232,8 @@ def _summarise(rows, block):
                never=_mean([o is None for o in onsets]),
                median_onset_latent=statistics.median(held) if held else None,
                median_onset_pixel=statistics.median(pixels) if pixels else None,
-               **{f"median_{k}": _median([r.get(k) for r in rows]) for k in ("jump_px", "speed_after_px")})
+               **{f"median_{k}": _median([r.get(k) for r in rows]) for k in ("jump_px", "speed_after_px")},
+               no_object=_mean([r["no_object"] for r in rows]))
     return out
 
 
@@ -302,19 +309,23 @@ def markdown(result: dict, level: str = "###", name: str = None) -> list[str]:
              f"frames); *at once*: at offset 0; *within one block*: at offset ≤ {s['block']}; *never*: in no window "
              f"of the continuation; *step across / after*: the object's step (px, median) from the last pixel "
              f"frame before the switch to the first after (the restart's: from A's), and its mean step over the "
-             f"next 4 frames (the world moves it 1 px a frame; a hard cut jumps, a stalled switch stands still). "
+             f"next 4 frames (the world moves it 1 px a frame; a hard cut jumps, a stalled switch stands still); "
+             f"*no object*: the share of the first window's pixel frames after the switch that show none (a "
+             f"dissolve). "
              f"Before the switch A is right on all three in {s['a_before_switch_acc']:.0%} of pairs." + (
                  f" The session re-caches the blocks holding the latest {s['recache_frames']} latent frame(s) "
                  f"(model_kwargs.recache_frames); *{WHOLE_WINDOW}* is LongLive's re-cache, for comparison."
                  if s.get("recache_frames", -1) != -1 else ""), "",
              "| mode | all three on B | colour | shape | direction | B at once | B within one block | "
-             "B holds after (median) | never | step across / after |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "B holds after (median) | never | step across / after | no object |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, m in s["modes"].items():
         median = ("—" if m["median_onset_latent"] is None else
                   f"{m['median_onset_latent']:g} / {m['median_onset_pixel']:g}")
         lines.append(f"| {mode} | {_arrow(m['all_acc'])} | {_arrow(m['colour_acc'])} | {_arrow(m['shape_acc'])} | "
                      f"{_arrow(m['direction_acc'])} | {m['at_once']:.0%} | {m['within_one_block']:.0%} | {median} | "
-                     f"{m['never']:.0%} | {_px(m.get('median_jump_px'))} / {_px(m.get('median_speed_after_px'))} |")
+                     f"{m['never']:.0%} | {_px(m.get('median_jump_px'))} / {_px(m.get('median_speed_after_px'))} | "
+                     f"{'—' if m.get('no_object') is None else format(m['no_object'], '.0%')} |")
     lines += ["", f"{level} Streaming video-to-video{title}", "",
               f"{v['videos']} held-out specs rendered ({v['latent_frames']} latent frames), prompted with another "
               "colour and the same shape and direction; strength 0 is the input itself.", "",
