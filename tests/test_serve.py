@@ -588,19 +588,25 @@ def test_bad_flags_give_one_line(argv, message, capsys):
 
 
 @pytest.mark.parametrize("argv, window", [
-    ([], (-1, 0, "absolute")),  # the config's: the session's endless default (training length, one block)
-    (["--sink_size", "0", "--rope_positions", "window"], (6, 0, "window")),
-    (["--local_attn_size", "9"], (9, 1, "absolute")),
+    ([], (6, 0, "absolute")),  # the shipped toy student's default: no sink
+    (["--sink_size", "1", "--rope_positions", "window"], (6, 1, "window")),
+    (["--local_attn_size", "9"], (9, 0, "absolute")),
+    (["--config_path", "configs/toy/cf_dmd_chunkwise.yaml", "--wan_model_path", "checkpoints/toy"],
+     (-1, 0, "absolute")),  # another config's own: the session's endless default (training length, one block)
+    (["--config_path", "configs/toy/cf_dmd_chunkwise.yaml", "--wan_model_path", "checkpoints/toy",
+      "--local_attn_size", "9"], (9, 3, "absolute")),
 ])
 def test_the_kv_window_flags_set_the_config_every_stream_reads(argv, window, monkeypatch):
     """--local_attn_size / --sink_size / --rope_positions reach the config the app's sessions are built from
-    (the framewise toy student: 6 latent frames, blocks of 1); a flag left out keeps the session's default."""
+    (the framewise toy student: 6 latent frames, blocks of 1, no sink unless told; the chunkwise one: blocks of 3);
+    a flag left out keeps the config's, then the session's default."""
     import causvid.serve.app as app_module
 
     built = []
     create_app = app_module.create_app
     monkeypatch.setattr(app_module, "create_app", lambda c, config, o: built.append(config) or create_app(c, config, o))
-    assert main(["--port", "0", *argv], serve=lambda app, sock: sock.close()) == 0
+    assert main(["--port", "0", *[str(ROOT / a) if a.startswith(("configs", "checkpoints")) else a for a in argv]],
+                serve=lambda app, sock: sock.close()) == 0
     kwargs = built[0].model_kwargs
     assert (kwargs.local_attn_size, kwargs.sink_size, kwargs.rope_positions) == window
 

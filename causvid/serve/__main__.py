@@ -42,8 +42,8 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="each stream's rolling KV window in latent frames (default: the config's "
                         "model_kwargs.local_attn_size, else the training length)")
     p.add_argument("--sink_size", type=non_negative_int,
-                   help="first latent frames the window always keeps (default: the config's window's, else one "
-                        "block; 0: none)")
+                   help="first latent frames the window always keeps (default: 0 for the shipped toy student, which "
+                        "then holds its prompt in every window; else the config's window's, else one block)")
     p.add_argument("--rope_positions", choices=["absolute", "window"],
                    help="RoPE positions of cached frames: absolute frame indices or ranks in the window "
                         "(default: the config's model_kwargs.rope_positions); README, \"Long videos\"")
@@ -82,6 +82,8 @@ def check(args) -> None:
         path = getattr(args, flag)
         if path is not None and not Path(path).exists():
             raise UsageError(f"--{flag} {path}: no such file or folder")
+    if args.sink_size is None and Path(args.config_path).resolve() == toy_config():
+        args.sink_size = 0  # the shipped toy student: no sink holds every window to 8x (README, "Live server")
     if args.local_attn_size is not None or args.sink_size is not None:  # the window against the config's blocks
         from causvid.config import load_config
 
