@@ -345,6 +345,9 @@ def test_recache_frames_is_checked():
     assert load_config().model_kwargs.recache_frames == -1  # LongLive's: the whole window
     with pytest.raises(ConfigError, match=r"model_kwargs.recache_frames=0: give the number of latest latent frames"):
         load_config(overrides=["model_kwargs.recache_frames=0"])
+    assert load_config().model_kwargs.recache_noise == 0  # LongLive's: clean
+    with pytest.raises(ConfigError, match=r"model_kwargs.recache_noise=-1.0: give the timestep in \[0, 1000\]"):
+        load_config(overrides=["model_kwargs.recache_noise=-1"])
 
 
 def test_rope_positions_is_checked():

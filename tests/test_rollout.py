@@ -358,3 +358,33 @@ def test_recache_frames_keeps_the_blocks_holding_the_latest_frames_and_forgets_t
             v = model(torch.cat([clean[3], noise[:, 12:15]], 1), t, b, causal=True, num_frame_per_block=3,
                       start_frame=9)[:, 3:]
             assert (got - (noise[:, 12:15] - v)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_recache_noise_writes_the_kept_frames_noised_once_for_both_streams(guided):
+    """recache_noise T: the kept block (frames 9-11 of the window above) is re-cached from add_noise(clean, eps, T)
+    labelled T, so the next block equals a cache-free forward over [noised 9-11, new block] (by hand: sigma =
+    T / 1000, one step at t = 1000). With CFG the negative stream gets the same draw: one per block."""
+    model = random_dit("tiny", seed=2)
+    a, b, neg = (torch.randn(1, 16, 32) for _ in range(3))
+    noise, eps = torch.randn(1, 15, 16, 8, 8), torch.randn(1, 3, 16, 8, 8)
+    draws = []
+
+    def noise_fn(like, tag):
+        draws.append(tag)
+        return eps
+    rollout = Rollout(model, a, batch=1, num_frame_per_block=3, sampler=few_step_sampler([1000]), local_attn_size=9,
+                      sink_size=3, noise_fn=noise_fn, negative_context=neg, guidance_scale=2.0 if guided else 1.0)
+    with torch.no_grad():
+        clean = [rollout.step(noise[:, 3 * i:3 * i + 3]) for i in range(4)]
+        assert draws == []  # the sampler and the clean refresh draw nothing
+        rollout.set_context(b, recache=True, resink=True, recache_frames=3, recache_noise=500)
+        assert draws == [("recache", 4, 9)]
+        if guided:
+            return
+        got = rollout.step(noise[:, 12:15])
+        t = torch.cat([torch.full((1, 3), 500.0), torch.full((1, 3), 1000.0)], 1)
+        v = model(torch.cat([0.5 * clean[3] + 0.5 * eps, noise[:, 12:15]], 1), t, b, causal=True,
+                  num_frame_per_block=3, start_frame=9)[:, 3:]
+        assert (got - (noise[:, 12:15] - v)).abs().max() <= 1e-4
+        assert (rollout.streams[0].done[-2] - clean[3]).abs().max() == 0  # later switches start from clean

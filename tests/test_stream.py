@@ -349,6 +349,22 @@ def test_recache_frames_comes_from_the_config_unless_set_prompt_says():
     assert held == [[7, 8], [3, 4, 5, 6, 7, 8]]
 
 
+def test_recache_noise_comes_from_the_config_unless_set_prompt_says():
+    """model_kwargs.recache_noise is the session's default: a switch with it equals one told the same level by
+    set_prompt, and differs from a clean re-cache (set_prompt(recache_noise=0))."""
+    components = load_components(ROOT / "checkpoints" / "toy_long")
+    clean = load_config(ROOT / "configs" / "toy" / "cf_dmd_framewise.yaml", overrides=["model_kwargs.recache_noise=0"])
+    noisy = load_config(ROOT / "configs" / "toy" / "cf_dmd_framewise.yaml",
+                        overrides=["model_kwargs.recache_noise=500"])
+    videos = []
+    for cfg, kw in ((noisy, {}), (clean, dict(recache_noise=500)), (noisy, dict(recache_noise=0))):
+        session = StreamSession(components, cfg, A, seed=1)
+        blocks = [session.next_block().latents for _ in range(7)]
+        session.set_prompt(B, **kw)
+        videos.append(torch.cat(blocks + [session.next_block().latents for _ in range(2)], dim=1))
+    assert (videos[0] - videos[1]).abs().max() == 0 and (videos[0][:, 7:] - videos[2][:, 7:]).abs().max() > 0.1
+
+
 def test_a_block_reports_its_sampling_and_decoding_time(toy, monkeypatch):
     """latent_seconds: from the block's start to its latents; decode_seconds: from there to its pixels (a fake
     clock that advances 3 s, then 7 s)."""

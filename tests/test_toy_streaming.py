@@ -119,14 +119,14 @@ def test_the_track_follows_the_world_a_hard_cut_jumps_and_an_empty_frame_has_no_
 
 
 def test_a_partial_recache_is_measured_against_the_whole_window_with_its_continuity(toy, monkeypatch):
-    """With model_kwargs.recache_frames set, the session's switch and LongLive's whole-window re-cache are both
-    measured (the latter told recache_frames -1), and each mode's step across the switch and after it is read
-    from its frames: a stream that cuts to B's own start jumps, one that carries on from A's place does not."""
+    """With model_kwargs.recache_frames / recache_noise set, the session's switch and LongLive's whole-window clean
+    re-cache are both measured (the latter told recache_frames -1, recache_noise 0), and each mode's step across
+    the switch and after it is read from its frames: a stream that cuts to B's own start jumps, one that carries on from A's place does not."""
     from dataclasses import replace
 
     components, _ = toy
     config = load_config(ROOT / "configs" / "toy" / "cf_dmd_framewise.yaml",
-                         overrides=["model_kwargs.recache_frames=1"])
+                         overrides=["model_kwargs.recache_frames=1", "model_kwargs.recache_noise=375"])
     at = components.vae.num_pixel_frames
     (a, b), = streaming.switch_pairs(1)
     spec_a, spec_b = (world.sample_spec(0, **{f"{k}s": (v,) for k, v in zip(("shape", "colour", "direction"),
@@ -143,16 +143,16 @@ def test_a_partial_recache_is_measured_against_the_whole_window_with_its_continu
         return torch.cat([world.render(spec_a, at(6)), world.render(carry_on, at(frames) - at(6), start_frame=1)])
     monkeypatch.setattr(streaming, "_stream", stream)
     result = streaming.measure_switching(components, config, pairs=1, windows=1)
-    assert tuple(result["modes"]) == streaming.MODES[:1] + (streaming.WHOLE_WINDOW,) + streaming.MODES[1:]
-    assert [s[2:] for s in switches] == [(True, True), (True, True, -1), (True, False), (False,)]
+    assert tuple(result["modes"]) == streaming.MODES[:1] + (streaming.LONGLIVE,) + streaming.MODES[1:]
+    assert [s[2:] for s in switches] == [(True, True), (True, True, -1, 0), (True, False), (False,)]
     assert result["recache_frames"] == 1
-    for mode in ("re-cache + re-sink", streaming.WHOLE_WINDOW):
+    for mode in ("re-cache + re-sink", streaming.LONGLIVE):
         m = result["modes"][mode]
         assert abs(m["median_jump_px"] - 1) <= 0.05 and abs(m["median_speed_after_px"] - 1) <= 0.05
     assert result["modes"]["restart with B"]["median_jump_px"] > 10  # from A's last place to B's start
     assert all(m["no_object"] == 0 for m in result["modes"].values())  # rendered: an object in every frame
     table = "\n".join(streaming.markdown(dict(switching=result, v2v=dict(videos=0, latent_frames=6, rows={}))))
-    assert f"| {streaming.WHOLE_WINDOW} |" in table and "latest 1 latent frame(s)" in table
+    assert f"| {streaming.LONGLIVE} |" in table and "latest 1 latent frame(s)" in table and "t = 375" in table
 
 
 def test_cli_rejects_bad_strengths_in_one_line(capsys):

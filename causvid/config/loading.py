@@ -190,6 +190,9 @@ def _validate(cfg: DictConfig, source: str) -> None:
     if cfg.model_kwargs.recache_frames != -1 and cfg.model_kwargs.recache_frames < 1:
         raise ConfigError(f"{source}: model_kwargs.recache_frames={cfg.model_kwargs.recache_frames}: give the number "
                           "of latest latent frames a prompt switch re-caches (>= 1), or -1 for the whole window")
+    if not 0 <= cfg.model_kwargs.recache_noise <= 1000:
+        raise ConfigError(f"{source}: model_kwargs.recache_noise={cfg.model_kwargs.recache_noise}: give the timestep "
+                          "in [0, 1000] the re-cached frames are noised to on a prompt switch (0: clean)")
     if cfg.checkpoint_format not in ("full", "sharded"):
         raise ConfigError(f"{source}: checkpoint_format={cfg.checkpoint_format!r}: expected 'full' (model.pt, the "
                           "published layout) or 'sharded' (torch.distributed.checkpoint)")

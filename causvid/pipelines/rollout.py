@@ -143,17 +143,28 @@ class Rollout:
         return x0
 
     def set_context(self, context: torch.Tensor, recache: bool = True, resink: bool = False,
-                    recache_frames: int = -1) -> None:
+                    recache_frames: int = -1, recache_noise: float = 0.0) -> None:
         """The prompt of the blocks from the next one on (the negative prompt's stream keeps its own).
         resink (a rolling window): the old sink is dropped and the next block becomes the sink, so the stream
         anchors on the new prompt; the window's other blocks are re-cached for continuity until evicted.
         recache_frames: re-cache only the blocks holding the latest this many frames (besides a sink that stays)
-        and forget the older ones; -1: all of them (LongLive). The negative stream (CFG) moves its sink and
-        forgets with it, so both caches hold the same frames."""
-        self.streams[0].switch(context, recache, resink, recache_frames)
-        if resink or (recache and recache_frames != -1):
+        and forget the older ones; -1: all of them (LongLive). recache_noise T > 0: the re-cached blocks are
+        written noised to T (`add_noise`, labelled T) instead of clean, so the new prompt trusts them less; their
+        clean latents stay the refresh inputs of later switches. The negative stream (CFG) moves its sink,
+        forgets and is noised with it (the same draws), so both caches hold the same frames."""
+        noised = {}
+
+        def renoise(clean, t, start):  # one draw per block, shared by the streams
+            if start not in noised:
+                level = torch.full_like(t, float(recache_noise))
+                noised[start] = add_noise(clean, self.noise_fn(clean, ("recache", self.generated, start)), level,
+                                          self.grid), level
+            return noised[start]
+        refresh = renoise if recache and recache_noise > 0 else None
+        self.streams[0].switch(context, recache, resink, recache_frames, refresh)
+        if resink or (recache and (recache_frames != -1 or refresh is not None)):
             for s in self.streams[1:]:
-                s.switch(s.context, True, resink, recache_frames)
+                s.switch(s.context, True, resink, recache_frames, refresh)
 
     def _check(self, size):
         if size != self.next_block_size():
@@ -242,16 +253,17 @@ class _Stream:
         self.done, self.done_t, self.starts = ([xs[i] for i in indices] for xs in (self.done, self.done_t,
                                                                                    self.starts))
 
-    def switch(self, context, recache, resink, recache_frames=-1):
+    def switch(self, context, recache, resink, recache_frames=-1, refresh=None):
         """A new prompt: only the cross-attention (recache False), or every cached frame written again under it
         (LongLive's re-cache: one refresh pass per block still in the window, at its own positions, the sink
         included, each block seeing the re-cached blocks before it). resink: the old sink's frames are dropped
         and the next block becomes the sink (re-caching the others). recache_frames (with recache): only the
         blocks holding the latest this many frames, and a sink that stays, are re-cached; the others are
-        forgotten (-1: none is)."""
+        forgotten (-1: none is). refresh(clean, t, start) -> (input, t): what a block is re-cached from (default:
+        its refresh inputs as they were)."""
         self.context = context
         if self.cache is None:
-            if not recache or resink:
+            if not recache or resink or refresh is not None:
                 raise ValueError("without a KV cache every call recomputes the context: a switch always re-caches")
             return
         if not (recache or resink):
@@ -269,7 +281,8 @@ class _Stream:
         with torch.no_grad():
             for clean, t, start in zip(self.done, self.done_t, self.starts):
                 cache.seek(start)
-                self.model(clean, t, context, cache=cache, start_frame=start)
+                x, t = (clean, t) if refresh is None else refresh(clean, t, start)
+                self.model(x, t, context, cache=cache, start_frame=start)
         cache.seek(end)
 
 

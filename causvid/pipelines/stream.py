@@ -13,7 +13,9 @@ long videos and Self-Forcing training drive too, and decodes each block as it is
   becomes the sink: in the toy world the new prompt then shows sooner than when the old sink (the old prompt's
   first block, with its motion) stays (measured by `python -m causvid.toy.streaming`; README, "Live streams").
   With `recache_frames` n (model_kwargs.recache_frames) only the blocks holding the latest n frames are
-  re-cached and the older ones forgotten: the new prompt has less of the old motion to follow.
+  re-cached and the older ones forgotten: the new prompt has less of the old motion to follow; with
+  `recache_noise` T they are written noised to T, which binds the new prompt less still (ours, measured in the
+  toy world: docs/toy/notes.md).
 - Video-to-video (CausVid, arXiv 2412.07772 §5.3, SDEdit-style): each block of the input's latents is noised to
   `strength` T and denoised with the student's steps below T. T = 1000 from the same noise is text-to-video.
 """
@@ -85,18 +87,20 @@ class StreamSession:
     (I2V). input_latents + strength: video-to-video. local_attn_size / sink_size: the KV window (default: the
     config's; an endless stream without one rolls a window of the training length with a one-block sink);
     rope_positions: "absolute" or "window" (default: the config's model_kwargs.rope_positions; see KVCache).
-    recache / resink / recache_frames: what `set_prompt` does by default (re-cache the window; in a rolling window,
-    make the first block under the new prompt the sink; re-cache the blocks holding the latest recache_frames
-    latent frames and forget the older ones, -1 none: default the config's model_kwargs.recache_frames).
+    recache / resink / recache_frames / recache_noise: what `set_prompt` does by default (re-cache the window; in a
+    rolling window, make the first block under the new prompt the sink; re-cache the blocks holding the latest
+    recache_frames latent frames and forget the older ones, -1 none; write them noised to recache_noise, 0 clean:
+    the last two default to the config's model_kwargs).
     """
 
     def __init__(self, components, config, prompt: str, *, num_frames: int = None, noise: torch.Tensor = None,
                  generator: torch.Generator = None, seed: int = 0, initial_latent: torch.Tensor = None,
                  input_latents: torch.Tensor = None, strength: float = None, local_attn_size: int = None,
                  sink_size: int = None, recache: bool = True, resink: bool = True, rope_positions: str = None,
-                 recache_frames: int = None):
+                 recache_frames: int = None, recache_noise: float = None):
         self.components, self.config, self.recache, self.resink = components, config, recache, resink
         self.recache_frames = config.model_kwargs.recache_frames if recache_frames is None else recache_frames
+        self.recache_noise = float(config.model_kwargs.recache_noise if recache_noise is None else recache_noise)
         dit = components.dit
         self.dtype, self.device = dit.dtype, dit.device
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
@@ -130,19 +134,22 @@ class StreamSession:
                                guidance_scale=guidance, context_noise=config.context_noise,
                                local_attn_size=window, sink_size=sink,
                                independent_first_frame=bool(config.independent_first_frame),
-                               rope_positions=rope_positions or config.model_kwargs.rope_positions)
+                               rope_positions=rope_positions or config.model_kwargs.rope_positions,
+                               generator=self.generator)  # the draws of a noised re-cache (recache_noise)
         self.decoder = components.vae.stream_decoder()
         self.rolling = window != -1  # only a rolling window has a sink to move
         self._pending = None
 
     # -- control -------------------------------------------------------------------------------------------
-    def set_prompt(self, prompt: str, recache: bool = None, resink: bool = None, recache_frames: int = None) -> None:
+    def set_prompt(self, prompt: str, recache: bool = None, resink: bool = None, recache_frames: int = None,
+                   recache_noise: float = None) -> None:
         """Switch to `prompt` from the next block on (re-caching the window unless recache=False, or only the
-        blocks holding its latest recache_frames frames; with resink, the next block replaces the old sink).
-        None: the session's defaults."""
+        blocks holding its latest recache_frames frames, noised to recache_noise; with resink, the next block
+        replaces the old sink). None: the session's defaults."""
         self._pending = (prompt, self.recache if recache is None else recache,
                          self.resink if resink is None else resink,
-                         self.recache_frames if recache_frames is None else recache_frames)
+                         self.recache_frames if recache_frames is None else recache_frames,
+                         self.recache_noise if recache_noise is None else float(recache_noise))
 
     @property
     def frame(self) -> int:
@@ -159,11 +166,12 @@ class StreamSession:
             raise StopIteration
         started = time.perf_counter()
         if self._pending is not None:
-            prompt, recache, resink, recache_frames = self._pending
+            prompt, recache, resink, recache_frames, recache_noise = self._pending
             self._pending = None
             with torch.no_grad():
                 self.rollout.set_context(self._encode(prompt), recache=recache,
-                                         resink=resink and recache and self.rolling, recache_frames=recache_frames)
+                                         resink=resink and recache and self.rolling, recache_frames=recache_frames,
+                                         recache_noise=recache_noise)
             self.prompt = prompt
         start, size = self.frame, self.rollout.next_block_size()
         with torch.no_grad():

@@ -11,10 +11,11 @@ A for the training window (the config's `image_or_video_shape[1]` latent frames,
 
 - ``re-cache + re-sink``: `set_prompt(B)` (the session's default): LongLive's KV re-cache of the frames still in
   the window (or, with the config's `model_kwargs.recache_frames` n, of the blocks holding the latest n frames,
+  written noised to `model_kwargs.recache_noise` when the config sets it,
   the older ones forgotten), and the old sink (A's first block) dropped, so the first block under B becomes the
   sink;
-- ``re-cache of the whole window + re-sink`` (only when the config sets recache_frames): the same with LongLive's
-  whole window, for comparison;
+- ``LongLive's re-cache (the whole window, clean) + re-sink`` (only when the config sets recache_frames or
+  recache_noise): the same with LongLive's re-cache, for comparison;
 - ``re-cache, old sink kept``: `set_prompt(B, resink=False)`, LongLive's re-cache with its global sink;
 - ``no re-cache``: `set_prompt(B, recache=False)`, only the cross-attention changes (the naive switch);
 - ``restart with B``: a fresh stream of B from frame 0 (its frames stand for those after the switch);
@@ -67,7 +68,7 @@ __all__ = ["MODES", "switch_pairs", "frames_until_holds", "score_after", "measur
            "measure", "markdown", "main"]
 
 MODES = ("re-cache + re-sink", "re-cache, old sink kept", "no re-cache", "restart with B", "no switch (A)")
-WHOLE_WINDOW = "re-cache of the whole window + re-sink"  # measured too when the config re-caches fewer frames
+LONGLIVE = "LongLive's re-cache (the whole window, clean) + re-sink"  # measured too when the config's differs
 ATTRIBUTES = ("colour", "shape", "direction")
 STRENGTHS = (250, 500, 625, 750, 1000)  # 625: the shipped student's last step level (CausVid's V2V choice)
 JUDGE_FRAMES = 3  # the shortest judging window for "B holds", in latent frames (module doc)
@@ -105,8 +106,8 @@ def frames_until_holds(ok: list[bool]) -> int | None:
 
 def _stream(components, config, prompt, frames, generator, switch=None, kv=None):
     """Pixels [T, 3, H, W] of the first `frames` latent frames of an endless session; switch: (latent frame,
-    prompt, recache[, resink[, recache_frames]]); kv: StreamSession's local_attn_size / sink_size (default: the
-    session's)."""
+    prompt, recache[, resink[, recache_frames[, recache_noise]]]); kv: StreamSession's local_attn_size /
+    sink_size (default: the session's)."""
     import torch
 
     from causvid.pipelines.stream import StreamSession
@@ -116,7 +117,8 @@ def _stream(components, config, prompt, frames, generator, switch=None, kv=None)
     while session.frame < frames:
         if switch is not None and session.frame == switch[0]:
             session.set_prompt(switch[1], recache=switch[2], resink=switch[3] if len(switch) > 3 else False,
-                               recache_frames=switch[4] if len(switch) > 4 else None)
+                               recache_frames=switch[4] if len(switch) > 4 else None,
+                               recache_noise=switch[5] if len(switch) > 5 else None)
         pixels.append(session.next_block().pixels[0])
     return torch.cat(pixels)
 
@@ -158,14 +160,14 @@ def measure_switching(components, config, pairs: int = 16, windows: int = 4, see
     from causvid.toy import analyser
 
     kv = {k: v for k, v in dict(local_attn_size=local_attn_size, sink_size=sink_size).items() if v is not None}
-    partial = config.model_kwargs.recache_frames != -1  # the session re-caches fewer frames than the window
-    modes = MODES[:1] + ((WHOLE_WINDOW,) if partial else ()) + MODES[1:]
+    ours = config.model_kwargs.recache_frames != -1 or config.model_kwargs.recache_noise != 0  # not LongLive's
+    modes = MODES[:1] + ((LONGLIVE,) if ours else ()) + MODES[1:]
     per_pair = []
     for i, (a, b) in enumerate(switch_pairs(pairs, seed)):
         gen = lambda: _generator(seed, 3000 + i)  # noqa: E731 (the same noise for every mode)
         runs = {"re-cache + re-sink": _stream(components, config, a, total, gen(), (switch, b, True, True), kv),
-                **({WHOLE_WINDOW: _stream(components, config, a, total, gen(), (switch, b, True, True, -1), kv)}
-                   if partial else {}),
+                **({LONGLIVE: _stream(components, config, a, total, gen(), (switch, b, True, True, -1, 0), kv)}
+                   if ours else {}),
                 "re-cache, old sink kept": _stream(components, config, a, total, gen(), (switch, b, True, False), kv),
                 "no re-cache": _stream(components, config, a, total, gen(), (switch, b, False), kv),
                 "no switch (A)": _stream(components, config, a, total, gen(), kv=kv)}
@@ -183,6 +185,7 @@ def measure_switching(components, config, pairs: int = 16, windows: int = 4, see
                 f"{m} {_onset_text(scored[m]['onset_latent'])}" for m in modes))
     return dict(switch_latent_frame=switch, window_latent_frames=switch, windows=windows, block=block,
                 judge_latent_frames=judge, kv_window=kv, recache_frames=int(config.model_kwargs.recache_frames),
+                recache_noise=float(config.model_kwargs.recache_noise),
                 pixel_frames_per_window=vae.num_pixel_frames(2 * switch) - vae.num_pixel_frames(switch),
                 a_before_switch_acc=_mean([p["a_before_switch"] for p in per_pair]),
                 modes={m: _summarise([p["modes"][m] for p in per_pair], block) for m in modes}, pairs=per_pair)
@@ -314,8 +317,9 @@ def markdown(result: dict, level: str = "###", name: str = None) -> list[str]:
              f"dissolve). "
              f"Before the switch A is right on all three in {s['a_before_switch_acc']:.0%} of pairs." + (
                  f" The session re-caches the blocks holding the latest {s['recache_frames']} latent frame(s) "
-                 f"(model_kwargs.recache_frames); *{WHOLE_WINDOW}* is LongLive's re-cache, for comparison."
-                 if s.get("recache_frames", -1) != -1 else ""), "",
+                 f"(model_kwargs.recache_frames; -1: the whole window), noised to t = {s.get('recache_noise', 0):g} "
+                 f"(model_kwargs.recache_noise); *{LONGLIVE}* is for comparison."
+                 if s.get("recache_frames", -1) != -1 or s.get("recache_noise", 0) else ""), "",
              "| mode | all three on B | colour | shape | direction | B at once | B within one block | "
              "B holds after (median) | never | step across / after | no object |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
