@@ -7,13 +7,12 @@
 caption i (`evaluate.py`: `world.sample_specs(n, 10_000 + seed)`), B differs from A in colour, shape and
 direction. An endless `StreamSession` (its default rolling window: the training length, one block of sink) runs
 A for the training window (the config's `image_or_video_shape[1]` latent frames, S), then continues for
-`windows` windows of S latent frames in one of four modes:
+`windows` windows of S latent frames in each of these modes:
 
-- ``re-cache + re-sink``: `set_prompt(B)` (the session's default): LongLive's KV re-cache of the frames still in
-  the window (or, with the config's `model_kwargs.recache_frames` n, of the blocks holding the latest n frames,
-  written noised to `model_kwargs.recache_noise` when the config sets it,
-  the older ones forgotten), and the old sink (A's first block) dropped, so the first block under B becomes the
-  sink;
+- ``re-cache + re-sink``: `set_prompt(B)` (the session's default): the KV re-cache the config asks for
+  (LongLive's: every frame still in the window, clean; with `model_kwargs.recache_frames` n only the blocks
+  holding the latest n frames, the older ones forgotten; with `model_kwargs.recache_noise` T written noised to
+  T), and the old sink (A's first block) dropped, so the first block under B becomes the sink;
 - ``LongLive's re-cache (the whole window, clean) + re-sink`` (only when the config sets recache_frames or
   recache_noise): the same with LongLive's re-cache, for comparison;
 - ``re-cache, old sink kept``: `set_prompt(B, resink=False)`, LongLive's re-cache with its global sink;
