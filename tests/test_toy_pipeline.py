@@ -25,9 +25,9 @@ def _tensors(folder):
 def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "toy"
     release = tmp_path / "release"
-    # two worker processes (the default on 2 cores) and the chunkwise path (the shipped student's; the framewise one
-    # is the same stages with other configs, the optional students the shipped one's stage with other overrides:
-    # see the graph tests below; the LoRA extraction has a test of its own)
+    # two worker processes (the default on 2 cores) and the chunkwise path (checkpoints/toy's; the framewise one, the
+    # shipped checkpoints/toy_long's, is the same stages with other configs, the optional students the chunkwise
+    # one's stage with other overrides: see the graph tests below; the LoRA extraction has a test of its own)
     optional = ["--layouts", "chunkwise"]
     assert main(["--out", str(out), "--quick", "--release", str(release), "--workers", "2", *optional]) == 0
     stages = ["base", "data", "teacher", "ode_pairs", "evaluate", "evaluate/teacher"] + [
