@@ -197,9 +197,9 @@ def _continuity(video, at, window) -> dict:
     jumps, a stalled one stands still, a dissolve loses the object for a while."""
     from causvid.toy import analyser
 
-    steps = analyser.track(video[at - 1:at + 5])["steps"]
+    track = analyser.track(video[at - 1:at + max(window, 5)])  # one pass over the frames both read
+    steps, found = track["steps"][:5], track["found"][1:1 + window]
     after = [x for x in steps[1:] if x is not None]
-    found = analyser.track(video[at:at + window])["found"]
     return dict(jump_px=steps[0], speed_after_px=_mean(after) if after else None,
                 no_object=1 - sum(found) / len(found))
 
@@ -225,16 +225,13 @@ def _mean(values):
 
 def _summarise(rows, block):
     onsets = [r["onset_latent"] for r in rows]
-    held = [o for o in onsets if o is not None]
-    pixels = [r["onset_pixel"] for r in rows if r["onset_pixel"] is not None]
     out = {f"{k}_acc": [_mean([r["windows"][k][w] for r in rows]) for w in range(len(rows[0]["windows"]["all"]))]
            for k in ("all",) + ATTRIBUTES}
     out.update(at_once=_mean([o == 0 for o in onsets]), within_one_block=_mean([o is not None and o <= block
                                                                                 for o in onsets]),
                never=_mean([o is None for o in onsets]),
-               median_onset_latent=statistics.median(held) if held else None,
-               median_onset_pixel=statistics.median(pixels) if pixels else None,
-               **{f"median_{k}": _median([r.get(k) for r in rows]) for k in ("jump_px", "speed_after_px")},
+               **{f"median_{k}": _median([r.get(k) for r in rows])
+                  for k in ("onset_latent", "onset_pixel", "jump_px", "speed_after_px")},
                no_object=_mean([r["no_object"] for r in rows]))
     return out
 
